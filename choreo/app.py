@@ -1,0 +1,214 @@
+"""The service app: a router with a name, a broker, a store and a lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING
+
+from choreo import codec
+from choreo.deadletter import DLQ_TOPIC
+from choreo.dispatch import Dispatcher
+from choreo.errors import ConfigurationError
+from choreo.events import Envelope, Event, EventRegistry, Message, new_event_id
+from choreo.handlers import Handler
+from choreo.middleware import Middleware
+from choreo.router import Router
+from choreo.store.base import Store
+from choreo.system_events import SYSTEM_EVENTS
+from choreo.transport.base import Transport
+from choreo.urls import open_store, open_transport
+from choreo.worker import Worker
+
+if TYPE_CHECKING:
+    from choreo.saga.contract import SagaContract
+
+log = logging.getLogger("choreo.app")
+
+
+class Service(Router):
+    """One choreography participant::
+
+        inventory = Service("inventory", broker="kafka://localhost:9092",
+                            store="redis://localhost:6379", contracts=[order_saga])
+
+        @inventory.on_event(OrderPlaced)
+        async def reserve_stock(event: OrderPlaced, ctx: Context) -> StockReserved: ...
+
+    ``broker`` and ``store`` take a URL or a ready object (a test harness passes a shared
+    in-memory broker). Contracts let handlers omit ``step=``: a handler for a step's
+    trigger is that step's action, one for its compensation event its compensation.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        broker: str | Transport = "memory://",
+        store: str | Store = "memory://",
+        contracts: Sequence[SagaContract] = (),
+        partitions: int = 4,
+        dlq_topic: str = DLQ_TOPIC,
+        limits: codec.Limits | None = None,
+        middleware: Sequence[Middleware] = (),
+        group: str | None = None,
+    ) -> None:
+        super().__init__()
+        if not name or any(c in name for c in " /:"):
+            raise ConfigurationError(f"service name {name!r} must be non-empty, without ' /:'")
+        if partitions < 1:
+            raise ConfigurationError("partitions must be >= 1")
+        self.name = name
+        self.broker = broker
+        self.store = store
+        self.contracts = tuple(contracts)
+        self.partitions = partitions
+        self.dlq_topic = dlq_topic
+        self.limits = limits or codec.Limits()
+        self.middleware = list(middleware)
+        self.group = group or f"choreo.{name}"
+        self._extra_events: list[type[Event]] = []
+        self._transport: Transport | None = None
+        self._store: Store | None = None
+        self.worker: Worker | None = None
+
+    def __repr__(self) -> str:
+        return f"Service({self.name!r}, handlers={len(self.handlers)})"
+
+    def register_events(self, *events: type[Event]) -> None:
+        """Declare events this service only sees on shared topics, so they are skipped
+        instead of dead-lettered as unknown."""
+        self._extra_events.extend(events)
+
+    # -- derived views ---------------------------------------------------------
+    def resolved_handlers(self) -> list[Handler]:
+        resolved = []
+        for handler in self.handlers:
+            if handler.step is None:
+                step, op = f"{self.name}.{handler.name}", handler.op
+                for contract in self.contracts:
+                    for s in contract.steps:
+                        if handler.event is s.on:
+                            step, op = s.name, "action"
+                        elif handler.event is s.compensation:
+                            step, op = s.name, "compensate"
+                handler = handler.with_step(step, op)
+            resolved.append(handler)
+        return resolved
+
+    def registry(self) -> EventRegistry:
+        registry = EventRegistry()
+        for cls in SYSTEM_EVENTS:
+            registry.add(cls)
+        for contract in self.contracts:
+            for cls in contract.event_types():
+                registry.add(cls)
+        for handler in self.handlers:
+            registry.add(handler.event)
+            for cls in handler.emits:
+                registry.add(cls)
+        for cls in self._extra_events:
+            registry.add(cls)
+        return registry
+
+    def routes(self) -> dict[str, list[Handler]]:
+        routes: dict[str, list[Handler]] = {}
+        for handler in self.resolved_handlers():
+            routes.setdefault(handler.event.event_type, []).append(handler)
+        return routes
+
+    def subscribed_topics(self) -> list[str]:
+        return sorted({handler.event.topic for handler in self.handlers})
+
+    def known_topics(self) -> list[str]:
+        return sorted({cls.topic for cls in self.registry()} | {self.dlq_topic})
+
+    # -- lifespan ----------------------------------------------------------------
+    @property
+    def transport(self) -> Transport:
+        if self._transport is None:
+            raise ConfigurationError(f"{self.name} is not running; use `async with app.running()`")
+        return self._transport
+
+    @contextlib.asynccontextmanager
+    async def running(
+        self, *, broker: str | Transport | None = None, store: str | Store | None = None
+    ) -> AsyncIterator[Service]:
+        """Start consuming; on exit stop, finishing the batch in hand. ``broker`` and
+        ``store`` override the constructor's (the test harness swaps them here)."""
+        broker = broker if broker is not None else self.broker
+        store = store if store is not None else self.store
+        transport = (
+            open_transport(broker, partitions=self.partitions)
+            if isinstance(broker, str)
+            else broker
+        )
+        kv = open_store(store) if isinstance(store, str) else store
+        owns_transport, owns_store = isinstance(broker, str), isinstance(store, str)
+        stopping = asyncio.Event()
+        task: asyncio.Task[None] | None = None
+        if owns_transport:
+            await transport.start()
+        try:
+            if owns_store:
+                await kv.start()
+            try:
+                self._transport, self._store = transport, kv
+                await transport.ensure_topics(self.known_topics(), self.partitions)
+                if self.handlers:
+                    self.worker = Worker(
+                        transport=transport,
+                        group=self.group,
+                        topics=self.subscribed_topics(),
+                        dispatcher=Dispatcher(
+                            service=self.name,
+                            routes=self.routes(),
+                            registry=self.registry(),
+                            store=kv,
+                            transport=transport,
+                            dlq_topic=self.dlq_topic,
+                            limits=self.limits,
+                            middleware=self.middleware,
+                        ),
+                        middleware=self.middleware,
+                    )
+                    task = asyncio.create_task(
+                        self.worker.run(stopping), name=f"{self.name}-worker"
+                    )
+                yield self
+            finally:
+                stopping.set()
+                if task is not None:
+                    await task
+                self._transport = self._store = None
+                if owns_store:
+                    await kv.stop()
+        finally:
+            if owns_transport:
+                await transport.stop()
+
+    async def publish(
+        self, event: Event, *, gid: str | None = None, saga: str | None = None
+    ) -> Envelope:
+        """Publish an event outside a handler, typically the one that starts a saga.
+        Without ``gid`` a new saga id is made; ``saga`` defaults to the contract whose
+        start event this is."""
+        if saga is None:
+            saga = next((c.name for c in self.contracts if type(event) is c.start), "")
+        envelope = Envelope(
+            event_type=event.event_type,
+            gid=gid or new_event_id(),
+            saga=saga,
+            schema_version=event.schema_version,
+            source=self.name,
+        )
+        await self.transport.send(codec.encode(Message(envelope, event, event.topic)))
+        return envelope
+
+    async def serve(self, stopping: asyncio.Event) -> None:
+        """Run until ``stopping`` is set (``choreo run`` sets it on SIGTERM/SIGINT)."""
+        async with self.running():
+            log.info("%s consuming %s as group %s", self.name, self.subscribed_topics(), self.group)
+            await stopping.wait()

@@ -1,0 +1,181 @@
+"""Bytes <-> events. The only module that imports orjson.
+
+Wire format (docs/wire-format.md): key = gid as UTF-8, value = the payload as JSON,
+headers = the envelope. Limits are checked before parsing so a hostile record costs
+at most one linear scan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, cast
+
+import orjson
+from pydantic import ValidationError
+
+from choreo.errors import SchemaViolation, UndecodableEvent, UnknownEventType
+from choreo.events import Envelope, Event, EventRegistry, Message, Op, Outcome
+from choreo.transport.base import Headers, OutgoingRecord, Record
+
+H_TYPE = "choreo-type"
+H_ID = "choreo-id"
+H_GID = "choreo-gid"
+H_SAGA = "choreo-saga"
+H_STEP = "choreo-step"
+H_OP = "choreo-op"
+H_OUTCOME = "choreo-outcome"
+H_CAUSATION = "choreo-causation"
+H_OCCURRED = "choreo-occurred-at"
+H_VERSION = "choreo-version"
+H_ATTEMPT = "choreo-attempt"
+H_SOURCE = "choreo-source"
+H_TRACEPARENT = "traceparent"
+
+_OPS: frozenset[str] = frozenset({"action", "compensate", ""})
+_OUTCOMES: frozenset[str] = frozenset({"done", "failed", "skipped", ""})
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_bytes: int = 1_048_576
+    max_depth: int = 32
+
+
+def encode_payload(event: Event) -> bytes:
+    return orjson.dumps(event.model_dump(mode="json"))
+
+
+def encode_headers(env: Envelope) -> Headers:
+    pairs = (
+        (H_TYPE, env.event_type),
+        (H_ID, env.event_id),
+        (H_GID, env.gid),
+        (H_SAGA, env.saga),
+        (H_STEP, env.step),
+        (H_OP, env.op),
+        (H_OUTCOME, env.outcome),
+        (H_CAUSATION, env.causation_id),
+        (H_OCCURRED, str(round(env.occurred_at * 1000))),
+        (H_VERSION, str(env.schema_version)),
+        (H_ATTEMPT, str(env.attempt)),
+        (H_SOURCE, env.source),
+        (H_TRACEPARENT, env.traceparent),
+    )
+    return tuple((name, value.encode()) for name, value in pairs)
+
+
+def encode(message: Message) -> OutgoingRecord:
+    return OutgoingRecord(
+        topic=message.topic,
+        key=message.envelope.gid.encode(),
+        value=encode_payload(message.event),
+        headers=encode_headers(message.envelope),
+    )
+
+
+def check_depth(value: bytes, limit: int) -> None:
+    """Reject deep nesting without building anything: JSON strings are skipped so
+    brackets inside them do not count."""
+    depth = 0
+    in_string = escaped = False
+    for byte in value:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            if depth > limit:
+                raise UndecodableEvent(f"payload nesting deeper than {limit} levels")
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+
+
+def decode_envelope(record: Record) -> Envelope:
+    """Read the envelope from headers only; raises UndecodableEvent on bad headers."""
+    raw: dict[str, str] = {}
+    for name, value in record.headers:
+        try:
+            raw[name] = value.decode()
+        except UnicodeDecodeError as exc:
+            raise UndecodableEvent(f"header {name!r} is not UTF-8") from exc
+    event_type = raw.get(H_TYPE, "")
+    if not event_type:
+        raise UndecodableEvent(f"missing {H_TYPE!r} header")
+    gid = raw.get(H_GID) or (record.key.decode(errors="replace") if record.key else "")
+    if not gid:
+        raise UndecodableEvent(f"missing {H_GID!r} header and record key")
+    op, outcome = raw.get(H_OP, ""), raw.get(H_OUTCOME, "")
+    if op not in _OPS:
+        raise UndecodableEvent(f"header {H_OP!r} has unknown value {op!r}")
+    if outcome not in _OUTCOMES:
+        raise UndecodableEvent(f"header {H_OUTCOME!r} has unknown value {outcome!r}")
+    try:
+        occurred = int(raw.get(H_OCCURRED) or record.timestamp_ms) / 1000
+        version = int(raw.get(H_VERSION) or 1)
+        attempt = int(raw.get(H_ATTEMPT) or 1)
+    except ValueError as exc:
+        raise UndecodableEvent(f"a numeric header is not a number: {exc}") from exc
+    return Envelope(
+        event_type=event_type,
+        gid=gid,
+        event_id=raw.get(H_ID) or f"{record.topic}/{record.partition}/{record.offset}",
+        saga=raw.get(H_SAGA, ""),
+        step=raw.get(H_STEP, ""),
+        op=cast(Op, op),
+        outcome=cast(Outcome, outcome),
+        causation_id=raw.get(H_CAUSATION, ""),
+        occurred_at=occurred,
+        schema_version=version,
+        traceparent=raw.get(H_TRACEPARENT, ""),
+        attempt=attempt,
+        source=raw.get(H_SOURCE, ""),
+    )
+
+
+def parse_payload(value: bytes, limits: Limits) -> dict[str, Any]:
+    if len(value) > limits.max_bytes:
+        raise UndecodableEvent(f"payload is {len(value)} bytes, over the {limits.max_bytes} limit")
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UndecodableEvent(f"payload is not UTF-8 ({exc.reason} at byte {exc.start})") from exc
+    check_depth(value, limits.max_depth)
+    try:
+        data = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise UndecodableEvent(f"payload is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise SchemaViolation(f"payload must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def decode(record: Record, registry: EventRegistry, limits: Limits | None = None) -> Message:
+    """Turn a record into a typed message, or raise a PoisonEvent saying why not."""
+    envelope = decode_envelope(record)
+    cls = registry.get(envelope.event_type)
+    if cls is None:
+        raise UnknownEventType(f"no event class is registered for type {envelope.event_type!r}")
+    data = parse_payload(record.value, limits or Limits())
+    try:
+        event = cls.model_validate(data)
+    except ValidationError as exc:
+        raise SchemaViolation(
+            f"payload does not fit {cls.__qualname__}: {exc.error_count()} error(s): "
+            + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        ) from exc
+    return Message(envelope=envelope, event=event, topic=record.topic)
+
+
+def dumps(data: Any) -> bytes:
+    """JSON for choreo's own records (barrier outboxes, DLQ metadata, state API)."""
+    return orjson.dumps(data)
+
+
+def loads(data: bytes | str) -> Any:
+    return orjson.loads(data)

@@ -1,0 +1,37 @@
+"""What a handler may ask for besides its event."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from choreo.events import Envelope, Event
+from choreo.store.base import Store, Transaction
+
+
+@dataclass
+class Context:
+    """Per-delivery context, passed to handlers that declare a ``Context`` parameter.
+
+    ``tx`` collects store effects that are applied atomically with the step's barrier
+    record; ``publish`` queues extra events that go out with the return value, after
+    that commit, so a crash can never publish an event whose effect was not recorded.
+    """
+
+    envelope: Envelope
+    step: str
+    store: Store
+    logger: logging.LoggerAdapter[logging.Logger]
+    tx: Transaction = field(default_factory=Transaction)
+    outbox: list[Event] = field(default_factory=list)
+
+    @property
+    def gid(self) -> str:
+        return self.envelope.gid
+
+    @property
+    def attempt(self) -> int:
+        return self.envelope.attempt
+
+    def publish(self, *events: Event) -> None:
+        self.outbox.extend(events)

@@ -1,0 +1,59 @@
+"""Dead-letter records: the original bytes, untouched, plus headers saying why."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from choreo.transport.base import OutgoingRecord, Record
+
+DLQ_TOPIC = "choreo.dlq"
+H_REASON = "choreo-dlq-reason"
+H_KIND = "choreo-dlq-kind"
+H_SERVICE = "choreo-dlq-service"
+H_HANDLER = "choreo-dlq-handler"
+H_ATTEMPTS = "choreo-dlq-attempts"
+H_TOPIC = "choreo-dlq-topic"
+H_PARTITION = "choreo-dlq-partition"
+H_OFFSET = "choreo-dlq-offset"
+H_AT = "choreo-dlq-at"
+DLQ_HEADERS = frozenset(
+    {H_REASON, H_KIND, H_SERVICE, H_HANDLER, H_ATTEMPTS, H_TOPIC, H_PARTITION, H_OFFSET, H_AT}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """Why a record was given up on; ``kind`` is poison, failed or budget."""
+
+    kind: str
+    reason: str
+    service: str
+    handler: str = ""
+    attempts: int = 0
+
+
+def dead_letter_record(
+    record: Record, letter: DeadLetter, topic: str = DLQ_TOPIC
+) -> OutgoingRecord:
+    kept = tuple((k, v) for k, v in record.headers if k not in DLQ_HEADERS)
+    extra = (
+        (H_REASON, letter.reason[:4000]),
+        (H_KIND, letter.kind),
+        (H_SERVICE, letter.service),
+        (H_HANDLER, letter.handler),
+        (H_ATTEMPTS, str(letter.attempts)),
+        (H_TOPIC, record.topic),
+        (H_PARTITION, str(record.partition)),
+        (H_OFFSET, str(record.offset)),
+        (H_AT, str(round(time.time() * 1000))),
+    )
+    headers = kept + tuple((k, v.encode()) for k, v in extra)
+    return OutgoingRecord(topic=topic, key=record.key, value=record.value, headers=headers)
+
+
+def original_record(dead: Record) -> OutgoingRecord:
+    """The record as it was before it died, for replay after a fix."""
+    topic = (dead.header(H_TOPIC) or b"").decode() or dead.topic
+    headers = tuple((k, v) for k, v in dead.headers if k not in DLQ_HEADERS)
+    return OutgoingRecord(topic=topic, key=dead.key, value=dead.value, headers=headers)

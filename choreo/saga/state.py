@@ -1,0 +1,120 @@
+"""Saga state: what the tracker knows about one saga, keyed by gid.
+
+Plain pydantic models that survive ``model_dump(mode="json")`` and ``model_validate``
+unchanged: the tracker keeps them in a changelog-backed table and the state API serves
+them as JSON. Only the pure machine (``choreo.saga.machine``) changes them.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SEEN_IDS_LIMIT = 512
+TIMELINE_LIMIT = 1000
+
+
+class SagaStatus(StrEnum):
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    COMPENSATING = "COMPENSATING"
+    COMPENSATED = "COMPENSATED"
+    STUCK = "STUCK"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.STUCK})
+
+
+class StepStatus(StrEnum):
+    """A step absent from ``SagaState.steps`` was never dispatched."""
+
+    PENDING = "PENDING"
+    DONE = "DONE"
+    FAILED = "FAILED"
+    COMPENSATING = "COMPENSATING"
+    COMPENSATED = "COMPENSATED"
+
+
+class StepState(BaseModel):
+    status: StepStatus
+    dispatched_at: float | None = None
+    finished_at: float | None = None
+    deadline_at: float | None = None
+    compensation_attempts: int = 0
+    # Bumped by an operator's retry, which grants a fresh attempt budget; it keeps the
+    # event ids of the new attempts distinct from the earlier ones.
+    compensation_round: int = 0
+    compensation_issued_at: float | None = None
+    next_retry_at: float | None = None
+    compensated_at: float | None = None
+    outcome_note: str = ""
+
+
+class TimelineEntry(BaseModel):
+    """One line of a saga's history: an event seen or an action the tracker took."""
+
+    model_config = ConfigDict(frozen=True)
+
+    at: float
+    occurred_at: float | None = None
+    event_type: str = ""
+    event_id: str = ""
+    step: str = ""
+    op: str = ""
+    outcome: str = ""
+    source: str = ""
+    note: str = ""
+
+
+class SagaState(BaseModel):
+    gid: str
+    saga: str
+    status: SagaStatus = SagaStatus.RUNNING
+    steps: dict[str, StepState] = Field(default_factory=dict)
+    version: int = 0
+    started_at: float
+    updated_at: float
+    finished_at: float | None = None
+    reason: str = ""
+    # Payloads of every business event seen, merged in arrival order: the source of the
+    # fields a compensation event needs.
+    data: dict[str, Any] = Field(default_factory=dict)
+    # The last payload per event type, so an operator's retry can re-publish a trigger.
+    events_by_type: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    seen_ids: list[str] = Field(default_factory=list)
+    timeline: list[TimelineEntry] = Field(default_factory=list)
+    resolved: bool = False
+    resolved_by: str = ""
+    resolved_note: str = ""
+
+    @classmethod
+    def new(cls, gid: str, saga: str, now: float) -> SagaState:
+        return cls(gid=gid, saga=saga, started_at=now, updated_at=now)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status.is_terminal
+
+    def has_seen(self, event_id: str) -> bool:
+        return event_id in self.seen_ids
+
+    def next_deadline(self) -> float | None:
+        """When the tracker must next call ``on_deadline``: the earliest deadline of a
+        pending step (while running) or retry of an unconfirmed compensation."""
+        times: list[float] = []
+        for step in self.steps.values():
+            if step.status is StepStatus.COMPENSATING and step.next_retry_at is not None:
+                times.append(step.next_retry_at)
+            elif (
+                step.status is StepStatus.PENDING
+                and self.status is SagaStatus.RUNNING
+                and step.deadline_at is not None
+            ):
+                times.append(step.deadline_at)
+        return min(times, default=None)

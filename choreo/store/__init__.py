@@ -1,0 +1,1 @@
+"""Barrier records and the key-value effects they guard: memory and Redis."""

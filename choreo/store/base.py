@@ -1,0 +1,175 @@
+"""The store: DTM's sub-transaction barrier plus the key-value effects it guards.
+
+A barrier record exists per ``(gid, step, op)``. The dispatcher asks ``check`` before it
+runs a handler and ``commit`` after: ``commit`` re-checks, verifies the guards of the
+handler's effects, applies them and writes the record in one atomic step (one Lua script
+on Redis, one critical section in memory). The record also keeps the handler's outgoing
+events, so a redelivery after a crash re-publishes exactly what the first run produced
+instead of losing it or running the handler twice.
+
+Outcomes, as DTM names them:
+
+- duplicate: the record for this op exists; re-publish its outputs.
+- hanging: an action arrives after its compensation; it must not run.
+- null compensation: a compensation whose action never ran (or failed); it is recorded,
+  so the late action is recognised as hanging, and confirmed without running.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+BarrierOp = Literal["action", "compensate"]
+Status = Literal["done", "failed"]
+
+DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class BarrierKey:
+    gid: str
+    step: str
+    op: BarrierOp
+
+    def __str__(self) -> str:
+        return f"{self.gid}/{self.step}/{self.op}"
+
+
+@dataclass(frozen=True, slots=True)
+class Incr:
+    """Add ``delta`` to an integer key; refuse (atomically) if the result leaves
+    [minimum, maximum]."""
+
+    key: str
+    delta: int
+    minimum: int | None = None
+    maximum: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    key: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    key: str
+
+
+Effect = Incr | Put | Delete
+
+
+class Decision(enum.Enum):
+    RUN = "run"  # nothing recorded yet: run the handler
+    APPLIED = "applied"
+    FAILED = "failed"  # a business failure was recorded
+    DUPLICATE = "duplicate"
+    HANGING = "hanging"
+    NULL_COMPENSATION = "null_compensation"
+    REJECTED = "rejected"  # a guard refused the effects; nothing was written
+
+
+@dataclass(frozen=True, slots=True)
+class BarrierResult:
+    decision: Decision
+    outputs: bytes = b""
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BarrierRecord:
+    key: BarrierKey
+    status: Status
+    outputs: bytes
+
+
+@dataclass
+class Transaction:
+    """Effects a handler asks for; applied only together with its barrier record."""
+
+    effects: list[Effect] = field(default_factory=list)
+
+    def incr(
+        self, key: str, delta: int, *, minimum: int | None = None, maximum: int | None = None
+    ) -> None:
+        self.effects.append(Incr(key, delta, minimum, maximum))
+
+    def put(self, key: str, value: str) -> None:
+        self.effects.append(Put(key, value))
+
+    def delete(self, key: str) -> None:
+        self.effects.append(Delete(key))
+
+
+def guard_failure(effect: Incr, current: int) -> str:
+    result = current + effect.delta
+    if effect.minimum is not None and result < effect.minimum:
+        return f"{effect.key} would become {result}, below its minimum {effect.minimum}"
+    if effect.maximum is not None and result > effect.maximum:
+        return f"{effect.key} would become {result}, above its maximum {effect.maximum}"
+    return ""
+
+
+class Store(abc.ABC):
+    """Barrier records and plain key-value data in one place, so both change atomically."""
+
+    url: str
+    retention_seconds: int
+
+    @abc.abstractmethod
+    async def start(self) -> None: ...
+
+    @abc.abstractmethod
+    async def stop(self) -> None: ...
+
+    @abc.abstractmethod
+    async def check(self, key: BarrierKey) -> BarrierResult:
+        """Read-only: RUN, DUPLICATE (with outputs), HANGING or NULL_COMPENSATION."""
+
+    @abc.abstractmethod
+    async def commit(
+        self,
+        key: BarrierKey,
+        *,
+        status: Status,
+        outputs: bytes,
+        effects: Sequence[Effect],
+        null_outputs: bytes,
+        handler_ran: bool,
+    ) -> BarrierResult:
+        """Atomically re-check and record.
+
+        action: HANGING if compensated; DUPLICATE if recorded; status failed -> record,
+        FAILED; a guard refuses -> REJECTED (nothing written); else apply, APPLIED.
+        compensate: DUPLICATE if recorded; the action absent or failed -> record
+        ``null_outputs``, NULL_COMPENSATION; the action done but ``handler_ran`` false ->
+        RUN (nothing written: run the handler, then commit again); else apply, APPLIED.
+        """
+
+    @abc.abstractmethod
+    async def records(self, gid: str) -> list[BarrierRecord]:
+        """Every barrier record of a saga (for `choreo saga why`)."""
+
+    @abc.abstractmethod
+    async def get(self, key: str) -> str | None: ...
+
+    async def get_int(self, key: str, default: int = 0) -> int:
+        value = await self.get(key)
+        return default if value is None else int(value)
+
+    @abc.abstractmethod
+    async def apply(self, effects: Sequence[Effect]) -> str:
+        """Apply effects atomically outside any barrier (seeding data); returns the
+        guard failure, or "" when applied."""
+
+    async def __aenter__(self) -> Store:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()

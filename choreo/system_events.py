@@ -1,0 +1,82 @@
+"""Events choreo itself publishes; they share one topic so a saga's bookkeeping stays
+in one place and services may subscribe to them like any other event."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from choreo.events import Event, EventRegistry
+
+SYSTEM_TOPIC = "choreo.system"
+
+
+class SystemEvent(Event, topic=SYSTEM_TOPIC):
+    """Base of choreo's own events."""
+
+
+class StepFailed(SystemEvent, type="choreo.StepFailed"):
+    """A handler raised BusinessFailure without an event of its own."""
+
+    step: str
+    reason: str
+
+
+class CompensationSkipped(SystemEvent, type="choreo.CompensationSkipped"):
+    """The barrier confirmed a compensation without running it (null compensation or
+    a compensation of a step that failed): the tracker counts it as confirmed."""
+
+    step: str
+    reason: str
+
+
+class SagaCompleted(SystemEvent, type="choreo.SagaCompleted"):
+    saga: str
+
+
+class SagaCompensated(SystemEvent, type="choreo.SagaCompensated"):
+    saga: str
+    reason: str
+
+
+class SagaStuck(SystemEvent, type="choreo.SagaStuck"):
+    """An alert: a compensation's retry budget is spent and an operator must act."""
+
+    saga: str
+    step: str
+    attempts: int
+    reason: str
+
+
+class DeadlineCheck(SystemEvent, type="choreo.DeadlineCheck"):
+    """Routed through the log so the tracker changes state only inside stream processing."""
+
+    version: int
+
+
+AdminAction = Literal["retry", "compensate", "resolve"]
+
+
+class AdminCommand(SystemEvent, type="choreo.AdminCommand"):
+    """An operator's audited request, carried out by the tracker."""
+
+    action: AdminAction
+    actor: str
+    note: str = ""
+
+
+SYSTEM_EVENTS: tuple[type[Event], ...] = (
+    StepFailed,
+    CompensationSkipped,
+    SagaCompleted,
+    SagaCompensated,
+    SagaStuck,
+    DeadlineCheck,
+    AdminCommand,
+)
+
+
+def system_registry() -> EventRegistry:
+    registry = EventRegistry()
+    for cls in SYSTEM_EVENTS:
+        registry.add(cls)
+    return registry

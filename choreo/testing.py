@@ -1,0 +1,184 @@
+"""A harness for testing services together, in memory or against a real broker.
+
+    async with Harness(orders, inventory, payment) as h:
+        gid = await h.publish(OrderPlaced(order_id="o1", amount=5))
+        await h.drain()
+        assert [m.envelope.event_type for m in h.history(gid)] == [...]
+
+Every participant shares one transport and one store. ``broker=`` (or the
+``CHOREO_TEST_BROKER`` environment variable) switches the same test to a real broker,
+e.g. ``kafka://127.0.0.1:9092``; ``store=`` (``CHOREO_TEST_STORE``) to ``redis://...``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Protocol
+
+from choreo import codec
+from choreo.errors import ConfigurationError, PoisonEvent
+from choreo.events import Event, EventRegistry, Message
+from choreo.store.base import Store
+from choreo.transport.base import Consumer, OutgoingRecord, Record, TopicPartition, Transport
+from choreo.urls import open_store, open_transport
+
+
+class Participant(Protocol):
+    """What the harness needs of a service or a tracker."""
+
+    name: str
+    group: str
+
+    def running(
+        self, *, broker: str | Transport | None = None, store: str | Store | None = None
+    ) -> contextlib.AbstractAsyncContextManager[Any]: ...
+
+    def subscribed_topics(self) -> list[str]: ...
+
+    def known_topics(self) -> list[str]: ...
+
+    def registry(self) -> EventRegistry: ...
+
+
+class Harness:
+    def __init__(
+        self,
+        *participants: Participant,
+        broker: str | None = None,
+        store: str | None = None,
+        partitions: int = 4,
+    ) -> None:
+        if not participants:
+            raise ConfigurationError("Harness needs at least one service")
+        self.participants = participants
+        self.broker_url = broker or os.environ.get("CHOREO_TEST_BROKER", "memory://")
+        self.store_url = store or os.environ.get("CHOREO_TEST_STORE", "memory://")
+        self.partitions = partitions
+        self.registry = EventRegistry()
+        for participant in participants:
+            self.registry.merge(participant.registry())
+        self.transport: Transport = open_transport(self.broker_url, partitions=partitions)
+        self.store: Store = open_store(self.store_url)
+        self.messages: list[Message] = []
+        self.dead: list[Record] = []
+        self.undecodable: list[Record] = []
+        self._spy: Consumer | None = None
+        self._seen: dict[TopicPartition, int] = {}
+        self._stack = contextlib.AsyncExitStack()
+
+    @property
+    def topics(self) -> list[str]:
+        return sorted({t for p in self.participants for t in p.known_topics()})
+
+    async def __aenter__(self) -> Harness:
+        await self._stack.enter_async_context(self._lifespan())
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._stack.aclose()
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self) -> AsyncIterator[None]:
+        async with self.transport, self.store:
+            await self.transport.ensure_topics(self.topics, self.partitions)
+            async with contextlib.AsyncExitStack() as stack:
+                for participant in self.participants:
+                    await stack.enter_async_context(
+                        participant.running(broker=self.transport, store=self.store)
+                    )
+                self._spy = self.transport.consumer(f"choreo.harness.{uuid.uuid4()}", self.topics)
+                await self._spy.start()
+                try:
+                    yield
+                finally:
+                    await self._spy.stop()
+
+    async def publish(
+        self, event: Event, *, gid: str | None = None, saga: str | None = None
+    ) -> str:
+        """Publish through the first participant that can (a Service)."""
+        for participant in self.participants:
+            publish = getattr(participant, "publish", None)
+            if publish is not None:
+                envelope = await publish(event, gid=gid, saga=saga)
+                return str(envelope.gid)
+        raise ConfigurationError("no participant of this harness can publish")
+
+    async def _collect(self) -> None:
+        assert self._spy is not None
+        batch = await self._spy.getmany(timeout=0.05)
+        for records in batch.values():
+            for record in records:
+                self._seen[record.tp] = record.offset + 1
+                if record.topic.endswith(".dlq"):
+                    self.dead.append(record)
+                    continue
+                try:
+                    self.messages.append(codec.decode(record, self.registry))
+                except PoisonEvent:
+                    self.undecodable.append(record)
+
+    async def _lag(self) -> dict[str, int]:
+        """Unprocessed records per group (the spy included)."""
+        assert self._spy is not None
+        lag: dict[str, int] = {}
+        ends: dict[TopicPartition, int] = {}
+        for topic in self.topics:
+            for partition in range(await self.transport.partitions_for(topic)):
+                ends[TopicPartition(topic, partition)] = 0
+        ends = await self._spy.end_offsets(list(ends))
+        for participant in self.participants:
+            worker = getattr(participant, "worker", None)
+            consumer = getattr(worker, "consumer", None)
+            if consumer is None:
+                continue
+            behind = 0
+            for tp, end in ends.items():
+                if tp.topic in participant.subscribed_topics():
+                    behind += end - (await consumer.committed(tp) or 0)
+            lag[participant.group] = behind
+        lag["harness"] = sum(end - self._seen.get(tp, 0) for tp, end in ends.items())
+        return lag
+
+    async def drain(self, timeout: float = 15.0, settle: float = 0.05) -> None:
+        """Wait until every participant has committed everything there is to read and the
+        harness has seen every record; raises TimeoutError naming who lags."""
+        deadline = time.monotonic() + timeout
+        idle_rounds = 0
+        lag: dict[str, int] = {}
+        while time.monotonic() < deadline:
+            await self._collect()
+            lag = await self._lag()
+            idle_rounds = idle_rounds + 1 if not any(lag.values()) else 0
+            if idle_rounds >= 3:
+                return
+            await asyncio.sleep(settle)
+        raise TimeoutError(f"not idle after {timeout}s; records behind per group: {lag}")
+
+    def history(self, gid: str) -> list[Message]:
+        return [m for m in self.messages if m.gid == gid]
+
+    def published(self, event: type[Event] | None = None) -> list[Message]:
+        if event is None:
+            return list(self.messages)
+        return [m for m in self.messages if m.envelope.event_type == event.event_type]
+
+    def dead_letters(self, gid: str | None = None) -> list[Record]:
+        """Dead-lettered records, optionally of one saga (the record key is its gid)."""
+        if gid is None:
+            return list(self.dead)
+        return [record for record in self.dead if record.key == gid.encode()]
+
+    def types(self, gid: str) -> list[str]:
+        return [m.envelope.event_type for m in self.history(gid)]
+
+    async def send_raw(
+        self, topic: str, value: bytes, headers: Sequence[tuple[str, bytes]], key: bytes | None
+    ) -> None:
+        """Put arbitrary bytes on a topic, for poison-event tests."""
+        await self.transport.send(OutgoingRecord(topic, key, value, tuple(headers)))

@@ -1,0 +1,1 @@
+"""Transports: the in-memory log and Kafka (aiokafka), behind one interface."""

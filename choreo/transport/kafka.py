@@ -1,0 +1,546 @@
+"""The Kafka transport, on aiokafka. The only module of the package that imports aiokafka.
+
+aiokafka's defaults are wrong for at-least-once processing (acks=1, no idempotence,
+auto-commit on, offset reset "latest", read_uncommitted), so every client is built here
+with the settings choreo relies on written out explicitly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import (
+    CommitFailedError,
+    ConsumerStoppedError,
+    IllegalStateError,
+    KafkaError,
+    TopicAlreadyExistsError,
+    for_code,
+)
+from aiokafka.helpers import create_ssl_context
+from aiokafka.structs import TopicPartition as KafkaTopicPartition
+
+from choreo.errors import ConfigurationError, TransportError
+from choreo.transport.base import (
+    Consumer,
+    Delivered,
+    OutgoingRecord,
+    Record,
+    RevokeCallback,
+    TopicPartition,
+    Transport,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PORT = 9092
+
+#: Errors of the network or the broker; anything else (TypeError...) is a bug, not retried.
+_TRANSIENT: tuple[type[BaseException], ...] = (KafkaError, OSError, TimeoutError)
+
+_CLIENT_SECURITY_KEYS = frozenset(
+    {
+        "security_protocol",
+        "sasl_mechanism",
+        "sasl_plain_username",
+        "sasl_plain_password",
+        "sasl_kerberos_service_name",
+        "sasl_kerberos_domain_name",
+        "sasl_oauth_token_provider",
+        "ssl_context",
+    }
+)
+_SSL_FILE_KEYS = frozenset({"cafile", "capath", "cadata", "certfile", "keyfile", "password"})
+
+
+def parse_kafka_url(url: str) -> list[str]:
+    """``kafka://host:port[,host2:port2]`` -> ``["host:port", "host2:port2"]``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() != "kafka":
+        raise ConfigurationError(
+            f"not a Kafka URL: {url!r} (expected kafka://host:port[,host2:port2])"
+        )
+    rest = rest.split("?", 1)[0].rstrip("/")
+    servers: list[str] = []
+    for item in rest.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if item.startswith("["):  # [ipv6]:port
+            host, _, port_text = item[1:].partition("]")
+            port_text = port_text.removeprefix(":")
+            display_host = f"[{host}]"
+        else:
+            host, _, port_text = item.partition(":")
+            display_host = host
+        if not host or "/" in item or "@" in item:
+            raise ConfigurationError(f"bad broker address {item!r} in Kafka URL {url!r}")
+        if port_text and not port_text.isdigit():
+            raise ConfigurationError(f"bad port in broker address {item!r} of {url!r}")
+        port = int(port_text) if port_text else DEFAULT_PORT
+        if not 0 < port < 65536:
+            raise ConfigurationError(f"port out of range in broker address {item!r} of {url!r}")
+        servers.append(f"{display_host}:{port}")
+    if not servers:
+        raise ConfigurationError(f"no broker address in Kafka URL {url!r}")
+    return servers
+
+
+def _security_options(security: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The keyword arguments every aiokafka client gets, built from ``security``."""
+    if not security:
+        return {}
+    unknown = set(security) - _CLIENT_SECURITY_KEYS - _SSL_FILE_KEYS
+    if unknown:
+        raise ConfigurationError(
+            f"unknown Kafka security option(s): {', '.join(sorted(unknown))}; "
+            f"expected some of {', '.join(sorted(_CLIENT_SECURITY_KEYS | _SSL_FILE_KEYS))}"
+        )
+    options = {key: value for key, value in security.items() if key in _CLIENT_SECURITY_KEYS}
+    files = {key: value for key, value in security.items() if key in _SSL_FILE_KEYS}
+    if files:
+        if options.get("ssl_context") is not None:
+            raise ConfigurationError(
+                "give either ssl_context or cafile/certfile/keyfile in Kafka security options, "
+                "not both"
+            )
+        try:
+            options["ssl_context"] = create_ssl_context(**files)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise ConfigurationError(f"cannot build the Kafka SSL context: {exc}") from exc
+    if options.get("ssl_context") is not None:
+        options.setdefault("security_protocol", "SSL")
+    return options
+
+
+def _to_kafka(tp: TopicPartition) -> Any:
+    return KafkaTopicPartition(tp.topic, tp.partition)
+
+
+def _from_kafka(tp: Any) -> TopicPartition:
+    return TopicPartition(str(tp.topic), int(tp.partition))
+
+
+def _to_record(message: Any) -> Record:
+    headers = tuple((str(key), bytes(value or b"")) for key, value in (message.headers or ()))
+    return Record(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key,
+        value=message.value if message.value is not None else b"",
+        headers=headers,
+        timestamp_ms=int(message.timestamp or 0),
+    )
+
+
+class KafkaTransport(Transport):
+    """A connection to a Kafka cluster: one producer and one admin client, plus consumers.
+
+    ``url`` is ``kafka://host:port[,host2:port2]`` (port 9092 when left out).
+
+    ``partitions`` is the partition count of topics this transport creates: by
+    ``ensure_topics`` without an explicit count, and before the first send to, or the
+    start of a consumer on, a topic that does not exist yet (the broker's own
+    auto-creation, with its ``num.partitions``, is never relied on).
+    ``replication_factor`` applies to those topics too.
+
+    ``security`` is passed to every aiokafka client (producer, consumers, admin):
+
+    - ``security_protocol``: ``PLAINTEXT`` (default), ``SSL``, ``SASL_PLAINTEXT``,
+      ``SASL_SSL``;
+    - ``sasl_mechanism`` (``PLAIN``, ``SCRAM-SHA-256``, ``SCRAM-SHA-512``, ``GSSAPI``,
+      ``OAUTHBEARER``), ``sasl_plain_username``, ``sasl_plain_password``,
+      ``sasl_kerberos_service_name``, ``sasl_kerberos_domain_name``,
+      ``sasl_oauth_token_provider``;
+    - ``ssl_context``: a ready ``ssl.SSLContext``; or instead ``cafile``, ``capath``,
+      ``cadata``, ``certfile``, ``keyfile``, ``password``, from which one is built with
+      ``aiokafka.helpers.create_ssl_context``. With an SSL context and no
+      ``security_protocol``, the protocol is ``SSL``.
+
+    Unknown keys are a ``ConfigurationError``.
+
+    The producer uses acks=all and idempotence, so a record ``send`` acknowledged is
+    durable and retries never reorder or duplicate records of a partition. Consumers never
+    auto-commit, start new groups at the earliest offset and read committed records only.
+    ``producer_options`` / ``consumer_options`` are extra aiokafka keyword arguments that
+    override these defaults (use with care).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        partitions: int = 4,
+        replication_factor: int = 1,
+        client_id: str = "choreo",
+        security: Mapping[str, Any] | None = None,
+        request_timeout_ms: int = 30_000,
+        session_timeout_ms: int = 10_000,
+        heartbeat_interval_ms: int = 1_000,
+        max_poll_records: int = 500,
+        linger_ms: int = 5,
+        topic_ready_timeout: float = 30.0,
+        producer_options: Mapping[str, Any] | None = None,
+        consumer_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        if partitions < 1:
+            raise ConfigurationError("partitions must be >= 1")
+        if replication_factor < 1:
+            raise ConfigurationError("replication_factor must be >= 1")
+        self.url = url
+        self.bootstrap_servers = parse_kafka_url(url)
+        self.partitions = partitions
+        self.replication_factor = replication_factor
+        self.client_id = client_id
+        self.request_timeout_ms = request_timeout_ms
+        self.session_timeout_ms = session_timeout_ms
+        self.heartbeat_interval_ms = heartbeat_interval_ms
+        self.max_poll_records = max_poll_records
+        self.linger_ms = linger_ms
+        self.topic_ready_timeout = topic_ready_timeout
+        self._security = _security_options(security)
+        self._producer_options = dict(producer_options or {})
+        self._consumer_options = dict(consumer_options or {})
+        self._producer: Any = None
+        self._admin: Any = None
+        self._known_topics: set[str] = set()
+        self._topics_lock = asyncio.Lock()
+
+    # -- client options ---------------------------------------------------------
+    def _common_options(self) -> dict[str, Any]:
+        return {
+            "bootstrap_servers": self.bootstrap_servers,
+            "client_id": self.client_id,
+            "request_timeout_ms": self.request_timeout_ms,
+            **self._security,
+        }
+
+    def consumer_kwargs(self, group: str) -> dict[str, Any]:
+        """The keyword arguments of ``AIOKafkaConsumer`` for a member of ``group``."""
+        return {
+            **self._common_options(),
+            "group_id": group,
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+            "isolation_level": "read_committed",
+            "session_timeout_ms": self.session_timeout_ms,
+            "heartbeat_interval_ms": self.heartbeat_interval_ms,
+            "max_poll_records": self.max_poll_records,
+            **self._consumer_options,
+        }
+
+    def producer_kwargs(self) -> dict[str, Any]:
+        return {
+            **self._common_options(),
+            "acks": "all",
+            "enable_idempotence": True,
+            "linger_ms": self.linger_ms,
+            "compression_type": None,
+            **self._producer_options,
+        }
+
+    # -- lifecycle --------------------------------------------------------------
+    async def start(self) -> None:
+        if self._producer is not None:
+            return
+        producer = AIOKafkaProducer(**self.producer_kwargs())
+        admin = AIOKafkaAdminClient(**self._common_options())
+        try:
+            await producer.start()
+            await admin.start()
+        except _TRANSIENT as exc:
+            await _quietly(producer.stop())
+            await _quietly(admin.close())
+            raise TransportError(
+                f"cannot connect to Kafka at {','.join(self.bootstrap_servers)}: {exc}"
+            ) from exc
+        except BaseException:
+            await _quietly(producer.stop())
+            await _quietly(admin.close())
+            raise
+        self._producer, self._admin = producer, admin
+
+    async def stop(self) -> None:
+        producer, admin = self._producer, self._admin
+        self._producer = self._admin = None
+        try:
+            if producer is not None:
+                await producer.stop()
+        finally:
+            if admin is not None:
+                await admin.close()
+
+    def _require(self, client: Any, what: str) -> Any:
+        if client is None:
+            raise TransportError(f"KafkaTransport is not started (no {what}): call start()")
+        return client
+
+    # -- topics -----------------------------------------------------------------
+    async def _topic_partitions(self) -> dict[str, int]:
+        """Every topic the cluster lists, with its partition count (no auto-creation:
+        a metadata request for all topics names none)."""
+        admin = self._require(self._admin, "admin client")
+        try:
+            described = await admin.describe_topics()
+        except _TRANSIENT as exc:
+            raise TransportError(f"cannot read Kafka topic metadata: {exc}") from exc
+        counts: dict[str, int] = {}
+        for topic in described:
+            if topic.get("error_code", 0) != 0:
+                continue
+            partitions = topic.get("partitions") or []
+            # A new topic is usable once every partition has a leader.
+            if all(p.get("leader", -1) >= 0 and p.get("error_code", 0) == 0 for p in partitions):
+                counts[str(topic["topic"])] = len(partitions)
+        return counts
+
+    async def ensure_topics(self, topics: Sequence[str], partitions: int | None = None) -> None:
+        wanted = list(dict.fromkeys(topics))
+        if not wanted:
+            return
+        count = partitions or self.partitions
+        admin = self._require(self._admin, "admin client")
+        async with self._topics_lock:
+            existing = await self._topic_partitions()
+            missing = [topic for topic in wanted if topic not in existing]
+            if missing:
+                new = [NewTopic(topic, count, self.replication_factor) for topic in missing]
+                try:
+                    response = await admin.create_topics(new)
+                except _TRANSIENT as exc:
+                    raise TransportError(f"cannot create Kafka topics {missing}: {exc}") from exc
+                for error in response.topic_errors:
+                    topic, code = error[0], error[1]
+                    if code == 0:
+                        continue
+                    error_type = for_code(code)
+                    if error_type is TopicAlreadyExistsError:
+                        continue
+                    message = error[2] if len(error) > 2 and error[2] else error_type.__name__
+                    cause = error_type(message)
+                    if error_type.retriable:
+                        raise TransportError(f"cannot create topic {topic!r}: {message}") from cause
+                    raise ConfigurationError(f"cannot create topic {topic!r}: {message}") from cause
+                await self._wait_for_topics(missing)
+            self._known_topics.update(wanted)
+
+    async def _wait_for_topics(self, topics: Sequence[str]) -> None:
+        deadline = time.monotonic() + self.topic_ready_timeout
+        delay = 0.05
+        while True:
+            existing = await self._topic_partitions()
+            if all(topic in existing for topic in topics):
+                return
+            if time.monotonic() > deadline:
+                pending = [topic for topic in topics if topic not in existing]
+                raise TransportError(
+                    f"Kafka topics {pending} not ready after {self.topic_ready_timeout:.0f}s"
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    async def partitions_for(self, topic: str) -> int:
+        return (await self._topic_partitions()).get(topic, 0)
+
+    async def _ensure_known(self, topics: Sequence[str]) -> None:
+        unknown = [topic for topic in topics if topic not in self._known_topics]
+        if unknown:
+            await self.ensure_topics(unknown)
+
+    # -- producing --------------------------------------------------------------
+    async def send(self, record: OutgoingRecord) -> Delivered:
+        return (await self.send_many([record]))[0]
+
+    async def send_many(self, records: Sequence[OutgoingRecord]) -> list[Delivered]:
+        """Enqueue every record, then await every acknowledgement. Records of one key keep
+        their order: they go to one partition, and the idempotent producer never reorders
+        a partition's batches, even on retries."""
+        if not records:
+            return []
+        producer = self._require(self._producer, "producer")
+        await self._ensure_known([record.topic for record in records])
+        futures: list[asyncio.Future[Any]] = []
+        try:
+            for record in records:
+                futures.append(
+                    await producer.send(
+                        record.topic,
+                        value=record.value,
+                        key=record.key,
+                        headers=list(record.headers) or None,
+                    )
+                )
+        except _TRANSIENT as exc:
+            await asyncio.gather(*futures, return_exceptions=True)
+            raise TransportError(f"Kafka send failed: {exc}") from exc
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        delivered: list[Delivered] = []
+        for result in results:
+            if isinstance(result, BaseException):
+                if isinstance(result, _TRANSIENT):
+                    raise TransportError(f"Kafka send failed: {result}") from result
+                raise result
+            delivered.append(Delivered(result.topic, result.partition, result.offset))
+        return delivered
+
+    # -- consuming --------------------------------------------------------------
+    def consumer(
+        self, group: str, topics: Sequence[str], *, on_revoke: RevokeCallback | None = None
+    ) -> Consumer:
+        return KafkaConsumer(self, group, topics, on_revoke=on_revoke)
+
+
+class _RevokeListener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Awaits the caller's hook before a rebalance takes partitions away. aiokafka runs it
+    while the member still owns them, so commits made in the hook succeed."""
+
+    def __init__(self, consumer: KafkaConsumer, on_revoke: RevokeCallback | None) -> None:
+        self._consumer = consumer
+        self._on_revoke = on_revoke
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        lost = frozenset(_from_kafka(tp) for tp in revoked)
+        logger.debug("group %s: revoking %s", self._consumer.group, sorted(lost))
+        if self._on_revoke is not None and lost:
+            await self._on_revoke(lost)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        logger.debug(
+            "group %s: assigned %s",
+            self._consumer.group,
+            sorted(_from_kafka(tp) for tp in assigned),
+        )
+
+
+class KafkaConsumer(Consumer):
+    """A member of a Kafka consumer group (aiokafka, explicit commits only)."""
+
+    def __init__(
+        self,
+        transport: KafkaTransport,
+        group: str,
+        topics: Sequence[str],
+        *,
+        on_revoke: RevokeCallback | None = None,
+    ) -> None:
+        self.transport = transport
+        self.group = group
+        self.topics = tuple(dict.fromkeys(topics))
+        self.on_revoke = on_revoke
+        self._consumer: Any = None
+
+    async def start(self) -> None:
+        if self._consumer is not None:
+            return
+        # Like the memory broker: subscribing creates missing topics (with our partition
+        # count, not the broker's num.partitions).
+        await self.transport._ensure_known(self.topics)
+        consumer = AIOKafkaConsumer(**self.transport.consumer_kwargs(self.group))
+        consumer.subscribe(list(self.topics), listener=_RevokeListener(self, self.on_revoke))
+        try:
+            await consumer.start()
+        except _TRANSIENT as exc:
+            await _quietly(consumer.stop())
+            raise TransportError(f"consumer of group {self.group!r} cannot start: {exc}") from exc
+        except BaseException:
+            await _quietly(consumer.stop())
+            raise
+        self._consumer = consumer
+
+    async def stop(self) -> None:
+        """Leave the group without committing (auto-commit is off)."""
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await consumer.stop()
+
+    def _require(self) -> Any:
+        if self._consumer is None:
+            raise TransportError("consumer is not started")
+        return self._consumer
+
+    async def getmany(
+        self, timeout: float = 0.2, max_records: int = 500
+    ) -> Mapping[TopicPartition, Sequence[Record]]:
+        consumer = self._require()
+        try:
+            batch = await consumer.getmany(
+                timeout_ms=max(0, int(timeout * 1000)), max_records=max_records
+            )
+        except ConsumerStoppedError as exc:
+            raise TransportError("consumer is not started") from exc
+        except _TRANSIENT as exc:
+            raise TransportError(f"Kafka fetch failed: {exc}") from exc
+        return {
+            _from_kafka(tp): [_to_record(message) for message in messages]
+            for tp, messages in batch.items()
+            if messages
+        }
+
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Commit ``next offset to read`` per partition. Partitions this member no longer
+        owns are skipped, and a commit refused because the group rebalanced meanwhile is
+        logged, not raised: the new owner reads those records again (at-least-once)."""
+        consumer = self._require()
+        owned = self.assignment()
+        mine = {_to_kafka(tp): offset for tp, offset in offsets.items() if tp in owned}
+        lost = sorted(tp for tp in offsets if tp not in owned)
+        if lost:
+            logger.warning(
+                "group %s: not committing %s, no longer assigned (they will be redelivered)",
+                self.group,
+                ", ".join(map(str, lost)),
+            )
+        if not mine:
+            return
+        try:
+            await consumer.commit(mine)
+        except (CommitFailedError, IllegalStateError) as exc:
+            logger.warning(
+                "group %s: commit of %s failed after a rebalance (records will be "
+                "redelivered to the new owner): %s",
+                self.group,
+                ", ".join(str(_from_kafka(tp)) for tp in mine),
+                exc,
+            )
+        except _TRANSIENT as exc:
+            raise TransportError(f"Kafka commit failed: {exc}") from exc
+
+    def assignment(self) -> frozenset[TopicPartition]:
+        if self._consumer is None:
+            return frozenset()
+        return frozenset(_from_kafka(tp) for tp in self._consumer.assignment())
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        consumer = self._require()
+        try:
+            offset = await consumer.committed(_to_kafka(tp))
+        except _TRANSIENT as exc:
+            raise TransportError(f"cannot read committed offset of {tp}: {exc}") from exc
+        return None if offset is None else int(offset)
+
+    async def end_offsets(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        if not tps:
+            return {}
+        consumer = self._require()
+        try:
+            offsets = await consumer.end_offsets([_to_kafka(tp) for tp in tps])
+        except _TRANSIENT as exc:
+            raise TransportError(f"cannot read end offsets: {exc}") from exc
+        return {_from_kafka(tp): int(offset) for tp, offset in offsets.items()}
+
+
+async def _quietly(closing: Any) -> None:
+    """Await a client's stop/close during cleanup, logging instead of masking the cause."""
+    try:
+        await closing
+    except Exception:
+        logger.debug("error while closing a Kafka client", exc_info=True)

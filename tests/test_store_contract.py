@@ -1,0 +1,506 @@
+"""One contract for every store: the barrier's decisions and the effects it guards.
+
+Each test runs on the in-memory store and on a real Redis (``redis`` marker) with the same
+assertions. Tests isolate themselves with a fresh gid and fresh data keys, so they share the
+session's Redis database without flushing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from choreo.errors import TransportError
+from choreo.local._process import free_port
+from choreo.store.base import (
+    DEFAULT_RETENTION_SECONDS,
+    BarrierKey,
+    BarrierRecord,
+    BarrierResult,
+    Decision,
+    Delete,
+    Effect,
+    Incr,
+    Put,
+    Status,
+    Store,
+)
+from choreo.store.memory import MemoryStore
+from choreo.store.redis import RedisStore
+
+NULL = b'{"null": true}'
+
+
+@dataclass
+class FakeClock:
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Backend:
+    """Opens stores of one kind and lets time pass for them."""
+
+    kind: str
+    redis_url: str = ""
+    clock: FakeClock = field(default_factory=FakeClock)
+    opened: list[Store] = field(default_factory=list)
+
+    async def open(self, retention_seconds: int = DEFAULT_RETENTION_SECONDS) -> Store:
+        store: Store
+        if self.kind == "memory":
+            store = MemoryStore(retention_seconds=retention_seconds, clock=self.clock)
+        else:
+            store = RedisStore(self.redis_url, retention_seconds=retention_seconds)
+        await store.start()
+        self.opened.append(store)
+        return store
+
+    async def elapse(self, seconds: float) -> None:
+        if self.kind == "memory":
+            self.clock.now += seconds
+        else:
+            await asyncio.sleep(seconds)  # Redis expires keys on its own clock
+
+    async def close(self) -> None:
+        for store in self.opened:
+            await store.stop()
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    kind: str = request.param
+    url = request.getfixturevalue("redis_url") if kind == "redis" else ""
+    made = Backend(kind, url)
+    try:
+        yield made
+    finally:
+        await made.close()
+
+
+@pytest.fixture
+async def store(backend: Backend) -> Store:
+    return await backend.open()
+
+
+@pytest.fixture
+def ns() -> str:
+    """A fresh namespace for this test's gid and data keys."""
+    return uuid.uuid4().hex
+
+
+def action(ns: str, step: str = "reserve") -> BarrierKey:
+    return BarrierKey(f"gid-{ns}", step, "action")
+
+
+def compensate(ns: str, step: str = "reserve") -> BarrierKey:
+    return BarrierKey(f"gid-{ns}", step, "compensate")
+
+
+async def commit(
+    store: Store,
+    key: BarrierKey,
+    effects: list[Effect] | None = None,
+    *,
+    outputs: bytes = b"out",
+    status: Status = "done",
+    null_outputs: bytes = NULL,
+    handler_ran: bool = True,
+) -> BarrierResult:
+    return await store.commit(
+        key,
+        status=status,
+        outputs=outputs,
+        effects=effects or [],
+        null_outputs=null_outputs,
+        handler_ran=handler_ran,
+    )
+
+
+async def records(store: Store, gid: str) -> list[BarrierRecord]:
+    return sorted(await store.records(gid), key=lambda r: (r.key.step, r.key.op))
+
+
+# -- check ---------------------------------------------------------------------------
+
+
+async def test_check_on_a_fresh_key(store: Store, ns: str) -> None:
+    assert await store.check(action(ns)) == BarrierResult(Decision.RUN)
+    assert await store.check(compensate(ns)) == BarrierResult(Decision.NULL_COMPENSATION)
+    assert await store.records(f"gid-{ns}") == []
+
+
+# -- action --------------------------------------------------------------------------
+
+
+async def test_action_is_applied_once(store: Store, ns: str) -> None:
+    stock, owner = f"{ns}:stock", f"{ns}:owner"
+    await store.apply([Put(stock, "5")])
+
+    result = await commit(store, action(ns), [Incr(stock, -2, minimum=0), Put(owner, "ané")])
+
+    assert result == BarrierResult(Decision.APPLIED, b"out")
+    assert await store.get_int(stock) == 3
+    assert await store.get(owner) == "ané"
+    assert await store.check(action(ns)) == BarrierResult(Decision.DUPLICATE, b"out")
+
+
+async def test_duplicate_action_returns_stored_outputs_and_does_not_reapply(
+    store: Store, ns: str
+) -> None:
+    stock = f"{ns}:stock"
+    first = await commit(store, action(ns), [Incr(stock, 1)], outputs=b"first")
+    again = await commit(store, action(ns), [Incr(stock, 1)], outputs=b"second")
+
+    assert first == BarrierResult(Decision.APPLIED, b"first")
+    assert again == BarrierResult(Decision.DUPLICATE, b"first")
+    assert await store.get_int(stock) == 1
+
+
+async def test_failed_action_is_recorded_and_its_compensation_is_null(
+    store: Store, ns: str
+) -> None:
+    stock = f"{ns}:stock"
+    failed = await commit(store, action(ns), [Incr(stock, 1)], status="failed", outputs=b"why")
+
+    assert failed == BarrierResult(Decision.FAILED, b"why")
+    assert await store.get(stock) is None
+    assert await records(store, f"gid-{ns}") == [BarrierRecord(action(ns), "failed", b"why")]
+    assert await store.check(action(ns)) == BarrierResult(Decision.DUPLICATE, b"why")
+    assert await store.check(compensate(ns)) == BarrierResult(Decision.NULL_COMPENSATION)
+
+    undo = await commit(store, compensate(ns), [Incr(stock, -1)], outputs=b"undone")
+
+    assert undo == BarrierResult(Decision.NULL_COMPENSATION, NULL)
+    assert await store.get(stock) is None
+    assert await records(store, f"gid-{ns}") == [
+        BarrierRecord(action(ns), "failed", b"why"),
+        BarrierRecord(compensate(ns), "done", NULL),
+    ]
+
+
+# -- compensation --------------------------------------------------------------------
+
+
+async def test_compensation_after_the_action_is_applied(store: Store, ns: str) -> None:
+    stock = f"{ns}:stock"
+    await store.apply([Put(stock, "5")])
+    await commit(store, action(ns), [Incr(stock, -2, minimum=0)])
+    assert await store.check(compensate(ns)) == BarrierResult(Decision.RUN)
+
+    undo = await commit(store, compensate(ns), [Incr(stock, 2)], outputs=b"released")
+
+    assert undo == BarrierResult(Decision.APPLIED, b"released")
+    assert await store.get_int(stock) == 5
+    assert await store.check(compensate(ns)) == BarrierResult(Decision.DUPLICATE, b"released")
+
+
+async def test_compensation_before_the_action_is_null_and_the_action_hangs(
+    store: Store, ns: str
+) -> None:
+    stock = f"{ns}:stock"
+    undo = await commit(store, compensate(ns), [Incr(stock, 2)], outputs=b"released")
+
+    assert undo == BarrierResult(Decision.NULL_COMPENSATION, NULL)
+    assert await records(store, f"gid-{ns}") == [BarrierRecord(compensate(ns), "done", NULL)]
+    assert await store.get(stock) is None
+
+    assert await store.check(action(ns)) == BarrierResult(Decision.HANGING)
+    late = await commit(store, action(ns), [Incr(stock, -2)])
+
+    assert late == BarrierResult(Decision.HANGING)
+    assert await store.get(stock) is None
+    assert await records(store, f"gid-{ns}") == [BarrierRecord(compensate(ns), "done", NULL)]
+
+
+async def test_duplicate_compensation(store: Store, ns: str) -> None:
+    stock = f"{ns}:stock"
+    await commit(store, action(ns), [Incr(stock, -1)])
+    first = await commit(store, compensate(ns), [Incr(stock, 1)], outputs=b"released")
+    again = await commit(store, compensate(ns), [Incr(stock, 1)], outputs=b"other")
+
+    assert first == BarrierResult(Decision.APPLIED, b"released")
+    assert again == BarrierResult(Decision.DUPLICATE, b"released")
+    assert await store.get_int(stock) == 0
+
+
+async def test_duplicate_null_compensation_returns_the_null_outputs(store: Store, ns: str) -> None:
+    await commit(store, compensate(ns))
+    again = await commit(store, compensate(ns), null_outputs=b"other")
+
+    assert again == BarrierResult(Decision.DUPLICATE, NULL)
+
+
+async def test_compensation_whose_handler_has_not_run_asks_to_run_it(store: Store, ns: str) -> None:
+    stock = f"{ns}:stock"
+    await commit(store, action(ns), [Incr(stock, -1)])
+
+    result = await commit(store, compensate(ns), [Incr(stock, 1)], handler_ran=False)
+
+    assert result == BarrierResult(Decision.RUN)
+    assert await store.get_int(stock) == -1
+    assert await records(store, f"gid-{ns}") == [BarrierRecord(action(ns), "done", b"out")]
+    assert await store.check(compensate(ns)) == BarrierResult(Decision.RUN)
+
+
+# -- guards and effects --------------------------------------------------------------
+
+
+async def test_guard_refusal_writes_nothing(store: Store, ns: str) -> None:
+    stock, owner = f"{ns}:stock", f"{ns}:owner"
+    await store.apply([Put(stock, "1")])
+
+    result = await commit(
+        store, action(ns), [Put(owner, "x"), Incr(stock, -2, minimum=0), Delete(stock)]
+    )
+
+    assert result == BarrierResult(
+        Decision.REJECTED, detail=f"{stock} would become -1, below its minimum 0"
+    )
+    assert await store.get(stock) == "1"
+    assert await store.get(owner) is None
+    assert await store.records(f"gid-{ns}") == []
+    assert await store.check(action(ns)) == BarrierResult(Decision.RUN)
+
+
+async def test_guard_refusal_on_maximum_reports_the_first_refusing_effect(
+    store: Store, ns: str
+) -> None:
+    seats, other = f"{ns}:seats", f"{ns}:other"
+    await store.apply([Put(seats, "9")])
+
+    result = await commit(
+        store, action(ns), [Incr(seats, 2, maximum=10), Incr(other, -1, minimum=0)]
+    )
+
+    assert result.decision is Decision.REJECTED
+    assert result.detail == f"{seats} would become 11, above its maximum 10"
+    assert result.outputs == b""
+    assert await store.get(seats) == "9"
+
+
+async def test_guards_at_their_bounds_pass(store: Store, ns: str) -> None:
+    stock = f"{ns}:stock"
+    await store.apply([Put(stock, "2")])
+
+    result = await commit(store, action(ns), [Incr(stock, -2, minimum=0, maximum=2)])
+
+    assert result.decision is Decision.APPLIED
+    assert await store.get_int(stock) == 0
+
+
+async def test_effects_apply_in_order(store: Store, ns: str) -> None:
+    a, b, c = f"{ns}:a", f"{ns}:b", f"{ns}:c"
+    await store.apply([Put(c, "gone soon")])
+
+    result = await commit(
+        store,
+        action(ns),
+        [Put(a, "5"), Incr(a, 2), Incr(b, 3), Delete(b), Incr(b, -4), Delete(c)],
+    )
+
+    assert result.decision is Decision.APPLIED
+    assert await store.get(a) == "7"
+    assert await store.get(b) == "-4"
+    assert await store.get(c) is None
+
+
+async def test_apply_outside_a_barrier(store: Store, ns: str) -> None:
+    stock = f"{ns}:stock"
+
+    assert await store.apply([Incr(stock, 3), Put(f"{ns}:name", "x")]) == ""
+    assert await store.apply([Incr(stock, -4, minimum=0)]) == (
+        f"{stock} would become -1, below its minimum 0"
+    )
+    assert await store.get_int(stock) == 3
+    assert await store.apply([Delete(stock), Delete(f"{ns}:never")]) == ""
+    assert await store.get(stock) is None
+    assert await store.get_int(stock, default=7) == 7
+    assert await store.apply([]) == ""
+
+
+async def test_incr_on_a_value_that_is_not_an_integer_raises(store: Store, ns: str) -> None:
+    name = f"{ns}:name"
+    await store.apply([Put(name, "abc")])
+
+    with pytest.raises(ValueError, match="abc"):
+        await commit(store, action(ns), [Incr(name, 1)])
+    with pytest.raises(ValueError, match="abc"):
+        await store.apply([Incr(name, 1)])
+
+    assert await store.get(name) == "abc"
+    assert await store.records(f"gid-{ns}") == []
+
+
+async def test_outputs_are_binary_safe(store: Store, ns: str) -> None:
+    blob = bytes(range(256))
+    assert await commit(store, action(ns), outputs=blob) == BarrierResult(Decision.APPLIED, blob)
+    assert await store.check(action(ns)) == BarrierResult(Decision.DUPLICATE, blob)
+    assert await commit(store, action(ns), outputs=b"") == BarrierResult(Decision.DUPLICATE, blob)
+    empty = await commit(store, action(ns, "empty"), outputs=b"")
+    assert empty == BarrierResult(Decision.APPLIED, b"")
+    assert await store.check(action(ns, "empty")) == BarrierResult(Decision.DUPLICATE, b"")
+
+
+# -- records, retention, concurrency --------------------------------------------------
+
+
+async def test_records_list_what_was_written(store: Store, ns: str) -> None:
+    gid = f"gid-{ns}"
+    await commit(store, action(ns, "reserve"), outputs=b"r")
+    await commit(store, action(ns, "pay"), status="failed", outputs=b"p")
+    await commit(store, compensate(ns, "reserve"), outputs=b"rc")
+    await commit(store, compensate(ns, "ship"))
+    await commit(store, action(ns, "ship"))  # hanging: not recorded
+    await commit(store, action(ns, "step:with:colons"), outputs=b"c")
+    await commit(store, action(ns, "refused"), [Incr(f"{ns}:x", -1, minimum=0)])  # rejected
+    await commit(store, action(f"other-{ns}"))
+
+    assert await records(store, gid) == [
+        BarrierRecord(BarrierKey(gid, "pay", "action"), "failed", b"p"),
+        BarrierRecord(BarrierKey(gid, "reserve", "action"), "done", b"r"),
+        BarrierRecord(BarrierKey(gid, "reserve", "compensate"), "done", b"rc"),
+        BarrierRecord(BarrierKey(gid, "ship", "compensate"), "done", NULL),
+        BarrierRecord(BarrierKey(gid, "step:with:colons", "action"), "done", b"c"),
+    ]
+    assert await store.records(f"gid-unknown-{ns}") == []
+
+
+async def test_records_expire_after_retention(backend: Backend, ns: str) -> None:
+    store = await backend.open(retention_seconds=1)
+    stock = f"{ns}:stock"
+    await commit(store, action(ns), [Incr(stock, 1)])
+    await commit(store, compensate(ns, "other"))
+    assert len(await store.records(f"gid-{ns}")) == 2
+
+    await backend.elapse(1.2)
+
+    assert await store.records(f"gid-{ns}") == []
+    assert await store.check(action(ns)) == BarrierResult(Decision.RUN)
+    assert await store.check(action(ns, "other")) == BarrierResult(Decision.RUN)
+    assert await store.get_int(stock) == 1  # data does not expire
+
+
+async def test_concurrent_commits_of_one_action_apply_once(store: Store, ns: str) -> None:
+    stock = f"{ns}:stock"
+
+    def attempt(i: int) -> Awaitable[BarrierResult]:
+        return commit(store, action(ns), [Incr(stock, 1)], outputs=f"run-{i}".encode())
+
+    results = await asyncio.gather(*(attempt(i) for i in range(20)))
+
+    applied = [r for r in results if r.decision is Decision.APPLIED]
+    assert len(applied) == 1
+    assert all(
+        r == BarrierResult(Decision.DUPLICATE, applied[0].outputs)
+        for r in results
+        if r is not applied[0]
+    )
+    assert await store.get_int(stock) == 1
+
+
+async def test_concurrent_action_and_compensation_never_both_apply(store: Store, ns: str) -> None:
+    stock = f"{ns}:stock"
+    runs: list[Callable[[], Awaitable[BarrierResult]]] = []
+    for _ in range(10):
+        runs.append(lambda: commit(store, action(ns), [Incr(stock, -1)]))
+        runs.append(lambda: commit(store, compensate(ns), [Incr(stock, 1)]))
+
+    results = await asyncio.gather(*(run() for run in runs))
+
+    decisions = {r.decision for r in results}
+    stock_now = await store.get_int(stock)
+    if Decision.HANGING in decisions:  # the compensation won: null, the action hangs
+        assert stock_now == 0
+        assert Decision.APPLIED not in decisions
+    else:  # the action won: the compensation undid it
+        assert stock_now == 0
+        assert sum(r.decision is Decision.APPLIED for r in results) == 2
+
+
+# -- Redis only ----------------------------------------------------------------------
+
+
+@pytest.fixture
+async def redis_store(redis_url: str) -> AsyncIterator[RedisStore]:
+    store = RedisStore(redis_url)
+    await store.start()
+    try:
+        yield store
+    finally:
+        await store.stop()
+
+
+@pytest.mark.redis
+async def test_redis_layout_and_expiry(redis_store: RedisStore, ns: str) -> None:
+    gid = f"gid-{ns}"
+    await commit(redis_store, action(ns), [Put(f"{ns}:data", "v")])
+    client = redis_store.client
+    record_key = f"choreo:barrier:{{{gid}}}:reserve:action"
+    index_key = f"choreo:barrier-index:{{{gid}}}"
+
+    assert await client.hgetall(record_key) == {b"status": b"done", b"outputs": b"out"}
+    assert await client.smembers(index_key) == {b"reserve:action"}
+    for key in (record_key, index_key):
+        ttl = await client.ttl(key)
+        assert DEFAULT_RETENTION_SECONDS - 5 < ttl <= DEFAULT_RETENTION_SECONDS
+    assert await client.ttl(f"{ns}:data") == -1  # user data is never expired
+
+
+@pytest.mark.redis
+async def test_redis_records_skip_expired_members_of_the_index(
+    redis_store: RedisStore, ns: str
+) -> None:
+    gid = f"gid-{ns}"
+    await commit(redis_store, action(ns, "a"))
+    await commit(redis_store, action(ns, "b"))
+    await redis_store.client.delete(f"choreo:barrier:{{{gid}}}:a:action")
+
+    assert await redis_store.records(gid) == [
+        BarrierRecord(BarrierKey(gid, "b", "action"), "done", b"out")
+    ]
+
+
+@pytest.mark.redis
+async def test_redis_key_prefix(redis_url: str, ns: str) -> None:
+    async with RedisStore(redis_url, key_prefix=f"p-{ns}") as store:
+        assert isinstance(store, RedisStore)
+        await commit(store, action(ns))
+        assert await store.client.exists(f"p-{ns}:barrier:{{gid-{ns}}}:reserve:action") == 1
+        assert len(await store.records(f"gid-{ns}")) == 1
+    async with RedisStore(redis_url) as default:
+        assert await default.records(f"gid-{ns}") == []
+
+
+async def test_redis_unreachable_raises_transport_error() -> None:
+    store = RedisStore(f"redis://127.0.0.1:{free_port()}/0")
+    with pytest.raises(TransportError, match="cannot reach the redis store"):
+        await store.start()
+    await store.stop()  # harmless after a failed start
+
+
+@pytest.mark.redis
+async def test_redis_store_restarts(redis_url: str, ns: str) -> None:
+    store = RedisStore(redis_url)
+    await store.start()
+    await store.start()  # idempotent
+    await commit(store, action(ns))
+    await store.stop()
+    await store.stop()
+    await store.start()
+    assert await store.check(action(ns)) == BarrierResult(Decision.DUPLICATE, b"out")
+    await store.stop()
+
+
+async def test_guards_see_the_running_value(store: Store) -> None:
+    key = f"k:{uuid.uuid4().hex}"
+    assert await store.apply([Put(key, "5")]) == ""
+    refusal = await store.apply([Incr(key, -5, minimum=0), Incr(key, -5, minimum=0)])
+    assert refusal == f"{key} would become -5, below its minimum 0"
+    assert await store.get_int(key) == 5
