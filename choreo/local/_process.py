@@ -289,13 +289,18 @@ def run_cli(
     default_dir: Path,
     argv: list[str] | None,
 ) -> int:
-    """`up | down | status [--dir DIR]` for one kind of local server."""
+    """`up | down | status | ensure [--dir DIR]` for one kind of local server; `ensure`
+    only installs or resolves what the server needs (apt package, jars)."""
     parser = argparse.ArgumentParser(prog=prog)
-    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("command", choices=["up", "down", "status", "ensure"])
     parser.add_argument("--dir", type=Path, default=default_dir, help=f"default: {default_dir}")
     args = parser.parse_args(argv)
     server = factory(args.dir)
     try:
+        if args.command == "ensure":
+            server.prepare_prerequisites()
+            print(f"{server.name}: prerequisites in place")
+            return 0
         if args.command == "up":
             state = server.state()
             if state is not None:

@@ -12,6 +12,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from choreo.events import Message
+from choreo.system_events import SystemEvent
+
 SEEN_IDS_LIMIT = 512
 TIMELINE_LIMIT = 1000
 
@@ -71,6 +74,21 @@ class TimelineEntry(BaseModel):
     source: str = ""
     note: str = ""
 
+    @classmethod
+    def of_message(cls, message: Message, at: float, note: str, step: str = "") -> TimelineEntry:
+        env = message.envelope
+        return cls(
+            at=at,
+            occurred_at=env.occurred_at,
+            event_type=env.event_type,
+            event_id=env.event_id,
+            step=env.step or step,
+            op=env.op,
+            outcome=env.outcome,
+            source=env.source,
+            note=note,
+        )
+
 
 class SagaState(BaseModel):
     gid: str
@@ -104,16 +122,40 @@ class SagaState(BaseModel):
     def has_seen(self, event_id: str) -> bool:
         return event_id in self.seen_ids
 
+    def draft(self) -> SagaState:
+        """A copy that can be edited without touching this state (cheaper than a deep
+        copy: the payload dicts and timeline entries are shared, never edited in place)."""
+        return self.model_copy(
+            update={
+                "steps": {name: step.model_copy() for name, step in self.steps.items()},
+                "data": dict(self.data),
+                "events_by_type": dict(self.events_by_type),
+                "seen_ids": list(self.seen_ids),
+                "timeline": list(self.timeline),
+            }
+        )
+
+    def remember(self, message: Message) -> None:
+        """Note the event's id for dedupe and keep a business event's payload."""
+        self.seen_ids = [*self.seen_ids, message.envelope.event_id][-SEEN_IDS_LIMIT:]
+        if not isinstance(message.event, SystemEvent):
+            payload = message.event.model_dump(mode="json")
+            self.data.update(payload)
+            self.events_by_type[type(message.event).event_type] = payload
+
+    def add_timeline(self, entries: list[TimelineEntry]) -> None:
+        self.timeline = [*self.timeline, *entries][-TIMELINE_LIMIT:]
+
     def next_deadline(self) -> float | None:
         """When the tracker must next call ``on_deadline``: the earliest deadline of a
         pending step (while running) or retry of an unconfirmed compensation."""
         times: list[float] = []
         for step in self.steps.values():
-            if step.status is StepStatus.COMPENSATING and step.next_retry_at is not None:
+            if step.status == StepStatus.COMPENSATING and step.next_retry_at is not None:
                 times.append(step.next_retry_at)
             elif (
-                step.status is StepStatus.PENDING
-                and self.status is SagaStatus.RUNNING
+                step.status == StepStatus.PENDING
+                and self.status == SagaStatus.RUNNING
                 and step.deadline_at is not None
             ):
                 times.append(step.deadline_at)

@@ -129,6 +129,21 @@ class Transport(abc.ABC):
         before partitions are taken away by a rebalance (see ``RevokeCallback``)."""
 
     @abc.abstractmethod
+    async def group_offsets(self, group: str) -> dict[TopicPartition, int]:
+        """A group's committed offsets, read without joining it (for lag and drains)."""
+
+    @abc.abstractmethod
+    async def end_offsets(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        """The next offset each partition will be written at."""
+
+    async def topic_partitions(self, topics: Sequence[str]) -> list[TopicPartition]:
+        return [
+            TopicPartition(topic, partition)
+            for topic in topics
+            for partition in range(await self.partitions_for(topic))
+        ]
+
+    @abc.abstractmethod
     async def partitions_for(self, topic: str) -> int:
         """How many partitions ``topic`` has (0 when it does not exist)."""
 

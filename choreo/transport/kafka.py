@@ -212,6 +212,7 @@ class KafkaTransport(Transport):
         self._consumer_options = dict(consumer_options or {})
         self._producer: Any = None
         self._admin: Any = None
+        self._offsets_reader: Any = None  # a group-less consumer, made on first use
         self._known_topics: set[str] = set()
         self._topics_lock = asyncio.Lock()
 
@@ -270,8 +271,10 @@ class KafkaTransport(Transport):
         self._producer, self._admin = producer, admin
 
     async def stop(self) -> None:
-        producer, admin = self._producer, self._admin
-        self._producer = self._admin = None
+        producer, admin, reader = self._producer, self._admin, self._offsets_reader
+        self._producer = self._admin = self._offsets_reader = None
+        if reader is not None:
+            await _quietly(reader.stop())
         try:
             if producer is not None:
                 await producer.stop()
@@ -283,6 +286,39 @@ class KafkaTransport(Transport):
         if client is None:
             raise TransportError(f"KafkaTransport is not started (no {what}): call start()")
         return client
+
+    # -- offsets ----------------------------------------------------------------
+    async def group_offsets(self, group: str) -> dict[TopicPartition, int]:
+        admin = self._require(self._admin, "admin client")
+        try:
+            offsets = await admin.list_consumer_group_offsets(group)
+        except _TRANSIENT as exc:
+            raise TransportError(f"cannot read offsets of group {group!r}: {exc}") from exc
+        return {
+            TopicPartition(tp.topic, tp.partition): meta.offset
+            for tp, meta in offsets.items()
+            if meta.offset >= 0
+        }
+
+    async def end_offsets(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        if not tps:
+            return {}
+        if self._offsets_reader is None:
+            reader = AIOKafkaConsumer(**{**self._common_options(), "group_id": None,
+                                         "enable_auto_commit": False})  # fmt: skip
+            try:
+                await reader.start()
+            except _TRANSIENT as exc:
+                await _quietly(reader.stop())
+                raise TransportError(f"cannot read end offsets: {exc}") from exc
+            self._offsets_reader = reader
+        try:
+            ends = await self._offsets_reader.end_offsets(
+                [KafkaTopicPartition(tp.topic, tp.partition) for tp in tps]
+            )
+        except _TRANSIENT as exc:
+            raise TransportError(f"cannot read end offsets: {exc}") from exc
+        return {TopicPartition(tp.topic, tp.partition): offset for tp, offset in ends.items()}
 
     # -- topics -----------------------------------------------------------------
     async def _topic_partitions(self) -> dict[str, int]:

@@ -245,3 +245,9 @@ class MemoryTransport(Transport):
 
     async def partitions_for(self, topic: str) -> int:
         return self.broker.partitions(topic)
+
+    async def group_offsets(self, group: str) -> dict[TopicPartition, int]:
+        return dict(self.broker.group(group).committed)
+
+    async def end_offsets(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: self.broker.end_offset(tp) for tp in tps}

@@ -1,0 +1,252 @@
+"""SagaContract: a valid contract's lookups, and every way a contract is rejected."""
+
+from __future__ import annotations
+
+import pytest
+
+from choreo.errors import ContractError
+from choreo.events import Event
+from choreo.saga import SagaContract, Step
+from choreo.system_events import SYSTEM_EVENTS, StepFailed
+
+
+class Shop(Event, topic="test.shop"): ...
+
+
+class OrderPlaced(Shop):
+    order_id: str
+
+
+class StockReserved(Shop):
+    order_id: str
+
+
+class StockFailed(Shop):
+    order_id: str
+
+
+class ReleaseStock(Shop):
+    order_id: str
+
+
+class StockReleased(Shop):
+    order_id: str
+
+
+class PaymentCharged(Shop):
+    order_id: str
+
+
+class RefundPayment(Shop):
+    order_id: str
+
+
+class PaymentRefunded(Shop):
+    order_id: str
+
+
+class RoomBooked(Event, topic="test.hotel"):
+    order_id: str
+
+
+class CancelRoom(Event, topic="test.hotel"):
+    order_id: str
+
+
+class Shipped(Event):
+    order_id: str
+
+
+def reserve(**overrides: object) -> Step:
+    fields: dict[str, object] = {
+        "name": "reserve",
+        "on": OrderPlaced,
+        "done": StockReserved,
+        "failed": (StockFailed,),
+        "compensation": ReleaseStock,
+        "compensated": (StockReleased,),
+        "service": "inventory",
+    }
+    fields.update(overrides)
+    return Step(**fields)  # type: ignore[arg-type]
+
+
+def charge() -> Step:
+    return Step(
+        "charge",
+        on=StockReserved,
+        done=(PaymentCharged,),
+        compensation=RefundPayment,
+        compensated=PaymentRefunded,
+        service="payments",
+    )
+
+
+def book() -> Step:
+    return Step("book", on=StockReserved, done=RoomBooked, compensation=CancelRoom)
+
+
+def ship() -> Step:
+    return Step("ship", on=PaymentCharged, done=Shipped, deadline=5, service="shipping")
+
+
+def shop(*steps: Step, **options: object) -> SagaContract:
+    return SagaContract("shop", start=OrderPlaced, steps=steps, **options)  # type: ignore[arg-type]
+
+
+def test_step_normalises_event_classes_to_tuples() -> None:
+    step = Step("s", on=OrderPlaced, done=StockReserved, failed=StockFailed)
+    assert step.done == (StockReserved,)
+    assert step.failed == (StockFailed,)
+    assert step.compensated == ()
+    assert step.compensation is None
+    assert step.deadline == 30.0
+
+
+def test_sequential_contract_lookups() -> None:
+    contract = shop(reserve(), charge(), ship())
+    assert contract.step_names == ("reserve", "charge", "ship")
+    assert [s.name for s in contract.step_for_trigger(OrderPlaced)] == ["reserve"]
+    assert [s.name for s in contract.step_for_trigger("StockReserved")] == ["charge"]
+    assert contract.step_for_trigger(Shipped) == []
+    assert contract.step_done_by(StockReserved) is contract.step("reserve")
+    assert contract.step_done_by("PaymentCharged") is contract.step("charge")
+    assert contract.step_failed_by(StockFailed) is contract.step("reserve")
+    assert contract.step_compensated_by(PaymentRefunded) is contract.step("charge")
+    assert contract.step_for_compensation(ReleaseStock) is contract.step("reserve")
+    assert contract.step_done_by(OrderPlaced) is None
+    assert contract.dependency("reserve") is None
+    assert contract.dependency("ship") is contract.step("charge")
+    assert [s.name for s in contract.dependents("reserve")] == ["charge"]
+    assert [s.name for s in contract.descendants("reserve")] == ["charge", "ship"]
+    assert contract.descendants("ship") == ()
+    with pytest.raises(KeyError, match="no step 'nope'"):
+        contract.step("nope")
+
+
+def test_parallel_steps_share_a_trigger() -> None:
+    contract = shop(reserve(), charge(), book(), ship())
+    assert [s.name for s in contract.step_for_trigger(StockReserved)] == ["charge", "book"]
+    assert [s.name for s in contract.dependents("reserve")] == ["charge", "book"]
+    assert [s.name for s in contract.descendants("reserve")] == ["charge", "book", "ship"]
+    assert contract.dependency("book") is contract.step("reserve")
+
+
+def test_event_types_and_topics() -> None:
+    contract = shop(reserve(), charge(), book(), ship(), completed_by=(Shipped,))
+    types = contract.event_types()
+    assert types[0] is OrderPlaced
+    assert len(types) == len(set(types))
+    for cls in (StockReserved, ReleaseStock, RoomBooked, CancelRoom, Shipped, *SYSTEM_EVENTS):
+        assert cls in types
+    assert contract.topics() == ("choreo.Shipped", "choreo.system", "test.hotel", "test.shop")
+    assert contract.completes(Shipped)
+    assert not contract.completes(StockReserved)
+
+
+def test_retry_delay_is_capped_exponential() -> None:
+    contract = shop(reserve(), retry_backoff=0.5, retry_backoff_max=3.0)
+    assert [contract.retry_delay(n) for n in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    assert contract.retry_delay(10_000) == 3.0
+
+
+def test_lint_warns_about_missing_compensation_and_service() -> None:
+    contract = shop(reserve(), book(), ship())
+    warnings = contract.lint()
+    assert any("'ship' has no compensation" in w for w in warnings)
+    assert any("'book' declares no compensated event" in w for w in warnings)
+    assert any("'book' names no service" in w for w in warnings)
+    assert not any("'reserve'" in w for w in warnings)
+
+
+def test_done_may_also_complete_the_saga() -> None:
+    contract = shop(reserve(), charge(), ship(), completed_by=Shipped)
+    assert contract.completes(Shipped)
+    assert contract.step_done_by(Shipped) is contract.step("ship")
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: Step("", on=OrderPlaced, done=StockReserved), "non-empty name"),
+        (lambda: reserve(done=()), "at least one done event"),
+        (lambda: reserve(deadline=0), "deadline must be > 0"),
+        (lambda: reserve(deadline=-1.5), "deadline must be > 0"),
+        (lambda: reserve(deadline=float("inf")), "deadline must be > 0"),
+        (lambda: reserve(on=int), "on must be a choreo.Event subclass"),
+        (lambda: reserve(done=(Event,)), "done must be a choreo.Event subclass"),
+        (lambda: reserve(compensation=dict), "compensation must be a choreo.Event"),
+        (lambda: reserve(compensation=None), "compensated events but has no compensation"),
+    ],
+)
+def test_step_rejects(build: object, message: str) -> None:
+    with pytest.raises(ContractError, match=message):
+        build()  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("steps", "options", "message"),
+    [
+        ((), {}, "declares no steps"),
+        ((reserve(), reserve()), {}, "duplicate step names: reserve"),
+        ((ship(),), {}, "triggered by PaymentCharged, which is neither the start event"),
+        (
+            (reserve(), Step("again", on=OrderPlaced, done=StockReserved)),
+            {},
+            "StockReserved is used as done of 'reserve' and as done of 'again'",
+        ),
+        (
+            (reserve(), Step("undo", on=StockReserved, done=Shipped, compensation=ReleaseStock)),
+            {},
+            "ReleaseStock is used as compensation of 'reserve' and as compensation of 'undo'",
+        ),
+        (
+            (reserve(), Step("odd", on=StockReserved, done=ReleaseStock)),
+            {},
+            "ReleaseStock is used as compensation of 'reserve' and as done of 'odd'",
+        ),
+        (
+            (reserve(failed=(StockReserved,)),),
+            {},
+            "StockReserved is used as done of 'reserve' and as failed of 'reserve'",
+        ),
+        ((reserve(done=OrderPlaced),), {}, "OrderPlaced is used as the start event and as done"),
+        ((reserve(failed=StepFailed),), {}, "StepFailed is a system event"),
+        ((reserve(),), {"compensation_retries": 0}, "compensation_retries must be an int >= 1"),
+        ((reserve(),), {"retry_backoff": 0}, "retry_backoff must be > 0"),
+        ((reserve(),), {"retry_backoff_max": 0.5}, "retry_backoff_max must be >= retry_backoff"),
+        ((reserve(),), {"completed_by": (str,)}, "completed_by must hold choreo.Event"),
+        (("reserve",), {}, "steps must be Step objects"),
+    ],
+)
+def test_contract_rejects(steps: tuple[Step, ...], options: dict[str, object], message: str) -> None:
+    with pytest.raises(ContractError, match=message):
+        shop(*steps, **options)
+
+
+def test_contract_rejects_a_dependency_cycle() -> None:
+    a = Step("a", on=StockReserved, done=PaymentCharged)
+    b = Step("b", on=PaymentCharged, done=StockReserved)
+    with pytest.raises(ContractError, match=r"dependency cycle: .*a -> .*b|dependency cycle"):
+        shop(reserve(done=Shipped), a, b)
+
+
+def test_contract_rejects_a_step_triggered_by_its_own_done() -> None:
+    loop = Step("loop", on=StockReserved, done=StockReserved)
+    with pytest.raises(ContractError, match="dependency cycle: loop -> loop"):
+        shop(reserve(done=Shipped), loop)
+
+
+def test_contract_rejects_a_bad_start_and_name() -> None:
+    with pytest.raises(ContractError, match="start must be a choreo.Event subclass"):
+        SagaContract("shop", start=Event, steps=[reserve()])
+    with pytest.raises(ContractError, match="non-empty name"):
+        SagaContract(" ", start=OrderPlaced, steps=[reserve()])
+
+
+def test_contract_rejects_two_classes_with_one_wire_type() -> None:
+    class Twin(Event, type="StockReserved"):
+        order_id: str
+
+    with pytest.raises(ContractError, match="share the event type 'StockReserved'"):
+        shop(reserve(), Step("twin", on=StockReserved, done=Twin))
