@@ -217,8 +217,8 @@ class SagaContract:
             parent = self.dependency(step)
             while parent is not None:
                 if parent.name in seen:
-                    cycle = " -> ".join([*reversed(seen), parent.name])
-                    raise self._fail(f"dependency cycle: {cycle}")
+                    cycle = " -> ".join([*seen, parent.name])
+                    raise self._fail(f"dependency cycle (each step waits for the next): {cycle}")
                 seen.append(parent.name)
                 parent = self.dependency(parent)
 
@@ -310,7 +310,26 @@ class SagaContract:
                 )
             if not step.service:
                 warnings.append(f"{where} names no service")
+            missing = self._unknown_compensation_fields(step)
+            if missing:
+                warnings.append(
+                    f"{where}: its compensation needs {', '.join(missing)}, which no event "
+                    "before its dispatch carries; if it times out it cannot be compensated"
+                )
         return warnings
+
+    def _unknown_compensation_fields(self, step: Step) -> list[str]:
+        """Required fields of the compensation that only the step's own reply can carry."""
+        if step.compensation is None:
+            return []
+        known = set(self.start.model_fields)
+        parent = self.dependency(step)
+        while parent is not None:
+            for cls in parent.done:
+                known.update(cls.model_fields)
+            parent = self.dependency(parent)
+        fields = step.compensation.model_fields
+        return [name for name, info in fields.items() if info.is_required() and name not in known]
 
     def _step(self, step: Step | str) -> Step:
         return self.step(step) if isinstance(step, str) else step

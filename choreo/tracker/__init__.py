@@ -1,0 +1,1 @@
+"""The saga tracker: shells around the pure state machine (memory and faust)."""

@@ -1,0 +1,158 @@
+"""What every tracker shell shares: which contract an event belongs to, folding it
+into state, turning the machine's actions into records, and the deadline index.
+
+Shells own I/O and time; this module owns neither, so the memory tracker and the
+faust tracker cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from choreo import codec
+from choreo.errors import ConfigurationError
+from choreo.events import Envelope, EventRegistry, Message, child_traceparent
+from choreo.saga.contract import SagaContract
+from choreo.saga.machine import Transition, apply, on_deadline
+from choreo.saga.state import SagaState
+from choreo.system_events import SYSTEM_EVENTS, SYSTEM_TOPIC, DeadlineCheck
+from choreo.transport.base import OutgoingRecord
+
+TRACKER_SOURCE = "tracker"
+
+
+class TrackerCore:
+    def __init__(self, contracts: Sequence[SagaContract]) -> None:
+        if not contracts:
+            raise ConfigurationError("a tracker needs at least one saga contract")
+        names = [c.name for c in contracts]
+        if len(set(names)) != len(names):
+            raise ConfigurationError(f"saga names must be unique, got {names}")
+        self.contracts = {c.name: c for c in contracts}
+        self._by_start = {c.start.event_type: c for c in contracts}
+        self._by_type: dict[str, SagaContract] = {}
+        for contract in contracts:
+            for cls in contract.event_types():
+                self._by_type.setdefault(cls.event_type, contract)
+        self.registry = EventRegistry()
+        for cls in SYSTEM_EVENTS:
+            self.registry.add(cls)
+        for contract in contracts:
+            for cls in contract.event_types():
+                self.registry.add(cls)
+
+    def topics(self) -> list[str]:
+        found = {SYSTEM_TOPIC}
+        for contract in self.contracts.values():
+            found.update(contract.topics())
+        return sorted(found)
+
+    def contract_for(self, message: Message, state: SagaState | None) -> SagaContract | None:
+        """The saga an event belongs to: its state's, its envelope's, or the only one
+        whose events include its type."""
+        for name in (state.saga if state else "", message.envelope.saga):
+            if name in self.contracts:
+                return self.contracts[name]
+        return self._by_start.get(message.envelope.event_type) or self._by_type.get(
+            message.envelope.event_type
+        )
+
+    def fold(
+        self, state: SagaState | None, message: Message, now: float
+    ) -> tuple[SagaState | None, list[OutgoingRecord]]:
+        contract = self.contract_for(message, state)
+        if contract is None:
+            return state, []
+        transition = apply(contract, state, message, now)
+        return transition.state, self.records(transition, cause=message.envelope)
+
+    def fire(self, state: SagaState, now: float) -> tuple[SagaState, list[OutgoingRecord]]:
+        contract = self.contracts.get(state.saga)
+        if contract is None:
+            return state, []
+        transition = on_deadline(contract, state, now)
+        return transition.state, self.records(transition, cause=None)
+
+    def records(self, transition: Transition, cause: Envelope | None) -> list[OutgoingRecord]:
+        state = transition.state
+        out = []
+        for action in transition.actions:
+            envelope = Envelope(
+                event_type=action.event.event_type,
+                gid=state.gid,
+                event_id=action.event_id,
+                saga=state.saga,
+                step=action.step,
+                op=action.op,
+                causation_id=cause.event_id if cause else "",
+                schema_version=action.event.schema_version,
+                traceparent=child_traceparent(cause.traceparent) if cause else "",
+                source=TRACKER_SOURCE,
+            )
+            if not envelope.traceparent:
+                envelope = envelope.evolve(traceparent=Envelope("", "").traceparent)
+            out.append(codec.encode(Message(envelope, action.event, action.event.topic)))
+        return out
+
+    def deadline_check(self, state: SagaState) -> OutgoingRecord:
+        """The record that asks the stream processor to fire ``state``'s deadlines; its id
+        is fixed per version, so a timer that fires twice sends a recognisable repeat."""
+        envelope = Envelope(
+            event_type=DeadlineCheck.event_type,
+            gid=state.gid,
+            event_id=f"deadline:{state.gid}:{state.version}",
+            saga=state.saga,
+            source=TRACKER_SOURCE,
+        )
+        return codec.encode(Message(envelope, DeadlineCheck(version=state.version), SYSTEM_TOPIC))
+
+
+@dataclass(order=True)
+class _Due:
+    at: float
+    gid: str = field(compare=False)
+    version: int = field(compare=False)
+
+
+class DeadlineIndex:
+    """Due times of sagas, earliest first. Lives in memory and is rebuilt from the saga
+    table after recovery: deadlines themselves persist in the (changelogged) state."""
+
+    def __init__(self) -> None:
+        self._heap: list[_Due] = []
+        self._latest: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._latest)
+
+    def track(self, state: SagaState) -> None:
+        due = state.next_deadline()
+        if due is None:
+            self._latest.pop(state.gid, None)
+            return
+        self._latest[state.gid] = state.version
+        heapq.heappush(self._heap, _Due(due, state.gid, state.version))
+
+    def rebuild(self, states: Iterable[SagaState]) -> None:
+        self._heap.clear()
+        self._latest.clear()
+        for state in states:
+            self.track(state)
+
+    def pop_due(self, now: float) -> list[tuple[str, int]]:
+        """(gid, version) of sagas due at ``now``; entries of superseded versions are
+        dropped, so only the newest deadline of each saga fires."""
+        due = []
+        while self._heap and self._heap[0].at <= now:
+            entry = heapq.heappop(self._heap)
+            if self._latest.get(entry.gid) == entry.version:
+                del self._latest[entry.gid]
+                due.append((entry.gid, entry.version))
+        return due
+
+    def next_at(self) -> float | None:
+        while self._heap and self._latest.get(self._heap[0].gid) != self._heap[0].version:
+            heapq.heappop(self._heap)
+        return self._heap[0].at if self._heap else None
