@@ -22,6 +22,7 @@ from choreo.events import Envelope, Event, Message
 from choreo.middleware import Middleware
 from choreo.retry import RetryPolicy
 from choreo.router import Router
+from choreo.saga.contract import SagaContract, Step
 from choreo.system_events import (
     AdminCommand,
     CompensationSkipped,
@@ -49,9 +50,11 @@ __all__ = [
     "Router",
     "SagaCompensated",
     "SagaCompleted",
+    "SagaContract",
     "SagaStuck",
     "SchemaViolation",
     "Service",
+    "Step",
     "StepFailed",
     "TransportError",
     "UndecodableEvent",

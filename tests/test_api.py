@@ -1,0 +1,140 @@
+"""The public surface: ``__all__``, and options checked when the decorator runs."""
+
+from __future__ import annotations
+
+import pytest
+
+import choreo
+from choreo import ConfigurationError, Context, Event, RetryPolicy, Router, Service
+
+EXPECTED_API = {
+    "AdminCommand", "BusinessFailure", "ChoreoError", "CompensationSkipped",
+    "ConfigurationError", "Context", "ContractError", "Envelope", "Event", "Message",
+    "Middleware", "PoisonEvent", "RetriableError", "RetryPolicy", "Router", "SagaCompensated",
+    "SagaCompleted", "SagaContract", "SagaStuck", "SchemaViolation", "Service", "Step",
+    "StepFailed", "TransportError", "UndecodableEvent", "UnknownEventType", "UsageError",
+}  # fmt: skip
+
+
+class Ping(Event):
+    n: int
+
+
+class Pong(Event):
+    n: int
+
+
+def test_public_api_is_exactly_all() -> None:
+    assert set(choreo.__all__) == EXPECTED_API
+    for name in choreo.__all__:
+        assert getattr(choreo, name) is not None
+
+
+def test_event_identity_from_class_keywords() -> None:
+    class Shipped(Event, type="shipping.shipped", topic="shipping", version=2):
+        parcel: str
+
+    class Delayed(Shipped, type="shipping.delayed"):
+        pass
+
+    assert (Shipped.event_type, Shipped.topic, Shipped.schema_version) == (
+        "shipping.shipped", "shipping", 2,
+    )  # fmt: skip
+    assert (Delayed.event_type, Delayed.topic) == ("shipping.delayed", "shipping")
+    assert (Ping.event_type, Ping.topic) == ("Ping", "choreo.Ping")
+    with pytest.raises(Exception, match="frozen"):
+        Ping(n=1).n = 2  # type: ignore[misc]
+
+
+def test_handler_must_be_async() -> None:
+    app = Service("svc")
+    with pytest.raises(ConfigurationError, match="must be an `async def`"):
+
+        @app.on_event(Ping)
+        def sync(event: Ping) -> None:  # type: ignore[type-var]
+            return None
+
+
+def test_handler_event_must_be_an_event_class() -> None:
+    app = Service("svc")
+    with pytest.raises(ConfigurationError, match=r"subclass of choreo\.Event"):
+
+        @app.on_event(dict)  # type: ignore[arg-type]
+        async def handler(event: dict) -> None:  # type: ignore[type-arg]
+            return None
+
+
+def test_handler_signature_is_checked() -> None:
+    app = Service("svc")
+    with pytest.raises(ConfigurationError, match="must take the event"):
+
+        @app.on_event(Ping)
+        async def too_many(event: Ping, ctx: Context, extra: int) -> None:
+            return None
+
+    with pytest.raises(ConfigurationError, match="annotated Pong but it handles Ping"):
+
+        @app.on_event(Ping)
+        async def wrong(event: Pong) -> None:
+            return None
+
+    with pytest.raises(ConfigurationError, match="must be annotated `Context`"):
+
+        @app.on_event(Ping)
+        async def bad_ctx(event: Ping, ctx: int) -> None:
+            return None
+
+
+def test_duplicate_handlers_are_refused() -> None:
+    app = Service("svc")
+
+    @app.on_event(Ping, step="s")
+    async def first(event: Ping) -> Pong:
+        return Pong(n=event.n)
+
+    with pytest.raises(ConfigurationError, match="the barrier could not tell"):
+
+        @app.on_event(Ping, step="s")
+        async def second(event: Ping) -> None:
+            return None
+
+    with pytest.raises(ConfigurationError, match="already registered"):
+        app.on_event(Ping, step="other")(first)
+
+
+def test_bad_options_are_refused() -> None:
+    app = Service("svc")
+
+    async def handler(event: Ping) -> None:
+        return None
+
+    with pytest.raises(ConfigurationError, match="op must be"):
+        app.on_event(Ping, op="undo")(handler)  # type: ignore[arg-type]
+
+    with pytest.raises(ConfigurationError, match="max_attempts"):
+        RetryPolicy(max_attempts=0)
+    with pytest.raises(ConfigurationError, match="service name"):
+        Service("has space")
+
+
+def test_router_splits_handlers_across_modules() -> None:
+    router = Router()
+
+    @router.on_event(Ping)
+    async def ping(event: Ping) -> Pong:
+        return Pong(n=event.n)
+
+    app = Service("svc")
+    app.include_router(router)
+    [handler] = app.resolved_handlers()
+    assert (handler.step, handler.op, handler.emits) == ("svc.ping", "action", (Pong,))
+    assert app.subscribed_topics() == ["choreo.Ping"]
+    assert "Pong" in app.registry()
+
+
+def test_backoff_is_capped_and_jittered() -> None:
+    policy = RetryPolicy(max_attempts=10, backoff=0.1, backoff_max=1.0)
+    assert RetryPolicy(backoff=0.1, jitter=False).delay(3) == pytest.approx(0.4)
+    for attempt in range(1, 10):
+        ceiling = min(0.1 * 2 ** (attempt - 1), 1.0)
+        assert ceiling / 2 <= policy.delay(attempt) <= ceiling

@@ -1,0 +1,107 @@
+"""The codec: round trips, limits before parsing, and no input that can crash it."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from choreo import codec
+from choreo.errors import PoisonEvent, SchemaViolation, UndecodableEvent, UnknownEventType
+from choreo.events import Envelope, Event, EventRegistry, Message
+from choreo.transport.base import Record
+
+
+class Parcel(Event, topic="parcels"):
+    parcel_id: str
+    weight: int
+    tags: tuple[str, ...] = ()
+
+
+def registry() -> EventRegistry:
+    reg = EventRegistry()
+    reg.add(Parcel)
+    return reg
+
+
+def as_record(message: Message, offset: int = 0) -> Record:
+    out = codec.encode(message)
+    return Record(out.topic, 0, offset, out.key, out.value, out.headers, 1)
+
+
+def test_round_trip_keeps_envelope_and_payload() -> None:
+    env = Envelope(event_type="Parcel", gid="g-1", saga="ship", step="pack", op="action",
+                   outcome="done", causation_id="c-1", attempt=2, source="packer")  # fmt: skip
+    message = Message(env, Parcel(parcel_id="p", weight=3, tags=("[{x",)), "parcels")
+    decoded = codec.decode(as_record(message), registry())
+    assert decoded.event == message.event
+    assert decoded.envelope.occurred_at == pytest.approx(env.occurred_at, abs=0.001)
+    assert decoded.envelope.evolve(occurred_at=env.occurred_at) == env
+    out = codec.encode(message)
+    assert out.key == b"g-1"
+    assert dict(out.headers)["traceparent"] == env.traceparent.encode()
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
+    codec.check_depth(b'{"a": "' + b"[" * 100 + b'"}', limit=2)
+    codec.check_depth(b'{"a": "\\"[[[[" }', limit=2)
+    with pytest.raises(UndecodableEvent, match="deeper than 2"):
+        codec.check_depth(b'{"a": [[1]]}', limit=2)
+
+
+def test_each_poison_kind_is_named() -> None:
+    env = Envelope(event_type="Parcel", gid="g")
+    good = as_record(Message(env, Parcel(parcel_id="p", weight=1), "parcels"))
+
+    def variant(value: bytes, event_type: str = "Parcel") -> Record:
+        headers = tuple(
+            (k, event_type.encode() if k == codec.H_TYPE else v) for k, v in good.headers
+        )
+        return Record("parcels", 0, 1, b"g", value, headers)
+
+    with pytest.raises(SchemaViolation, match="weight"):
+        codec.decode(variant(orjson.dumps({"parcel_id": "p", "weight": "heavy"})), registry())
+    with pytest.raises(SchemaViolation, match="JSON object"):
+        codec.decode(variant(b"[1, 2]"), registry())
+    with pytest.raises(UnknownEventType, match="Nope"):
+        codec.decode(variant(b"{}", "Nope"), registry())
+    with pytest.raises(UndecodableEvent, match="not UTF-8"):
+        codec.decode(variant(b"\xc3\x28"), registry())
+    with pytest.raises(UndecodableEvent, match="over the 10 limit"):
+        codec.decode(variant(b'{"parcel_id": "ppppp"}'), registry(), codec.Limits(max_bytes=10))
+    bad_header = Record("parcels", 0, 1, b"g", b"{}", ((codec.H_TYPE, b"\xff"),))
+    with pytest.raises(UndecodableEvent, match="not UTF-8"):
+        codec.decode(bad_header, registry())
+    bad_attempt = Record("parcels", 0, 1, b"g", b"{}",
+                         ((codec.H_TYPE, b"Parcel"), (codec.H_ATTEMPT, b"x")))  # fmt: skip
+    with pytest.raises(UndecodableEvent, match="not a number"):
+        codec.decode(bad_attempt, registry())
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    value=st.binary(max_size=300)
+    | st.recursive(
+        st.none() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=8),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
+        max_leaves=40,
+    ).map(orjson.dumps),
+    headers=st.lists(
+        st.tuples(
+            st.sampled_from([codec.H_TYPE, codec.H_GID, codec.H_OP, codec.H_OCCURRED, "x"]),
+            st.binary(max_size=12) | st.just(b"Parcel"),
+        ),
+        max_size=5,
+    ),
+    key=st.none() | st.binary(max_size=8),
+)
+def test_no_input_escapes_as_anything_but_poison(
+    value: bytes, headers: list[tuple[str, bytes]], key: bytes | None
+) -> None:
+    record = Record("parcels", 0, 0, key, value, tuple(headers))
+    try:
+        message = codec.decode(record, registry(), codec.Limits(max_depth=8))
+    except PoisonEvent:
+        return
+    assert isinstance(message.event, Parcel)
