@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from choreo import codec
 from choreo.deadletter import DLQ_TOPIC
@@ -54,7 +54,14 @@ class Service(Router):
         limits: codec.Limits | None = None,
         middleware: Sequence[Middleware] = (),
         group: str | None = None,
+        transport_options: Mapping[str, Any] | None = None,
+        store_options: Mapping[str, Any] | None = None,
+        lifespan: Callable[[Service], contextlib.AbstractAsyncContextManager[None]] | None = None,
     ) -> None:
+        """``transport_options`` go to the transport (for Kafka: ``security`` with SASL/TLS
+        settings, ``consumer_options``, ``producer_options``...), ``store_options`` to the
+        store (``retention_seconds`` of barrier records). ``lifespan`` wraps the running
+        service, like Starlette's: open your own clients before consuming starts."""
         super().__init__()
         if not name or any(c in name for c in " /:"):
             raise ConfigurationError(f"service name {name!r} must be non-empty, without ' /:'")
@@ -69,6 +76,9 @@ class Service(Router):
         self.limits = limits or codec.Limits()
         self.middleware = list(middleware)
         self.group = group or f"choreo.{name}"
+        self.transport_options = dict(transport_options or {})
+        self.store_options = dict(store_options or {})
+        self.lifespan = lifespan
         self._extra_events: list[type[Event]] = []
         self._transport: Transport | None = None
         self._store: Store | None = None
@@ -141,14 +151,15 @@ class Service(Router):
         broker = broker if broker is not None else self.broker
         store = store if store is not None else self.store
         transport = (
-            open_transport(broker, partitions=self.partitions)
+            open_transport(broker, partitions=self.partitions, **self.transport_options)
             if isinstance(broker, str)
             else broker
         )
-        kv = open_store(store) if isinstance(store, str) else store
+        kv = open_store(store, **self.store_options) if isinstance(store, str) else store
         owns_transport, owns_store = isinstance(broker, str), isinstance(store, str)
         stopping = asyncio.Event()
         task: asyncio.Task[None] | None = None
+        stack = contextlib.AsyncExitStack()
         if owns_transport:
             await transport.start()
         try:
@@ -157,6 +168,8 @@ class Service(Router):
             try:
                 self._transport, self._store = transport, kv
                 await transport.ensure_topics(self.known_topics(), self.partitions)
+                if self.lifespan is not None:
+                    await stack.enter_async_context(self.lifespan(self))
                 if self.handlers:
                     self.worker = Worker(
                         transport=transport,
@@ -182,6 +195,7 @@ class Service(Router):
                 stopping.set()
                 if task is not None:
                     await task
+                await stack.aclose()
                 self._transport = self._store = None
                 if owns_store:
                     await kv.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from choreo.codec import encode_headers
 from choreo.events import Envelope, Event
 from choreo.store.base import Store, Transaction
 
@@ -28,6 +29,11 @@ class Context:
     @property
     def gid(self) -> str:
         return self.envelope.gid
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The envelope as the record's headers carried it (see docs/wire-format.md)."""
+        return {name: value.decode() for name, value in encode_headers(self.envelope)}
 
     @property
     def attempt(self) -> int:

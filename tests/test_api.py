@@ -138,3 +138,36 @@ def test_backoff_is_capped_and_jittered() -> None:
     for attempt in range(1, 10):
         ceiling = min(0.1 * 2 ** (attempt - 1), 1.0)
         assert ceiling / 2 <= policy.delay(attempt) <= ceiling
+
+
+async def test_lifespan_wraps_the_running_service_and_context_carries_headers() -> None:
+    from collections.abc import AsyncIterator
+    from contextlib import asynccontextmanager
+
+    from choreo.testing import Harness
+
+    calls: list[str] = []
+    seen: list[dict[str, str]] = []
+
+    @asynccontextmanager
+    async def lifespan(app: Service) -> AsyncIterator[None]:
+        calls.append(f"start {app.name}")
+        yield
+        calls.append(f"stop {app.name}")
+
+    app = Service("svc", lifespan=lifespan)
+
+    @app.on_event(Ping)
+    async def ping(event: Ping, ctx: Context) -> Pong:
+        seen.append(ctx.headers)
+        return Pong(n=event.n + 1)
+
+    async with Harness(app) as h:
+        assert calls == ["start svc"]
+        gid = await h.publish(Ping(n=1))
+        await h.drain()
+        assert [m.event for m in h.history(gid)] == [Ping(n=1), Pong(n=2)]
+    assert calls == ["start svc", "stop svc"]
+    assert seen[0]["choreo-gid"] == gid
+    assert seen[0]["choreo-type"] == "Ping"
+    assert seen[0]["choreo-source"] == "svc"
