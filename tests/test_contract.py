@@ -219,7 +219,9 @@ def test_step_rejects(build: object, message: str) -> None:
         (("reserve",), {}, "steps must be Step objects"),
     ],
 )
-def test_contract_rejects(steps: tuple[Step, ...], options: dict[str, object], message: str) -> None:
+def test_contract_rejects(
+    steps: tuple[Step, ...], options: dict[str, object], message: str
+) -> None:
     with pytest.raises(ContractError, match=message):
         shop(*steps, **options)
 
@@ -227,18 +229,20 @@ def test_contract_rejects(steps: tuple[Step, ...], options: dict[str, object], m
 def test_contract_rejects_a_dependency_cycle() -> None:
     a = Step("a", on=StockReserved, done=PaymentCharged)
     b = Step("b", on=PaymentCharged, done=StockReserved)
-    with pytest.raises(ContractError, match=r"dependency cycle \(each step waits for the next\): a -> b -> a"):
+    with pytest.raises(
+        ContractError, match=r"dependency cycle \(each step waits for the next\): a -> b -> a"
+    ):
         shop(reserve(done=Shipped), a, b)
 
 
 def test_contract_rejects_a_step_triggered_by_its_own_done() -> None:
     loop = Step("loop", on=StockReserved, done=StockReserved)
-    with pytest.raises(ContractError, match="cycle .*: loop -> loop"):
+    with pytest.raises(ContractError, match=r"cycle .*: loop -> loop"):
         shop(reserve(done=Shipped), loop)
 
 
 def test_contract_rejects_a_bad_start_and_name() -> None:
-    with pytest.raises(ContractError, match="start must be a choreo.Event subclass"):
+    with pytest.raises(ContractError, match=r"start must be a choreo\.Event subclass"):
         SagaContract("shop", start=Event, steps=[reserve()])
     with pytest.raises(ContractError, match="non-empty name"):
         SagaContract(" ", start=OrderPlaced, steps=[reserve()])
@@ -250,3 +254,23 @@ def test_contract_rejects_two_classes_with_one_wire_type() -> None:
 
     with pytest.raises(ContractError, match="share the event type 'StockReserved'"):
         shop(reserve(), Step("twin", on=StockReserved, done=Twin))
+
+
+def test_lint_warns_when_a_compensation_needs_what_only_the_step_knows() -> None:
+    class HoldRoom(Event, topic="test.hotel"):
+        order_id: str
+        room: str
+
+    class UnholdRoom(Event, topic="test.hotel"):
+        order_id: str
+        room: str
+        note: str = ""
+
+    hold = Step("hold", on=StockReserved, done=HoldRoom, compensation=UnholdRoom, service="h")
+    contract = shop(reserve(), hold)
+    assert contract.lint() == [
+        "step 'hold' declares no compensated event: only CompensationSkipped can confirm its "
+        "compensation, so the tracker may retry it until STUCK",
+        "step 'hold': its compensation needs room, which no event before its dispatch "
+        "carries; if it times out it cannot be compensated",
+    ]

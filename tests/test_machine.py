@@ -102,24 +102,52 @@ class NeedsVoucher(Trip):
 
 
 SEAT = Step(
-    "seat", on=TripBooked, done=SeatHeld, failed=(SeatUnavailable,),
-    compensation=ReleaseSeat, compensated=(SeatReleased,), deadline=10, service="seats",
-)  # fmt: skip
+    "seat",
+    on=TripBooked,
+    done=SeatHeld,
+    failed=(SeatUnavailable,),
+    compensation=ReleaseSeat,
+    compensated=(SeatReleased,),
+    deadline=10,
+    service="seats",
+)
 CARD = Step(
-    "card", on=SeatHeld, done=CardCharged, failed=(CardDeclined,),
-    compensation=RefundCard, compensated=(CardRefunded,), deadline=20, service="payments",
-)  # fmt: skip
+    "card",
+    on=SeatHeld,
+    done=CardCharged,
+    failed=(CardDeclined,),
+    compensation=RefundCard,
+    compensated=(CardRefunded,),
+    deadline=20,
+    service="payments",
+)
 TICKET = Step(
-    "ticket", on=CardCharged, done=TicketIssued, compensation=VoidTicket,
-    compensated=(TicketVoided,), deadline=30, service="ticketing",
-)  # fmt: skip
+    "ticket",
+    on=CardCharged,
+    done=TicketIssued,
+    compensation=VoidTicket,
+    compensated=(TicketVoided,),
+    deadline=30,
+    service="ticketing",
+)
 HOTEL = Step(
-    "hotel", on=SeatHeld, done=HotelBooked, compensation=CancelHotel,
-    compensated=(HotelCancelled,), deadline=20, service="hotels",
-)  # fmt: skip
+    "hotel",
+    on=SeatHeld,
+    done=HotelBooked,
+    compensation=CancelHotel,
+    compensated=(HotelCancelled,),
+    deadline=20,
+    service="hotels",
+)
 
-SEQUENTIAL = SagaContract("trip", start=TripBooked, steps=[SEAT, CARD, TICKET],
-                          compensation_retries=3, retry_backoff=1.0, retry_backoff_max=3.0)  # fmt: skip
+SEQUENTIAL = SagaContract(
+    "trip",
+    start=TripBooked,
+    steps=[SEAT, CARD, TICKET],
+    compensation_retries=3,
+    retry_backoff=1.0,
+    retry_backoff_max=3.0,
+)
 PARALLEL = SagaContract("trip", start=TripBooked, steps=[SEAT, CARD, HOTEL])
 
 GID = "g-1"
@@ -165,9 +193,13 @@ class Harness:
 
 def message(event: Event, *, event_id: str = "", **envelope: object) -> Message:
     env = Envelope(
-        event_type=event.event_type, gid=GID, event_id=event_id or "x", occurred_at=0.0,
-        traceparent="00-" + "0" * 32 + "-" + "0" * 16 + "-01", **envelope,  # type: ignore[arg-type]
-    )  # fmt: skip
+        event_type=event.event_type,
+        gid=GID,
+        event_id=event_id or "x",
+        occurred_at=0.0,
+        traceparent="00-" + "0" * 32 + "-" + "0" * 16 + "-01",
+        **envelope,  # type: ignore[arg-type]
+    )
     return Message(env, event, event.topic)
 
 
