@@ -52,8 +52,9 @@ _VALUE_ERROR = "CHOREO_VALUE"
 # Shared by both scripts. Effects come as 4 ARGV slots each (kind, a, b, c) from
 # ``argv_at``; their keys as consecutive KEYS from ``keys_at``. ``check_guards`` replays the
 # effects on a local overlay, checking each guard against the running value, and
-# returns the 1-based index of the first refusing Incr with the value it saw; ``apply_effects`` replays the effects in
-# order on a local overlay, raising before anything is written if a value is no integer.
+# returns the 1-based index of the first refusing Incr with the value it saw;
+# ``apply_effects`` replays the effects in order on a local overlay, raising before
+# anything is written if a value is no integer.
 _EFFECTS_LUA = """
 local SAFE = 9007199254740991
 
