@@ -114,8 +114,8 @@ async def test_compensation_before_action_then_hanging_action(harness: Harness) 
     gid = str(uuid.uuid4())
     await harness.publish(ReleaseStock(order_id=placed.order_id, sku=placed.sku, qty=2), gid=gid)
     await harness.drain()
-    skipped = harness.published(CompensationSkipped)
-    assert [m.gid for m in skipped] == [gid]
+    skipped = [m for m in harness.published(CompensationSkipped) if m.gid == gid]
+    assert len(skipped) == 1
     assert skipped[0].event == CompensationSkipped(
         step="stock", reason="null compensation: the action never ran"
     )
