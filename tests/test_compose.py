@@ -71,6 +71,12 @@ def test_redis_has_a_healthcheck(compose: dict[str, Any]) -> None:
     assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
 
 
+def test_every_demo_service_is_deployed(compose: dict[str, Any]) -> None:
+    modules = {p.stem for p in (ROOT / "services_demo").glob("*.py")}
+    assert set(DEMO_SERVICES) <= modules
+    assert set(DEMO_SERVICES) <= set(compose["services"])
+
+
 @pytest.mark.parametrize("name", DEMO_SERVICES)
 def test_demo_service_runs_its_app_once_infra_is_healthy(
     compose: dict[str, Any], name: str
@@ -79,11 +85,21 @@ def test_demo_service_runs_its_app_once_infra_is_healthy(
     assert service["build"]["dockerfile"] == "docker/Dockerfile"
     assert (ROOT / service["build"]["context"] / service["build"]["dockerfile"]).is_file()
     assert service["command"] == ["choreo", "run", f"services_demo.{name}:app"]
-    assert _environment(service) == {
-        "CHOREO_BROKER": "kafka://kafka:9092",
-        "CHOREO_STORE": "redis://redis:6379/0",
-    }
+    env = _environment(service)
+    assert env["CHOREO_BROKER"] == "kafka://kafka:9092"
+    assert env["CHOREO_STORE"] == "redis://redis:6379/0"
     assert _healthy_dependencies(service) == {"kafka", "redis"}
+    assert service["restart"] == "on-failure"
+
+
+def test_demo_knobs_in_the_environment_are_valid(compose: dict[str, Any]) -> None:
+    from services_demo.knobs import PREFIX, Knobs
+
+    for name in DEMO_SERVICES:
+        env = _environment(compose["services"][name])
+        knobs = Knobs.from_env(env)
+        assert knobs.decline_above is not None
+        assert {k for k in env if k.startswith(PREFIX)} <= set(knobs.to_env())
 
 
 def test_tracker_follows_the_saga_and_exposes_the_state_api(compose: dict[str, Any]) -> None:
@@ -94,6 +110,33 @@ def test_tracker_follows_the_saga_and_exposes_the_state_api(compose: dict[str, A
         "services_demo.contract:order_saga",
         "--broker",
         "kafka://kafka:9092",
+        "--http",
+        "0.0.0.0:8088",  # inside the container; published on the host's loopback only
     ]
-    assert "kafka" in _healthy_dependencies(tracker)
-    assert "8088:8088" in tracker["ports"]
+    assert _healthy_dependencies(tracker) == {"kafka"}
+    assert tracker["ports"] == ["127.0.0.1:8088:8088"]
+    assert "/healthz" in " ".join(tracker["healthcheck"]["test"])
+
+
+def test_ports_are_published_on_loopback_only(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} to every interface"
+
+
+def test_shop_places_orders_on_the_running_deployment(compose: dict[str, Any]) -> None:
+    shop = compose["services"]["shop"]
+    assert shop["profiles"] == ["demo"]  # a one-off client: `docker compose run --rm shop`
+    command = shop["command"]
+    assert command[:3] == ["python", "-m", "services_demo.multiprocess"]
+    assert command[command.index("--attach") + 1] == "http://tracker:8088"
+    assert command[command.index("--kafka") + 1] == "kafka:9092"
+    assert _healthy_dependencies(shop) == {"kafka", "redis", "tracker"}
+    assert set(DEMO_SERVICES) <= set(shop["depends_on"])
+
+
+def test_dockerfile_installs_the_package_with_the_demo(compose: dict[str, Any]) -> None:
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    assert "COPY services_demo ./services_demo" in dockerfile
+    assert "pip install ." in dockerfile
+    assert "USER choreo" in dockerfile  # not root

@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from choreo.cli import dev, run
+from choreo.cli import dashboard, demo, dev, dlq, graph, run, sagas, tracker
 from choreo.errors import ChoreoError, UsageError
 
 
@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (run, dev):
+    for module in (run, dev, demo, tracker, sagas, dashboard, dlq, graph):
         module.register(commands)
     return parser
 

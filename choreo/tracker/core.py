@@ -17,7 +17,13 @@ from choreo.events import Envelope, EventRegistry, Message, child_traceparent
 from choreo.saga.contract import SagaContract
 from choreo.saga.machine import Transition, apply, on_deadline
 from choreo.saga.state import SagaState
-from choreo.system_events import SYSTEM_EVENTS, SYSTEM_TOPIC, DeadlineCheck
+from choreo.system_events import (
+    SYSTEM_EVENTS,
+    SYSTEM_TOPIC,
+    AdminCommand,
+    DeadlineCheck,
+    SystemEvent,
+)
 from choreo.transport.base import OutgoingRecord
 
 TRACKER_SOURCE = "tracker"
@@ -50,11 +56,18 @@ class TrackerCore:
         return sorted(found)
 
     def contract_for(self, message: Message, state: SagaState | None) -> SagaContract | None:
-        """The saga an event belongs to: its state's, its envelope's, or the only one
-        whose events include its type."""
-        for name in (state.saga if state else "", message.envelope.saga):
-            if name in self.contracts:
-                return self.contracts[name]
+        """The saga an event belongs to: its state's, its envelope's, or the one whose
+        events include its type. A system event opens a saga only when its envelope names
+        a known one (a step's failure may overtake the start event on another topic); an
+        operator's command or bookkeeping outside any saga would make a phantom saga."""
+        if state is not None and state.saga in self.contracts:
+            return self.contracts[state.saga]
+        if isinstance(message.event, SystemEvent):
+            if state is None and not isinstance(message.event, AdminCommand):
+                return self.contracts.get(message.envelope.saga)
+            return None
+        if message.envelope.saga in self.contracts:
+            return self.contracts[message.envelope.saga]
         return self._by_start.get(message.envelope.event_type) or self._by_type.get(
             message.envelope.event_type
         )
@@ -98,7 +111,13 @@ class TrackerCore:
 
     def deadline_check(self, state: SagaState) -> OutgoingRecord:
         """The record that asks the stream processor to fire ``state``'s deadlines; its id
-        is fixed per version, so a timer that fires twice sends a recognisable repeat."""
+        is fixed per version, so a timer that fires twice sends a recognisable repeat.
+
+        It goes on the topic of the saga's start event, not the system topic: when a saga
+        keeps its events on one topic (as docs recommend) the check is then ordered among
+        them, so replaying the topic rebuilds the same state (invariant 10)."""
+        contract = self.contracts.get(state.saga)
+        topic = contract.start.topic if contract is not None else SYSTEM_TOPIC
         envelope = Envelope(
             event_type=DeadlineCheck.event_type,
             gid=state.gid,
@@ -106,7 +125,7 @@ class TrackerCore:
             saga=state.saga,
             source=TRACKER_SOURCE,
         )
-        return codec.encode(Message(envelope, DeadlineCheck(version=state.version), SYSTEM_TOPIC))
+        return codec.encode(Message(envelope, DeadlineCheck(version=state.version), topic))
 
 
 @dataclass(order=True)

@@ -1,0 +1,466 @@
+"""The durable saga tracker: ``TrackerCore`` in a faust-streaming app.
+
+One agent reads every saga topic and the system topic. They are co-partitioned by gid
+(every record's key is its gid, every topic has the same partition count, the default
+partitioner places a gid in the same partition number on each), so one worker owns all of
+a saga's records and its entry in the table ``sagas`` (gid -> ``SagaState`` JSON), whose
+compacted changelog topic is the durable copy of the states.
+
+Each record is handled in partition order, one at a time:
+
+1. decode it; a poison record goes to ``choreo.dlq`` with its reason, an event type no
+   contract knows is another app's business and is skipped;
+2. fold it into the saga's state, with the record's timestamp as ``now``, so the states
+   are a function of the log (replaying the topics rebuilds them, invariant 10);
+3. publish the fold's records (compensations, alerts) with choreo's Kafka producer
+   (acks=all, idempotent) and wait for the acknowledgements;
+4. write the new state to the table and wait for its changelog record's acknowledgement;
+5. ack the event. The stream is ``noack()``: faust commits an offset only past records
+   acked here, on its commit timer (after flushing its own producer), never past a
+   record whose outputs or state are not durable.
+
+A crash before 5 re-delivers the record: outputs are re-sent with the same event ids
+(compensation ids are derived from gid, step and attempt), and a fold of an event id the
+state has already seen changes nothing. faust's ``exactly_once`` and windowed tables are
+not used.
+
+Deadlines: an in-memory ``DeadlineIndex`` (rebuilt from the table once a rebalance and
+its table recovery are over) says which sagas are due; a timer sends a ``DeadlineCheck``
+record per due saga to the system topic, and the agent fires the deadline when that
+record comes back. Firing twice is harmless, so the timer needs no durable bookkeeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import faust
+
+from choreo import codec
+from choreo.deadletter import DLQ_TOPIC, DeadLetter, dead_letter_record
+from choreo.errors import ConfigurationError, PoisonEvent, UnknownEventType
+from choreo.events import Message
+from choreo.saga.contract import SagaContract
+from choreo.saga.state import SagaState
+from choreo.system_events import AdminCommand, DeadlineCheck
+from choreo.tracker.core import DeadlineIndex, TrackerCore
+from choreo.tracker.view import StatesView, TrackerMetrics
+from choreo.transport.base import OutgoingRecord, Record, TopicPartition
+from choreo.transport.kafka import KafkaTransport
+from choreo.transport.partitioner import partition_for
+from choreo.worker import INFRASTRUCTURE_ERRORS
+
+log = logging.getLogger("choreo.tracker")
+
+SERVICE_NAME = "tracker"
+TABLE_NAME = "sagas"
+DEFAULT_APP_ID = "choreo-tracker"
+# The timer pops a deadline this much after it is due: the DeadlineCheck's timestamp (the
+# fold's ``now``) is its send time truncated to the millisecond, and must not be earlier.
+_TIMESTAMP_SLACK = 0.002
+# The longest deadlines wait, after a rebalance, for the agent to read the backlog.
+_BACKLOG_WAIT = 30.0
+
+
+def parse_http(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigurationError(f"--http wants HOST:PORT, got {address!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def ignored(core: TrackerCore, state: SagaState | None, message: Message) -> bool:
+    """Records that must not start a saga's state: one naming a saga of another app, and
+    a deadline check or an operator's command for a gid this tracker holds no state of."""
+    if state is not None:
+        return False
+    saga = message.envelope.saga
+    if saga and saga not in core.contracts:
+        return True
+    return isinstance(message.event, DeadlineCheck | AdminCommand)
+
+
+def to_record(message: Any) -> Record:
+    """A faust ``ConsumerMessage`` (raw key and value) as a choreo ``Record``."""
+    headers = message.headers or ()
+    if isinstance(headers, dict):
+        headers = headers.items()
+    timestamp = message.timestamp
+    return Record(
+        topic=str(message.topic),
+        partition=int(message.partition),
+        offset=int(message.offset),
+        key=message.key,
+        value=message.value if message.value is not None else b"",
+        headers=tuple((str(k), bytes(v or b"")) for k, v in headers),
+        timestamp_ms=round(timestamp * 1000) if timestamp and timestamp > 0 else 0,
+    )
+
+
+class FaustTracker:
+    """The tracker's shell: owns the faust app, the producer, the deadline index and a
+    parsed copy of the local table (what the state API and the index read)."""
+
+    def __init__(
+        self,
+        contracts: Sequence[SagaContract],
+        *,
+        broker: str,
+        app_id: str = DEFAULT_APP_ID,
+        http: str | None = "127.0.0.1:8088",
+        token: str | None = None,
+        data_dir: Path | str | None = None,
+        tick: float = 0.1,
+        commit_interval: float = 1.0,
+        replication_factor: int = 1,
+        limits: codec.Limits | None = None,
+    ) -> None:
+        self.core = TrackerCore(contracts)
+        self.broker = broker
+        self.app_id = app_id
+        self.http = parse_http(http) if http else None
+        self.token = token
+        self.data_dir = Path(data_dir or Path(tempfile.gettempdir()) / "choreo-tracker")
+        self.tick = tick
+        self.commit_interval = commit_interval
+        self.replication_factor = replication_factor
+        self.limits = limits or codec.Limits()
+        self.transport = KafkaTransport(
+            broker, client_id=app_id, replication_factor=replication_factor, linger_ms=0
+        )
+        self.metrics = TrackerMetrics()
+        self.deadlines = DeadlineIndex()
+        self.states: dict[str, SagaState] = {}
+        self.partitions = 0
+        self.processed = 0
+        self._stale = True  # the index and ``states`` must be rebuilt from the table
+        # After a rebalance: offsets the agent must read up to before deadlines fire, so
+        # an answer already in the log is not beaten by a deadline check sent now.
+        self._backlog: dict[TopicPartition, int] = {}
+        self._read: dict[TopicPartition, int] = {}
+        self._backlog_until = 0.0
+        self._app: Any = None
+        self._table: Any = None
+
+    # -- set-up ------------------------------------------------------------------------
+    async def prepare(self) -> int:
+        """Start the producer and make sure every topic exists; returns the partition
+        count the topics share (the table's changelog gets the same)."""
+        (self.data_dir / self.app_id).mkdir(parents=True, exist_ok=True)
+        await self.transport.start()
+        topics = self.core.topics()
+        await self.transport.ensure_topics([*topics, DLQ_TOPIC])
+        counts = {topic: await self.transport.partitions_for(topic) for topic in topics}
+        if len(set(counts.values())) != 1:
+            raise ConfigurationError(
+                "the tracker's topics must be co-partitioned (same partition count), got "
+                + ", ".join(f"{t}={n}" for t, n in sorted(counts.items()))
+            )
+        self.partitions = next(iter(counts.values()))
+        return self.partitions
+
+    def build_app(self, loop: asyncio.AbstractEventLoop | None = None) -> Any:
+        if not self.partitions:
+            raise ConfigurationError("call prepare() before build_app()")
+        datadir = self.data_dir / self.app_id
+        app = faust.App(
+            self.app_id,
+            broker=[f"kafka://{server}" for server in self.transport.bootstrap_servers],
+            loop=loop,
+            datadir=str(datadir),
+            store="memory://",  # the changelog topic is the durable copy
+            processing_guarantee="at_least_once",
+            producer_acks=-1,
+            consumer_auto_offset_reset="earliest",
+            broker_commit_interval=self.commit_interval,
+            broker_session_timeout=6.0,  # a SIGKILLed worker leaves the group quickly
+            broker_heartbeat_interval=1.0,
+            topic_partitions=self.partitions,
+            topic_replication_factor=self.replication_factor,
+            table_standby_replicas=0,
+            web_enabled=False,  # the state API is ours (choreo.tracker.api)
+            autodiscover=False,
+            worker_redirect_stdouts=False,
+        )
+        self._table = app.Table(
+            TABLE_NAME,
+            default=None,
+            key_type=bytes,
+            value_type=bytes,
+            partitions=self.partitions,
+            help="saga states by gid (SagaState JSON)",
+        )
+        topic = app.topic(*self.core.topics(), key_serializer="raw", value_serializer="raw")
+
+        async def fold(stream: Any) -> None:
+            # Manual acks: an event is acked only once its outputs and its new state are
+            # durable, and never when the agent is cancelled half-way through it.
+            async for event in stream.noack().events():
+                try:
+                    await self.handle(event)
+                except Exception as exc:  # a bug: keep the record, keep the agent
+                    record = to_record(event.message)
+                    log.exception("tracker failed on %s[%d]@%d", record.topic,
+                                  record.partition, record.offset)  # fmt: skip
+                    await self._dead_letter(record, "failed", f"{type(exc).__name__}: {exc}")
+                await stream.ack(event)
+
+        app.agent(topic, name=f"{self.app_id}.fold")(fold)
+        app.timer(self.tick, name=f"{self.app_id}.deadlines")(self._on_tick)
+        if self.http is not None:
+            app.task(self._serve_api)
+        app.on_partitions_assigned.connect(self._on_assignment)
+        app.on_partitions_revoked.connect(self._on_assignment)
+        app.on_before_shutdown.connect(self._on_shutdown)
+        self._app = app
+        return app
+
+    # -- stream processing -------------------------------------------------------------
+    async def handle(self, event: Any) -> None:
+        """Fold one record; never raises (a poison record or a failing fold is
+        dead-lettered), retries the broker until its outputs and state are durable."""
+        record = to_record(event.message)
+        self.processed += 1
+        self._read[record.tp] = record.offset + 1
+        try:
+            message = codec.decode(record, self.core.registry, self.limits)
+        except UnknownEventType:
+            return  # another app's event on a shared topic; its own consumers judge it
+        except PoisonEvent as exc:
+            await self._dead_letter(record, "poison", exc.reason)
+            return
+        key = message.gid.encode()
+        try:
+            before = self._load(key)
+        except ValueError as exc:
+            await self._dead_letter(record, "failed", f"stored state unreadable: {exc}")
+            return
+        if ignored(self.core, before, message):
+            return
+        now = record.timestamp_ms / 1000 if record.timestamp_ms > 0 else time.time()
+        try:
+            after, out = self.core.fold(before, message, now)
+        except Exception as exc:  # a bug in a fold must not stop every other saga
+            log.exception("tracker cannot fold %s[%d]@%d", record.topic, record.partition,
+                          record.offset)  # fmt: skip
+            await self._dead_letter(record, "failed", f"{type(exc).__name__}: {exc}")
+            return
+        await self._publish(out)
+        sent_at = time.time()
+        if after is not None and after is not before:
+            await self._store(key, after, record.partition)
+        if after is not None:
+            self.deadlines.track(after)
+        self.metrics.observe(before, after, out, sent_at)
+
+    def _load(self, key: bytes) -> SagaState | None:
+        raw = self._table.data.get(key)
+        if raw is None:
+            return None
+        cached = self.states.get(key.decode())
+        return cached if cached is not None else SagaState.model_validate_json(raw)
+
+    async def _store(self, key: bytes, state: SagaState, partition: int) -> None:
+        """The table's ``__setitem__`` without its fire-and-forget changelog send: the
+        changelog record goes to the source record's partition and is awaited."""
+        value = codec.dumps(state.model_dump(mode="json"))
+        self._table.data[key] = value
+        self.states[state.gid] = state
+        delay = 0.1
+        while True:
+            try:
+                await self._table.send_changelog(partition, key, value)
+                return
+            except Exception as exc:
+                log.warning("changelog write of %s failed, retrying in %.1fs: %s",
+                            state.gid, delay, exc)  # fmt: skip
+                delay = await self._pause(delay)
+
+    async def _publish(self, records: Sequence[OutgoingRecord]) -> None:
+        """Send or keep trying: the event must not be acked past unsent actions."""
+        delay = 0.1
+        while records:
+            try:
+                await self.transport.send_many(records)
+                return
+            except INFRASTRUCTURE_ERRORS as exc:
+                log.warning("tracker cannot publish, retrying in %.1fs: %s", delay, exc)
+                delay = await self._pause(delay)
+
+    async def _pause(self, delay: float) -> float:
+        """Back off before a retry; when the worker is stopping, give up on the record
+        instead (cancelled, it is not acked, so it is read again after the restart)."""
+        if self._app is not None and self._app.should_stop:
+            raise asyncio.CancelledError("the worker is stopping")
+        await asyncio.sleep(delay)
+        return min(delay * 2, 5.0)
+
+    async def _dead_letter(self, record: Record, kind: str, reason: str) -> None:
+        letter = DeadLetter(kind, reason, SERVICE_NAME)
+        log.warning("dead-lettering %s[%d]@%d: %s", record.topic, record.partition,
+                    record.offset, reason)  # fmt: skip
+        await self._publish([dead_letter_record(record, letter)])
+
+    # -- deadlines -----------------------------------------------------------------------
+    async def _on_assignment(self, *_: Any, **__: Any) -> None:
+        """A rebalance: forget the parsed states (the agent reads the table until the next
+        tick rebuilds them) and rebuild once the table's recovery is over."""
+        self._stale = True
+        self.states.clear()
+        self._read.clear()
+
+    def owned(self) -> list[TopicPartition]:
+        """The saga and system topic partitions assigned to this worker."""
+        topics = self.core.topics()
+        return sorted(
+            TopicPartition(str(tp.topic), int(tp.partition))
+            for tp in self._app.consumer.assignment()
+            if tp.topic in topics
+        )
+
+    def rebuild(self) -> None:
+        """Re-read the local table into ``states`` and the deadline index, keeping only
+        gids of partitions this worker owns (the memory store keeps keys it wrote even
+        after their partition moved to another worker; those are dropped locally)."""
+        owned = {tp.partition for tp in self.owned()}
+        store = self._table.data
+        states: dict[str, SagaState] = {}
+        for key, raw in list(store.items()):
+            if raw is None:
+                continue
+            if partition_for(key, self.partitions) not in owned:
+                del store[key]
+                continue
+            try:
+                state = SagaState.model_validate_json(raw)
+            except ValueError as exc:
+                log.error("saga state of %r is unreadable, skipped: %s", key, exc)
+                continue
+            states[state.gid] = state
+        self.states.clear()  # in place: the state API's view holds this dict
+        self.states.update(states)
+        self.deadlines.rebuild(states.values())
+        log.info("tracker owns partitions %s: %d sagas, %d with a deadline",
+                 sorted(owned), len(states), len(self.deadlines))  # fmt: skip
+
+    async def _measure_backlog(self) -> None:
+        """What the agent has to read before deadlines may fire: each owned partition's
+        records past the group's committed offset, as they stand now."""
+        tps = self.owned()
+        ends = await self.transport.end_offsets(tps)
+        committed = await self.transport.group_offsets(self.app_id)
+        self._backlog = {tp: end for tp, end in ends.items() if committed.get(tp, 0) < end}
+        self._backlog_until = time.monotonic() + _BACKLOG_WAIT
+
+    def caught_up(self) -> bool:
+        self._backlog = {
+            tp: end for tp, end in self._backlog.items() if self._read.get(tp, 0) < end
+        }
+        if self._backlog and time.monotonic() > self._backlog_until:
+            # A partition ending in records the agent never sees (transaction markers).
+            log.warning("firing deadlines before reaching the end of %s",
+                        ", ".join(map(str, self._backlog)))  # fmt: skip
+            self._backlog = {}
+        return not self._backlog
+
+    async def _on_tick(self, *_: Any) -> None:
+        app = self._app
+        if app.rebalancing or getattr(app, "in_recovery", False):
+            return
+        if self._stale:
+            self._stale = False
+            self.rebuild()
+            try:
+                await self._measure_backlog()
+            except INFRASTRUCTURE_ERRORS as exc:
+                log.warning("cannot read the tracker's offsets, will retry: %s", exc)
+                self._stale = True
+                return
+        if not self.caught_up():
+            return
+        due = self.deadlines.pop_due(time.time() - _TIMESTAMP_SLACK)
+        checks = [
+            (state, self.core.deadline_check(state))
+            for gid, version in due
+            if (state := self.states.get(gid)) is not None and state.version == version
+        ]
+        if not checks:
+            return
+        try:
+            await self.transport.send_many([record for _state, record in checks])
+        except INFRASTRUCTURE_ERRORS as exc:
+            log.warning("cannot send %d deadline checks, will retry: %s", len(checks), exc)
+            for state, _record in checks:
+                self.deadlines.track(state)
+
+    # -- the state API and shutdown --------------------------------------------------------
+    def view(self) -> StatesView:
+        return StatesView(self.states, self.metrics)
+
+    async def _serve_api(self, *_: Any) -> None:
+        from choreo.tracker.api import serve_api
+
+        assert self.http is not None
+        host, port = self.http
+        self.rebuild()  # before the first tick, so the API never starts empty
+        async with serve_api(self.view(), host, port, self.token) as bound:
+            shown = f"[{host}]" if ":" in host else host
+            print(f"choreo: tracker {self.app_id} (faust engine) following "
+                  f"{', '.join(self.core.contracts)}; state API on http://{shown}:{bound}",
+                  flush=True)  # fmt: skip
+            await asyncio.Event().wait()  # cancelled when the app stops
+
+    async def _on_shutdown(self, *_: Any, **__: Any) -> None:
+        with contextlib.suppress(Exception):
+            await self.transport.stop()
+
+
+def run(
+    contracts: Sequence[SagaContract],
+    *,
+    broker: str,
+    http: str | None = "127.0.0.1:8088",
+    token: str | None = None,
+    app_id: str | None = None,
+    data_dir: Path | str | None = None,
+    loglevel: str | None = None,
+) -> int:
+    """Run the tracker in this process until SIGTERM or SIGINT; returns the exit code.
+
+    ``app_id`` is the faust app id: the consumer group and the changelog topic's prefix,
+    so two trackers with one id share (and split) the work. Unset, it is read from
+    ``CHOREO_TRACKER_ID`` (default ``choreo-tracker``); ``data_dir`` from
+    ``CHOREO_TRACKER_DATA_DIR`` and ``loglevel`` from ``CHOREO_TRACKER_LOGLEVEL``.
+    """
+    app_id = app_id or os.environ.get("CHOREO_TRACKER_ID") or DEFAULT_APP_ID
+    data_dir = data_dir or os.environ.get("CHOREO_TRACKER_DATA_DIR") or None
+    loglevel = loglevel or os.environ.get("CHOREO_TRACKER_LOGLEVEL") or "warning"
+    tracker = FaustTracker(
+        contracts, broker=broker, app_id=app_id, http=http, token=token, data_dir=data_dir
+    )
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(tracker.prepare())
+    except BaseException:
+        loop.run_until_complete(tracker.transport.stop())
+        loop.close()
+        raise
+    app = tracker.build_app(loop)
+    worker = faust.Worker(app, loop=loop, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker.spinner = None  # no terminal animation in logs
+    code = 0
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1 if exc.code else 0
+    print(f"choreo: tracker {'stopped' if code == 0 else f'exited with {code}'}", flush=True)
+    return code

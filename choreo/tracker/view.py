@@ -1,0 +1,197 @@
+"""What the state API reads: saga states and the tracker's counters.
+
+Both tracker shells feed ``TrackerMetrics`` the same way (``observe`` after each fold)
+and expose their states through ``StatesView``, so the API cannot tell them apart.
+"""
+
+from __future__ import annotations
+
+import builtins
+import math
+import random
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from choreo.codec import H_OP, H_STEP
+from choreo.saga.state import SagaState, SagaStatus, StepStatus
+from choreo.transport.base import OutgoingRecord
+
+QUANTILES = (0.5, 0.9, 0.99)
+
+
+def quantile(ordered: Sequence[float], q: float) -> float:
+    """Nearest-rank quantile of sorted values; NaN when there are none (as Prometheus)."""
+    if not ordered:
+        return math.nan
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+@dataclass
+class Summary:
+    """Count, sum and max of every observation; quantiles from a bounded uniform sample
+    (reservoir sampling), so memory stays flat however long the tracker runs."""
+
+    size: int = 1024
+    count: int = 0
+    total: float = 0.0
+    max: float = 0.0
+    sample: list[float] = field(default_factory=list)
+    rng: random.Random = field(default_factory=lambda: random.Random(0))
+
+    def observe(self, value: float) -> None:
+        self.count += 1
+        self.total += value
+        self.max = value if self.count == 1 else max(self.max, value)
+        if len(self.sample) < self.size:
+            self.sample.append(value)
+        elif (slot := self.rng.randrange(self.count)) < self.size:
+            self.sample[slot] = value
+
+    def quantiles(self) -> dict[float, float]:
+        ordered = sorted(self.sample)
+        return {q: quantile(ordered, q) for q in QUANTILES}
+
+
+def _header(record: OutgoingRecord, name: str) -> str:
+    return next((v.decode() for k, v in record.headers if k == name), "")
+
+
+@dataclass
+class TrackerMetrics:
+    compensations_issued: int = 0
+    stalls_detected: int = 0
+    deadline_to_compensation: Summary = field(default_factory=Summary)
+
+    def observe(
+        self,
+        before: SagaState | None,
+        after: SagaState | None,
+        sent: Sequence[OutgoingRecord],
+        sent_at: float,
+    ) -> None:
+        """Count what one fold did, once its records are acknowledged at ``sent_at``."""
+        compensated = {_header(r, H_STEP) for r in sent if _header(r, H_OP) == "compensate"}
+        self.compensations_issued += sum(_header(r, H_OP) == "compensate" for r in sent)
+        if before is None or after is None or before.status != SagaStatus.RUNNING:
+            return
+        if after.status == SagaStatus.RUNNING or "timed out" not in after.reason:
+            return
+        self.stalls_detected += 1
+        for name in sorted(compensated):
+            step = after.steps.get(name)
+            if step is not None and step.outcome_note == "timed out" and step.deadline_at:
+                self.deadline_to_compensation.observe(max(0.0, sent_at - step.deadline_at))
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[SagaState]
+    total: int
+    next_offset: int | None
+
+
+class StateView(Protocol):
+    """What the HTTP API needs of a tracker."""
+
+    def list(
+        self,
+        *,
+        status: SagaStatus | None = None,
+        saga: str | None = None,
+        since: float | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> Page: ...
+
+    def get(self, gid: str) -> SagaState | None: ...
+
+    def counts(self) -> dict[str, Any]: ...
+
+    def step_latencies(self) -> builtins.list[dict[str, Any]]: ...
+
+    def metrics(self) -> TrackerMetrics: ...
+
+
+def _as_state(value: SagaState | Mapping[str, Any]) -> SagaState:
+    return value if isinstance(value, SagaState) else SagaState.model_validate(value)
+
+
+class StatesView:
+    """A ``StateView`` over any mapping of gid to state (a dict, a faust Table); values
+    may be ``SagaState`` objects or their JSON form."""
+
+    def __init__(
+        self,
+        states: Mapping[str, SagaState | Mapping[str, Any]],
+        metrics: TrackerMetrics | Callable[[], TrackerMetrics],
+    ) -> None:
+        self._states = states
+        self._metrics = metrics
+
+    def _all(self) -> Iterable[SagaState]:
+        return (_as_state(v) for v in list(self._states.values()))
+
+    def list(
+        self,
+        *,
+        status: SagaStatus | None = None,
+        saga: str | None = None,
+        since: float | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> Page:
+        """Newest first; ``since`` keeps sagas updated at or after that epoch time."""
+        found = [
+            s
+            for s in self._all()
+            if (status is None or s.status == status)
+            and (saga is None or s.saga == saga)
+            and (since is None or s.updated_at >= since)
+        ]
+        found.sort(key=lambda s: (-s.started_at, s.gid))
+        items = found[offset : offset + limit]
+        following = offset + len(items)
+        return Page(items, len(found), following if following < len(found) else None)
+
+    def get(self, gid: str) -> SagaState | None:
+        value = self._states.get(gid)
+        return None if value is None else _as_state(value)
+
+    def counts(self) -> dict[str, Any]:
+        by_status: Counter[str] = Counter()
+        by_saga: dict[str, Counter[str]] = {}
+        unresolved = 0
+        for s in self._all():
+            by_status[s.status.value] += 1
+            by_saga.setdefault(s.saga, Counter())[s.status.value] += 1
+            unresolved += s.status == SagaStatus.STUCK and not s.resolved
+        return {
+            "total": sum(by_status.values()),
+            "by_status": {st.value: by_status[st.value] for st in SagaStatus},
+            "by_saga": {name: dict(c) for name, c in sorted(by_saga.items())},
+            "stuck_unresolved": unresolved,
+        }
+
+    def step_latencies(self) -> builtins.list[dict[str, Any]]:
+        """Seconds from a step's dispatch to its success, per saga and step; a success
+        that came after the deadline counts too, since that slowness is what to see."""
+        seen: dict[tuple[str, str], list[float]] = {}
+        for s in self._all():
+            for name, step in s.steps.items():
+                if step.status == StepStatus.FAILED:
+                    continue
+                if step.dispatched_at is not None and step.finished_at is not None:
+                    latency = step.finished_at - step.dispatched_at
+                    seen.setdefault((s.saga, name), []).append(latency)
+        rows = []
+        for (saga, name), values in sorted(seen.items()):
+            values.sort()
+            row: dict[str, Any] = {"saga": saga, "step": name, "count": len(values)}
+            row.update({f"p{round(q * 100)}": quantile(values, q) for q in QUANTILES})
+            rows.append(row)
+        return rows
+
+    def metrics(self) -> TrackerMetrics:
+        return self._metrics() if callable(self._metrics) else self._metrics

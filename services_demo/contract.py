@@ -1,0 +1,130 @@
+"""The order saga: its events and its contract, shared by every service and the tracker.
+
+    OrderPlaced -stock-> StockReserved -payment-> PaymentDeducted -shipping-> ShipmentScheduled
+       failed:   StockRejected        PaymentDeclined
+    compensation: ReleaseStock -> StockReleased, RefundPayment -> PaymentRefunded,
+                  CancelShipment -> ShipmentCancelled (run newest first by the tracker)
+
+The tracker builds a compensation from the payloads the saga has seen so far, so each
+compensation event carries only fields that events before its step's dispatch carry
+(``choreo lint`` would flag one that needs the step's own reply).
+"""
+
+from __future__ import annotations
+
+from choreo import Event
+from choreo.saga.contract import SagaContract, Step
+
+TOPIC = "demo.orders"
+
+# Short on purpose: the demo's silent shipping step should time out within seconds. A
+# real shop would give its steps minutes.
+STEP_DEADLINE = 2.0
+
+
+class OrderEvent(Event, topic=TOPIC):
+    """Every event of the saga shares one topic, keyed by gid, so the events of one order
+    stay in order for every reader."""
+
+
+class OrderPlaced(OrderEvent):
+    order_id: str
+    customer: str
+    sku: str
+    qty: int
+    amount: int
+
+
+class StockReserved(OrderEvent):
+    order_id: str
+    customer: str
+    amount: int
+
+
+class StockRejected(OrderEvent):
+    order_id: str
+    reason: str
+
+
+class ReleaseStock(OrderEvent):
+    order_id: str
+    sku: str
+    qty: int
+
+
+class StockReleased(OrderEvent):
+    order_id: str
+
+
+class PaymentDeducted(OrderEvent):
+    order_id: str
+    amount: int
+
+
+class PaymentDeclined(OrderEvent):
+    order_id: str
+    reason: str
+
+
+class RefundPayment(OrderEvent):
+    order_id: str
+    customer: str
+    amount: int
+
+
+class PaymentRefunded(OrderEvent):
+    order_id: str
+
+
+class ShipmentScheduled(OrderEvent):
+    order_id: str
+    shipment_id: str
+
+
+class CancelShipment(OrderEvent):
+    order_id: str
+
+
+class ShipmentCancelled(OrderEvent):
+    order_id: str
+
+
+order_saga = SagaContract(
+    "order",
+    start=OrderPlaced,
+    steps=[
+        Step(
+            "stock",
+            on=OrderPlaced,
+            done=StockReserved,
+            failed=StockRejected,
+            compensation=ReleaseStock,
+            compensated=StockReleased,
+            deadline=STEP_DEADLINE,
+            service="inventory",
+        ),
+        Step(
+            "payment",
+            on=StockReserved,
+            done=PaymentDeducted,
+            failed=PaymentDeclined,
+            compensation=RefundPayment,
+            compensated=PaymentRefunded,
+            deadline=STEP_DEADLINE,
+            service="payment",
+        ),
+        Step(
+            "shipping",
+            on=PaymentDeducted,
+            done=ShipmentScheduled,
+            compensation=CancelShipment,
+            compensated=ShipmentCancelled,
+            deadline=STEP_DEADLINE,
+            service="shipping",
+        ),
+    ],
+    # Compensations are re-issued until confirmed; short backoff keeps the demo brisk.
+    compensation_retries=5,
+    retry_backoff=1.0,
+    retry_backoff_max=8.0,
+)

@@ -1,0 +1,134 @@
+"""Every demo service and a saga tracker in one process: what ``choreo demo`` runs.
+
+All participants share one transport and one store, opened here and handed to each
+``running(broker=..., store=...)``. On ``memory://`` that is one in-process log and one
+dict, so the demo needs nothing installed; pass ``kafka://`` and ``redis://`` URLs to run
+the very same wiring against real servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from choreo.cli.dashboard import Snapshot
+from choreo.saga.state import SagaStatus
+from choreo.store.base import Store
+from choreo.tracker.api_ops import stalled_row
+from choreo.tracker.memory import MemoryTracker
+from choreo.urls import open_store, open_transport
+from services_demo import inventory, orders, payment, shipping
+from services_demo.audit import Audit, audit
+from services_demo.contract import order_saga
+from services_demo.knobs import Knobs
+from services_demo.workload import Workload, build_workload, demo_knobs, namespace_for
+
+SERVICES = (orders, inventory, payment, shipping)
+
+OnProgress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    workload: Workload
+    knobs: Knobs
+    audit: Audit
+    elapsed: float
+    dashboard: Snapshot | None = None  # the tracker as ``choreo dashboard`` shows it
+
+
+async def run_embedded(
+    *,
+    count: int = 30,
+    seed: int = 0,
+    knobs: Knobs | None = None,
+    broker: str = "memory://",
+    store: str = "memory://",
+    namespace: str | None = None,
+    timeout: float = 45.0,
+    on_progress: OnProgress | None = None,
+) -> DemoRun:
+    """Place ``count`` orders and wait until every saga has ended and the orders service
+    has recorded it (or ``timeout`` passes); then audit the books.
+
+    ``on_progress(finished, total)`` is called as sagas finish. ``namespace`` keeps the
+    run's orders, stock, balances and consumer groups apart on a shared broker and store
+    (by default: none in memory, a fresh one elsewhere).
+    """
+    knobs = knobs or demo_knobs(seed)
+    if namespace is None:
+        namespace = namespace_for(store)
+    workload = build_workload(count, seed, namespace)
+    apps = {app.name: app for app in (module.build_app(knobs) for module in SERVICES)}
+    tracker = MemoryTracker([order_saga])
+    if namespace:
+        # Groups of its own: the services of a deployment on the same broker must not
+        # share (and split) this run's partitions.
+        for participant in (*apps.values(), tracker):
+            participant.group += f".{namespace}"
+    started = time.monotonic()
+    async with (
+        open_transport(broker) as transport,
+        open_store(store) as kv,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        # The tracker first, so it is folding before the first order arrives.
+        await stack.enter_async_context(tracker.running(broker=transport))
+        for app in apps.values():
+            await stack.enter_async_context(app.running(broker=transport, store=kv))
+        await inventory.seed_stock(kv, workload.stock)
+        await payment.seed_balances(kv, workload.balances)
+        for order in workload.orders:
+            await orders.place_order(apps["orders"], order)
+
+        async def ended() -> set[str]:
+            return {gid for gid, saga in tracker.states().items() if saga.is_terminal}
+
+        await wait_until_settled(workload, kv, ended, timeout, on_progress)
+        result = await audit(workload, tracker.states(), kv)
+    return DemoRun(workload, knobs, result, time.monotonic() - started, snapshot_of(tracker))
+
+
+def snapshot_of(tracker: MemoryTracker) -> Snapshot:
+    """What ``choreo dashboard`` would show of this tracker, without serving its API: at
+    the end of a run every unfinished saga is worth a look."""
+    view, now = tracker.view(), time.time()
+    unfinished = [s for s in tracker.states().values() if not s.is_terminal]
+    stuck = [stalled_row(s, now) for s in tracker.states().values() if s.status == SagaStatus.STUCK]
+    return Snapshot(
+        at=now,
+        tracker="embedded tracker",
+        counts=view.counts(),
+        latencies=view.step_latencies(),
+        stalled=[stalled_row(s, now) for s in unfinished],
+        stuck=stuck,
+    )
+
+
+async def wait_until_settled(
+    workload: Workload,
+    store: Store,
+    ended: Callable[[], Awaitable[set[str]]],
+    timeout: float,
+    on_progress: OnProgress | None,
+    poll: float = 0.05,
+) -> bool:
+    """True once every order's saga has ended (its gid is in ``ended()``, the tracker's
+    terminal sagas) and the orders service has recorded how; False after ``timeout``."""
+    total = len(workload.orders)
+    deadline = time.monotonic() + timeout
+    while True:
+        finished, terminal = 0, await ended()
+        for order in workload.orders:
+            if order.order_id in terminal:
+                finished += await orders.order_status(store, order.order_id) != orders.PENDING
+        if on_progress is not None:
+            on_progress(finished, total)
+        if finished == total:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(poll)
