@@ -103,6 +103,7 @@ async def serve_memory(
     group: str,
 ) -> None:
     from choreo.tracker.api import serve_api
+    from choreo.tracker.api_ops import OpsContext
     from choreo.tracker.memory import MemoryTracker
 
     stopping = asyncio.Event()
@@ -117,12 +118,15 @@ async def serve_memory(
         )
     tracker = MemoryTracker(contracts, broker=broker, group=group)
     names = ", ".join(c.name for c in contracts)
-    async with tracker.running(), serve_api(tracker.view(), host, port, token) as bound:
-        shown = f"[{host}]" if ":" in host else host
-        print(
-            f"choreo: tracker (memory engine) following {names}; "
-            f"state API on http://{shown}:{bound}",
-            flush=True,
-        )
-        await stopping.wait()
+    async with tracker.running():
+        assert tracker.transport is not None
+        ops = OpsContext(tracker.view(), tracker.transport, list(contracts))
+        async with serve_api(tracker.view(), host, port, token, ops) as bound:
+            shown = f"[{host}]" if ":" in host else host
+            print(
+                f"choreo: tracker (memory engine) following {names}; "
+                f"state API on http://{shown}:{bound}",
+                flush=True,
+            )
+            await stopping.wait()
     print("choreo: tracker stopped cleanly", flush=True)

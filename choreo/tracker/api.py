@@ -14,13 +14,16 @@ import contextlib
 import hmac
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from choreo import codec
 from choreo.saga.state import SagaState, SagaStatus
 from choreo.tracker.view import QUANTILES, StateView
+
+if TYPE_CHECKING:
+    from choreo.tracker.api_ops import OpsContext
 
 MAX_LIMIT = 1000
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
@@ -149,10 +152,20 @@ def build_app(view: StateView, token: str | None = None) -> web.Application:
 
 @contextlib.asynccontextmanager
 async def serve_api(
-    view: StateView, host: str = "127.0.0.1", port: int = 0, token: str | None = None
+    view: StateView,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    token: str | None = None,
+    ops: OpsContext | None = None,
 ) -> AsyncIterator[int]:
-    """Serve until the block exits; yields the bound port (``port=0`` picks a free one)."""
-    runner = web.AppRunner(build_app(view, token), access_log=None)
+    """Serve until the block exits; yields the bound port (``port=0`` picks a free one).
+    With ``ops`` the operator routes (why, admin commands, dead letters) are served too."""
+    app = build_app(view, token)
+    if ops is not None:
+        from choreo.tracker.api_ops import add_ops_routes
+
+        add_ops_routes(app, ops)  # before setup: aiohttp freezes the router there
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)

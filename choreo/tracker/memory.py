@@ -62,6 +62,7 @@ class MemoryTracker:
         self.metrics = TrackerMetrics()
         self.processed = 0
         self._states: dict[str, SagaState] = {}
+        self.transport: Transport | None = None  # while running, for the ops routes
 
     # -- the harness's Participant protocol and the API's read side ------------------
     def subscribed_topics(self) -> list[str]:
@@ -110,11 +111,13 @@ class MemoryTracker:
             ]
             for task in tasks:
                 task.add_done_callback(_report_crash)
+            self.transport = transport
             try:
                 yield self
             finally:
                 stopping.set()
                 await asyncio.gather(*tasks)
+                self.transport = None
 
     async def _consume(
         self, transport: Transport, consumer: Consumer, stopping: asyncio.Event
