@@ -36,7 +36,6 @@ from choreo.saga import SagaState
 from choreo.system_events import SYSTEM_TOPIC
 from choreo.testing import Harness
 from choreo.tracker.core import TrackerCore
-from choreo.tracker.faust_app import ignored
 from choreo.transport.base import Record, TopicPartition, Transport
 from choreo.transport.kafka import KafkaTransport
 from tests.procs.trip_tracker import knobs
@@ -273,7 +272,7 @@ def replay(core: TrackerCore, log: Mapping[TopicPartition, list[Record]]) -> dic
             except PoisonEvent:
                 continue
             before = states.get(message.gid)
-            if ignored(core, before, message):
+            if core.ignores(before, message):
                 continue
             after, _ = core.fold(before, message, record.timestamp_ms / 1000)
             if after is not None:
@@ -315,7 +314,7 @@ def live(
     finally:
         code = tracker.stop()
     assert code == 0, f"tracker did not stop cleanly ({code})\n{tracker.output()}"
-    assert "choreo: tracker stopped" in tracker.output()
+    assert "choreo: tracker stopped cleanly" in tracker.output()
 
 
 class TestLiveTracker:

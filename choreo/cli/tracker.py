@@ -53,6 +53,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument(
         "--group", default="choreo.tracker", help="consumer group of the memory engine"
     )
+    parser.add_argument(
+        "--app-id",
+        default=os.environ.get("CHOREO_TRACKER_ID") or None,
+        help="faust app id: names its consumer group and changelog (env CHOREO_TRACKER_ID)",
+    )
     parser.set_defaults(func=command)
 
 
@@ -91,7 +96,11 @@ def command(args: argparse.Namespace) -> int:
             f"the faust engine is not available here ({exc})",
             hint="install faust-streaming, or use --engine memory",
         ) from exc
-    return int(faust_app.run(contracts, broker=args.broker, http=args.http, token=args.token))
+    return int(
+        faust_app.run(
+            contracts, broker=args.broker, http=args.http, token=args.token, app_id=args.app_id
+        )
+    )
 
 
 async def serve_memory(

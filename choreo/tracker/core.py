@@ -60,17 +60,23 @@ class TrackerCore:
         events include its type. A system event opens a saga only when its envelope names
         a known one (a step's failure may overtake the start event on another topic); an
         operator's command or bookkeeping outside any saga would make a phantom saga."""
-        if state is not None and state.saga in self.contracts:
-            return self.contracts[state.saga]
+        if state is not None:
+            return self.contracts.get(state.saga)
+        saga = message.envelope.saga
+        if saga and saga not in self.contracts:
+            return None  # another app's saga on a shared topic
         if isinstance(message.event, SystemEvent):
-            if state is None and not isinstance(message.event, AdminCommand):
-                return self.contracts.get(message.envelope.saga)
-            return None
-        if message.envelope.saga in self.contracts:
-            return self.contracts[message.envelope.saga]
+            if isinstance(message.event, AdminCommand | DeadlineCheck):
+                return None  # addressed to a saga this tracker holds no state of
+            return self.contracts.get(saga)
+        if saga:
+            return self.contracts[saga]
         return self._by_start.get(message.envelope.event_type) or self._by_type.get(
             message.envelope.event_type
         )
+
+    def ignores(self, state: SagaState | None, message: Message) -> bool:
+        return self.contract_for(message, state) is None
 
     def fold(
         self, state: SagaState | None, message: Message, now: float

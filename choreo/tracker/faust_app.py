@@ -47,10 +47,8 @@ import faust
 from choreo import codec
 from choreo.deadletter import DLQ_TOPIC, DeadLetter, dead_letter_record
 from choreo.errors import ConfigurationError, PoisonEvent, UnknownEventType
-from choreo.events import Message
 from choreo.saga.contract import SagaContract
 from choreo.saga.state import SagaState
-from choreo.system_events import AdminCommand, DeadlineCheck
 from choreo.tracker.core import DeadlineIndex, TrackerCore
 from choreo.tracker.view import StatesView, TrackerMetrics
 from choreo.transport.base import OutgoingRecord, Record, TopicPartition
@@ -75,17 +73,6 @@ def parse_http(address: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigurationError(f"--http wants HOST:PORT, got {address!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
-
-
-def ignored(core: TrackerCore, state: SagaState | None, message: Message) -> bool:
-    """Records that must not start a saga's state: one naming a saga of another app, and
-    a deadline check or an operator's command for a gid this tracker holds no state of."""
-    if state is not None:
-        return False
-    saga = message.envelope.saga
-    if saga and saga not in core.contracts:
-        return True
-    return isinstance(message.event, DeadlineCheck | AdminCommand)
 
 
 def to_record(message: Any) -> Record:
@@ -243,7 +230,7 @@ class FaustTracker:
         except ValueError as exc:
             await self._dead_letter(record, "failed", f"stored state unreadable: {exc}")
             return
-        if ignored(self.core, before, message):
+        if self.core.ignores(before, message):
             return
         now = record.timestamp_ms / 1000 if record.timestamp_ms > 0 else time.time()
         try:
@@ -407,11 +394,13 @@ class FaustTracker:
 
     async def _serve_api(self, *_: Any) -> None:
         from choreo.tracker.api import serve_api
+        from choreo.tracker.api_ops import OpsContext
 
         assert self.http is not None
         host, port = self.http
         self.rebuild()  # before the first tick, so the API never starts empty
-        async with serve_api(self.view(), host, port, self.token) as bound:
+        ops = OpsContext(self.view(), self.transport, list(self.core.contracts.values()))
+        async with serve_api(self.view(), host, port, self.token, ops) as bound:
             shown = f"[{host}]" if ":" in host else host
             print(f"choreo: tracker {self.app_id} (faust engine) following "
                   f"{', '.join(self.core.contracts)}; state API on http://{shown}:{bound}",
@@ -462,5 +451,7 @@ def run(
         worker.execute_from_commandline()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1 if exc.code else 0
-    print(f"choreo: tracker {'stopped' if code == 0 else f'exited with {code}'}", flush=True)
+    print(
+        f"choreo: tracker {'stopped cleanly' if code == 0 else f'exited with {code}'}", flush=True
+    )
     return code
