@@ -1,0 +1,142 @@
+"""Compensation scheduling, completion, alerts and operators' commands: the half of the
+state machine that decides what the tracker publishes."""
+
+from __future__ import annotations
+
+from choreo.events import derived_event_id
+from choreo.saga.contract import Step
+from choreo.saga.state import SagaStatus, StepState, StepStatus
+from choreo.saga.transition import Run, compensation_event_id
+from choreo.system_events import AdminCommand, SagaCompensated, SagaCompleted, SagaStuck
+
+# Dispatched steps whose compensation is still owed, and steps with nothing left to undo.
+UNDONE = (StepStatus.PENDING, StepStatus.DONE)
+SETTLED = (StepStatus.COMPENSATED, StepStatus.FAILED)
+# Saga states in which owed compensations are issued (terminal ones only for late work).
+UNDOING = (SagaStatus.COMPENSATING, SagaStatus.COMPENSATED, SagaStatus.STUCK)
+
+
+def complete(run: Run, why: str) -> None:
+    if not run.set_status(SagaStatus.COMPLETED):
+        run.note(f"{why} ignored: saga is {run.state.status}")
+        return
+    event = SagaCompleted(saga=run.contract.name)
+    event_id = derived_event_id(run.state.gid, "saga", "completed")
+    run.publish(event, "", "", event_id, "saga completed")
+
+
+def settle(run: Run) -> None:
+    """Complete a finished saga, issue the compensations now unblocked, and close a saga
+    whose compensations are all confirmed."""
+    s, contract = run.state, run.contract
+    if s.status == SagaStatus.RUNNING and all(
+        (cur := s.steps.get(name)) is not None and cur.status == StepStatus.DONE
+        for name in contract.step_names
+    ):
+        complete(run, "last step done")
+    if s.status not in UNDOING:
+        return
+    for step in contract.steps:
+        cur = s.steps.get(step.name)
+        if step.compensation is None or cur is None or cur.status not in UNDONE:
+            continue
+        if not any(_blocks(run, later) for later in contract.descendants(step)):
+            issue(run, step, cur)
+    owed = (StepStatus.PENDING, StepStatus.DONE, StepStatus.COMPENSATING)
+    if any(
+        cur.status in owed and contract.step(name).compensation is not None
+        for name, cur in s.steps.items()
+        if contract.has_step(name)
+    ):
+        return
+    if run.set_status(SagaStatus.COMPENSATED):
+        event = SagaCompensated(saga=contract.name, reason=s.reason)
+        event_id = derived_event_id(s.gid, "saga", "compensated")
+        run.publish(event, "", "", event_id, "saga compensated")
+
+
+def _blocks(run: Run, step: Step) -> bool:
+    """A dispatched later step whose compensation must be confirmed first."""
+    cur = run.state.steps.get(step.name)
+    return step.compensation is not None and cur is not None and cur.status not in SETTLED
+
+
+def issue(run: Run, step: Step, cur: StepState) -> None:
+    cls, s = step.compensation, run.state
+    if cls is None:
+        return
+    try:
+        event = cls.model_validate({k: v for k, v in s.data.items() if k in cls.model_fields})
+    except Exception as exc:
+        cur.status, cur.next_retry_at = StepStatus.COMPENSATING, None
+        detail = " ".join(str(exc).split())[:300]
+        cur.outcome_note = f"cannot build {cls.__name__} to compensate {step.name}: {detail}"
+        stuck(run, step.name, cur, cur.outcome_note)
+        return
+    cur.compensation_attempts += 1
+    attempt = cur.compensation_attempts
+    cur.status, cur.compensation_issued_at = StepStatus.COMPENSATING, run.now
+    cur.next_retry_at = run.now + run.contract.retry_delay(attempt)
+    event_id = compensation_event_id(s.gid, step.name, attempt, cur.compensation_round)
+    note = f"compensation of {step.name} issued (attempt {attempt})"
+    run.publish(event, step.name, "compensate", event_id, note)
+
+
+def stuck(run: Run, name: str, cur: StepState, reason: str) -> None:
+    """A compensation that cannot be confirmed: the saga is STUCK and an operator alerted,
+    once per exhausted step. A terminal saga keeps its status but still alerts."""
+    run.set_status(SagaStatus.STUCK, reason)
+    attempts = cur.compensation_attempts
+    event = SagaStuck(saga=run.contract.name, step=name, attempts=attempts, reason=reason)
+    event_id = derived_event_id(
+        run.state.gid, name, "stuck", f"{cur.compensation_round}.{attempts}"
+    )
+    run.publish(event, name, "", event_id, f"stuck: {reason}")
+
+
+def admin(run: Run, cmd: AdminCommand) -> None:
+    s = run.state
+    run.note(f"admin {cmd.action} by {cmd.actor}" + (f": {cmd.note}" if cmd.note else ""))
+    if cmd.action == "compensate" and s.status == SagaStatus.RUNNING:
+        run.set_status(SagaStatus.COMPENSATING, f"operator: {cmd.note or cmd.actor}")
+    elif cmd.action == "retry" and s.status == SagaStatus.RUNNING:
+        _retry_triggers(run)
+    elif cmd.action == "retry" and _retry_compensations(run):
+        pass
+    elif cmd.action == "resolve" and s.status == SagaStatus.STUCK:
+        s.resolved, s.resolved_by, s.resolved_note = True, cmd.actor, cmd.note
+    else:
+        run.note(f"ignored: nothing to {cmd.action} while saga is {s.status}")
+
+
+def _retry_triggers(run: Run) -> None:
+    s, version = run.state, run.state.version
+    pending = [
+        st
+        for st in run.contract.steps
+        if st.name in s.steps and s.steps[st.name].status == StepStatus.PENDING
+    ]
+    if not pending:
+        run.note("ignored: no pending step to retry")
+    for step in pending:
+        payload = s.events_by_type.get(step.on.event_type)
+        try:
+            event = step.on.model_validate(payload)
+        except Exception:
+            run.log(f"cannot retry {step.name}: no valid {step.on.__name__} seen", step=step.name)
+            continue
+        s.steps[step.name].deadline_at = run.now + step.deadline
+        event_id = derived_event_id(s.gid, step.name, "retry", str(version))
+        run.publish(event, step.name, "action", event_id, f"trigger of {step.name} re-published")
+
+
+def _retry_compensations(run: Run) -> bool:
+    """Re-issue every unconfirmed compensation with a fresh attempt budget."""
+    retried = False
+    for step in run.contract.steps:
+        cur = run.state.steps.get(step.name)
+        if cur is not None and cur.status == StepStatus.COMPENSATING:
+            cur.compensation_attempts, cur.compensation_round = 0, cur.compensation_round + 1
+            issue(run, step, cur)
+            retried = True
+    return retried
