@@ -25,7 +25,8 @@ from choreo.transport.base import (
     TopicPartition,
     Transport,
 )
-from choreo.transport.kafka import KafkaTransport, parse_kafka_url
+from choreo.transport.kafka import KafkaTransport
+from choreo.transport.kafka_config import parse_kafka_url
 from choreo.transport.memory import MemoryBroker, MemoryTransport
 from choreo.transport.partitioner import murmur2, partition_for
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -25,7 +24,6 @@ from aiokafka.errors import (
     TopicAlreadyExistsError,
     for_code,
 )
-from aiokafka.helpers import create_ssl_context
 from aiokafka.structs import TopicPartition as KafkaTopicPartition
 
 from choreo.errors import ConfigurationError, TransportError
@@ -38,87 +36,12 @@ from choreo.transport.base import (
     TopicPartition,
     Transport,
 )
+from choreo.transport.kafka_config import parse_kafka_url, security_options
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PORT = 9092
-
 #: Errors of the network or the broker; anything else (TypeError...) is a bug, not retried.
 _TRANSIENT: tuple[type[BaseException], ...] = (KafkaError, OSError, TimeoutError)
-
-_CLIENT_SECURITY_KEYS = frozenset(
-    {
-        "security_protocol",
-        "sasl_mechanism",
-        "sasl_plain_username",
-        "sasl_plain_password",
-        "sasl_kerberos_service_name",
-        "sasl_kerberos_domain_name",
-        "sasl_oauth_token_provider",
-        "ssl_context",
-    }
-)
-_SSL_FILE_KEYS = frozenset({"cafile", "capath", "cadata", "certfile", "keyfile", "password"})
-
-
-def parse_kafka_url(url: str) -> list[str]:
-    """``kafka://host:port[,host2:port2]`` -> ``["host:port", "host2:port2"]``."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower() != "kafka":
-        raise ConfigurationError(
-            f"not a Kafka URL: {url!r} (expected kafka://host:port[,host2:port2])"
-        )
-    rest = rest.split("?", 1)[0].rstrip("/")
-    servers: list[str] = []
-    for item in rest.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        if item.startswith("["):  # [ipv6]:port
-            host, _, port_text = item[1:].partition("]")
-            port_text = port_text.removeprefix(":")
-            display_host = f"[{host}]"
-        else:
-            host, _, port_text = item.partition(":")
-            display_host = host
-        if not host or "/" in item or "@" in item:
-            raise ConfigurationError(f"bad broker address {item!r} in Kafka URL {url!r}")
-        if port_text and not port_text.isdigit():
-            raise ConfigurationError(f"bad port in broker address {item!r} of {url!r}")
-        port = int(port_text) if port_text else DEFAULT_PORT
-        if not 0 < port < 65536:
-            raise ConfigurationError(f"port out of range in broker address {item!r} of {url!r}")
-        servers.append(f"{display_host}:{port}")
-    if not servers:
-        raise ConfigurationError(f"no broker address in Kafka URL {url!r}")
-    return servers
-
-
-def _security_options(security: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The keyword arguments every aiokafka client gets, built from ``security``."""
-    if not security:
-        return {}
-    unknown = set(security) - _CLIENT_SECURITY_KEYS - _SSL_FILE_KEYS
-    if unknown:
-        raise ConfigurationError(
-            f"unknown Kafka security option(s): {', '.join(sorted(unknown))}; "
-            f"expected some of {', '.join(sorted(_CLIENT_SECURITY_KEYS | _SSL_FILE_KEYS))}"
-        )
-    options = {key: value for key, value in security.items() if key in _CLIENT_SECURITY_KEYS}
-    files = {key: value for key, value in security.items() if key in _SSL_FILE_KEYS}
-    if files:
-        if options.get("ssl_context") is not None:
-            raise ConfigurationError(
-                "give either ssl_context or cafile/certfile/keyfile in Kafka security options, "
-                "not both"
-            )
-        try:
-            options["ssl_context"] = create_ssl_context(**files)
-        except (OSError, ssl.SSLError, ValueError) as exc:
-            raise ConfigurationError(f"cannot build the Kafka SSL context: {exc}") from exc
-    if options.get("ssl_context") is not None:
-        options.setdefault("security_protocol", "SSL")
-    return options
 
 
 def _to_kafka(tp: TopicPartition) -> Any:
@@ -163,7 +86,7 @@ class KafkaTransport(Transport):
       ``sasl_oauth_token_provider``;
     - ``ssl_context``: a ready ``ssl.SSLContext``; or instead ``cafile``, ``capath``,
       ``cadata``, ``certfile``, ``keyfile``, ``password``, from which one is built with
-      ``aiokafka.helpers.create_ssl_context``. With an SSL context and no
+      ``choreo.transport.kafka_config.ssl_context``. With an SSL context and no
       ``security_protocol``, the protocol is ``SSL``.
 
     Unknown keys are a ``ConfigurationError``.
@@ -207,7 +130,7 @@ class KafkaTransport(Transport):
         self.max_poll_records = max_poll_records
         self.linger_ms = linger_ms
         self.topic_ready_timeout = topic_ready_timeout
-        self._security = _security_options(security)
+        self._security = security_options(security)
         self._producer_options = dict(producer_options or {})
         self._consumer_options = dict(consumer_options or {})
         self._producer: Any = None
