@@ -19,6 +19,7 @@ from choreo.saga.state import SagaStatus
 from choreo.store.base import Store
 from choreo.tracker.api_ops import stalled_row
 from choreo.tracker.memory import MemoryTracker
+from choreo.transport.base import Transport
 from choreo.urls import open_store, open_transport
 from services_demo import inventory, orders, payment, shipping
 from services_demo.audit import Audit, audit
@@ -29,6 +30,18 @@ from services_demo.workload import Workload, build_workload, demo_knobs, namespa
 SERVICES = (orders, inventory, payment, shipping)
 
 OnProgress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Live:
+    """The run's tracker and the transport its services share, still running."""
+
+    tracker: MemoryTracker
+    transport: Transport
+    groups: dict[str, str]  # service name -> consumer group
+
+
+AfterRun = Callable[["DemoRun", Live], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -50,13 +63,16 @@ async def run_embedded(
     namespace: str | None = None,
     timeout: float = 45.0,
     on_progress: OnProgress | None = None,
+    then: AfterRun | None = None,
 ) -> DemoRun:
     """Place ``count`` orders and wait until every saga has ended and the orders service
     has recorded it (or ``timeout`` passes); then audit the books.
 
     ``on_progress(finished, total)`` is called as sagas finish. ``namespace`` keeps the
     run's orders, stock, balances and consumer groups apart on a shared broker and store
-    (by default: none in memory, a fresh one elsewhere).
+    (by default: none in memory, a fresh one elsewhere). ``then(run, live)`` is awaited
+    after the audit, while the services and the tracker still run (``choreo demo --serve``
+    serves the tracker's state API there).
     """
     knobs = knobs or demo_knobs(seed)
     if namespace is None:
@@ -89,7 +105,11 @@ async def run_embedded(
 
         await wait_until_settled(workload, kv, ended, timeout, on_progress)
         result = await audit(workload, tracker.states(), kv)
-    return DemoRun(workload, knobs, result, time.monotonic() - started, snapshot_of(tracker))
+        run = DemoRun(workload, knobs, result, time.monotonic() - started, snapshot_of(tracker))
+        if then is not None:
+            groups = {app.name: app.group for app in apps.values()}
+            await then(run, Live(tracker, transport, groups))
+    return run
 
 
 def snapshot_of(tracker: MemoryTracker) -> Snapshot:

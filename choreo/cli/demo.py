@@ -1,15 +1,28 @@
 """``choreo demo``: the order saga's services and a tracker in this process, a batch of
-orders, and a closing audit of every saga and every unit of stock and money."""
+orders, and a closing audit of every saga and every unit of stock and money.
+
+With ``--serve HOST:PORT`` the services and the tracker keep running after the audit and
+the tracker's state API (ops routes included) is served until SIGINT or SIGTERM, so
+``choreo dashboard``, ``choreo sagas list``, ``choreo saga why`` work against the demo.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
+import signal
+import sys
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
+from choreo.cli.tracker import LOOPBACK, parse_http
 from choreo.errors import UsageError
+
+if TYPE_CHECKING:
+    from services_demo.embedded import DemoRun, Live
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -31,6 +44,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument("--store", default="memory://", help="e.g. redis://127.0.0.1:6379/0")
     parser.add_argument("--timeout", type=float, default=45.0, help="give up after (seconds)")
     parser.add_argument("--no-table", action="store_true", help="omit the table of sagas")
+    parser.add_argument(
+        "--serve",
+        metavar="HOST:PORT",
+        help="after the batch, keep running and serve the tracker's state API there "
+        "(port 0: any free one) until Ctrl-C, for `choreo dashboard`, `choreo sagas list`...",
+    )
     parser.set_defaults(func=command)
 
 
@@ -42,6 +61,7 @@ def command(args: argparse.Namespace) -> int:
 
     if args.orders < 1:
         raise UsageError("--orders must be at least 1")
+    serve = None if args.serve is None else parse_http(args.serve, "--serve")
     overrides = {
         name: value
         for name in ("decline_above", "failure_rate", "stall_rate", "stall_seconds")
@@ -54,7 +74,20 @@ def command(args: argparse.Namespace) -> int:
         f"card limit {knobs.decline_above}, random declines {knobs.failure_rate:.0%}, "
         f"unconfirmed shipments {knobs.stall_rate:.0%}"
     )
-    with progress_bar(console, args.orders) as on_progress:
+
+    def report(run: DemoRun) -> None:
+        shown = summary(run.audit, run.elapsed, sagas=not args.no_table, snapshot=run.dashboard)
+        console.print(shown)
+
+    with contextlib.ExitStack() as bar:
+        on_progress = bar.enter_context(progress_bar(console, args.orders))
+
+        async def then(run: DemoRun, live: Live) -> None:
+            assert serve is not None
+            bar.close()  # the batch is over: its summary, then the API
+            report(run)
+            await serve_until_signalled(live, *serve)
+
         run = asyncio.run(
             run_embedded(
                 count=args.orders,
@@ -64,7 +97,41 @@ def command(args: argparse.Namespace) -> int:
                 store=args.store,
                 timeout=args.timeout,
                 on_progress=on_progress,
+                then=None if serve is None else then,
             )
         )
-    console.print(summary(run.audit, run.elapsed, sagas=not args.no_table, snapshot=run.dashboard))
+    if serve is None:
+        report(run)
     return 0 if run.audit.ok else 1
+
+
+async def serve_until_signalled(live: Live, host: str, port: int) -> None:
+    """The embedded tracker's state API with the ops routes, until SIGINT or SIGTERM."""
+    from choreo.tracker.api import serve_api
+    from choreo.tracker.api_ops import OpsContext
+
+    if host not in LOOPBACK:
+        print(
+            f"choreo: warning: the state API on {host} is open to anyone who can reach it",
+            file=sys.stderr,
+        )
+    view = live.tracker.view()
+    contracts = list(live.tracker.core.contracts.values())
+    ops = OpsContext(view, live.transport, contracts, live.groups)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            bound = await stack.enter_async_context(serve_api(view, host, port, None, ops))
+        except OSError as exc:
+            raise UsageError(f"cannot serve the state API on {host}:{port} ({exc})") from None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+            stack.callback(loop.remove_signal_handler, sig)
+        shown = f"[{host}]" if ":" in host else host
+        print(
+            f"choreo: demo tracker's state API on http://{shown}:{bound} (Ctrl-C to stop)",
+            flush=True,
+        )
+        await stopping.wait()
+    print("choreo: demo stopped", flush=True)

@@ -61,11 +61,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.set_defaults(func=command)
 
 
-def parse_http(value: str) -> tuple[str, int]:
+def parse_http(value: str, option: str = "--http") -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     host = host.strip("[]")  # [::1]:8088
     if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise UsageError(f"--http {value!r} is not HOST:PORT", hint="e.g. --http 127.0.0.1:8088")
+        raise UsageError(
+            f"{option} {value!r} is not HOST:PORT", hint=f"e.g. {option} 127.0.0.1:8088"
+        )
     return host, int(port)
 
 
