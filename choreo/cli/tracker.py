@@ -12,7 +12,7 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from choreo.cli.loading import load_object
 from choreo.errors import UsageError
@@ -58,7 +58,27 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         default=os.environ.get("CHOREO_TRACKER_ID") or None,
         help="faust app id: names its consumer group and changelog (env CHOREO_TRACKER_ID)",
     )
+    parser.add_argument(
+        "--service-group",
+        action="append",
+        default=[],
+        metavar="SERVICE=GROUP",
+        help="a service's consumer group when it is not choreo.<service> (for `saga why`)",
+    )
     parser.set_defaults(func=command)
+
+
+def parse_groups(values: Sequence[str]) -> dict[str, str]:
+    groups = {}
+    for value in values:
+        service, sep, group = value.partition("=")
+        if not sep or not service or not group:
+            raise UsageError(
+                f"--service-group {value!r} is not SERVICE=GROUP",
+                hint="e.g. --service-group inventory=shop.inventory",
+            )
+        groups[service] = group
+    return groups
 
 
 def parse_http(value: str, option: str = "--http") -> tuple[str, int]:
@@ -74,6 +94,7 @@ def parse_http(value: str, option: str = "--http") -> tuple[str, int]:
 def command(args: argparse.Namespace) -> int:
     contracts = [load_object(spec, SagaContract, "saga contract") for spec in args.contracts]
     host, port = parse_http(args.http)
+    groups = parse_groups(args.service_group)
     if host not in LOOPBACK and not args.token:
         print(
             f"choreo: warning: the state API on {host} is open to anyone who can reach it; "
@@ -82,7 +103,9 @@ def command(args: argparse.Namespace) -> int:
         )
     engine = args.engine or ("faust" if args.broker.startswith("kafka://") else "memory")
     if engine == "memory":
-        asyncio.run(serve_memory(contracts, args.broker, host, port, args.token, args.group))
+        asyncio.run(
+            serve_memory(contracts, args.broker, host, port, args.token, args.group, groups)
+        )
         return 0
     if not args.broker.startswith("kafka://"):
         raise UsageError(
@@ -100,7 +123,12 @@ def command(args: argparse.Namespace) -> int:
         ) from exc
     return int(
         faust_app.run(
-            contracts, broker=args.broker, http=args.http, token=args.token, app_id=args.app_id
+            contracts,
+            broker=args.broker,
+            http=args.http,
+            token=args.token,
+            app_id=args.app_id,
+            service_groups=groups,
         )
     )
 
@@ -112,6 +140,7 @@ async def serve_memory(
     port: int,
     token: str | None,
     group: str,
+    service_groups: Mapping[str, str] | None = None,
 ) -> None:
     from choreo.tracker.api import serve_api
     from choreo.tracker.api_ops import OpsContext
@@ -131,7 +160,9 @@ async def serve_memory(
     names = ", ".join(c.name for c in contracts)
     async with tracker.running():
         assert tracker.transport is not None
-        ops = OpsContext(tracker.view(), tracker.transport, list(contracts))
+        ops = OpsContext(
+            tracker.view(), tracker.transport, list(contracts), dict(service_groups or {})
+        )
         async with serve_api(tracker.view(), host, port, token, ops) as bound:
             shown = f"[{host}]" if ":" in host else host
             print(

@@ -38,7 +38,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,8 +109,10 @@ class FaustTracker:
         commit_interval: float = 1.0,
         replication_factor: int = 1,
         limits: codec.Limits | None = None,
+        service_groups: Mapping[str, str] | None = None,
     ) -> None:
         self.core = TrackerCore(contracts)
+        self.service_groups = dict(service_groups or {})
         self.broker = broker
         self.app_id = app_id
         self.http = parse_http(http) if http else None
@@ -399,7 +401,8 @@ class FaustTracker:
         assert self.http is not None
         host, port = self.http
         self.rebuild()  # before the first tick, so the API never starts empty
-        ops = OpsContext(self.view(), self.transport, list(self.core.contracts.values()))
+        contracts = list(self.core.contracts.values())
+        ops = OpsContext(self.view(), self.transport, contracts, self.service_groups)
         async with serve_api(self.view(), host, port, self.token, ops) as bound:
             shown = f"[{host}]" if ":" in host else host
             print(f"choreo: tracker {self.app_id} (faust engine) following "
@@ -421,6 +424,7 @@ def run(
     app_id: str | None = None,
     data_dir: Path | str | None = None,
     loglevel: str | None = None,
+    service_groups: Mapping[str, str] | None = None,
 ) -> int:
     """Run the tracker in this process until SIGTERM or SIGINT; returns the exit code.
 
@@ -433,7 +437,13 @@ def run(
     data_dir = data_dir or os.environ.get("CHOREO_TRACKER_DATA_DIR") or None
     loglevel = loglevel or os.environ.get("CHOREO_TRACKER_LOGLEVEL") or "warning"
     tracker = FaustTracker(
-        contracts, broker=broker, app_id=app_id, http=http, token=token, data_dir=data_dir
+        contracts,
+        broker=broker,
+        app_id=app_id,
+        http=http,
+        token=token,
+        data_dir=data_dir,
+        service_groups=service_groups,
     )
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
