@@ -76,6 +76,8 @@ def encode(message: Message) -> OutgoingRecord:
 def check_depth(value: bytes, limit: int) -> None:
     """Reject deep nesting without building anything: JSON strings are skipped so
     brackets inside them do not count."""
+    if value.count(b"[") + value.count(b"{") <= limit:
+        return  # cannot nest deeper than it has brackets; counting runs in C
     depth = 0
     in_string = escaped = False
     for byte in value:
@@ -155,9 +157,15 @@ def parse_payload(value: bytes, limits: Limits) -> dict[str, Any]:
     return data
 
 
-def decode(record: Record, registry: EventRegistry, limits: Limits | None = None) -> Message:
-    """Turn a record into a typed message, or raise a PoisonEvent saying why not."""
-    envelope = decode_envelope(record)
+def decode(
+    record: Record,
+    registry: EventRegistry,
+    limits: Limits | None = None,
+    envelope: Envelope | None = None,
+) -> Message:
+    """Turn a record into a typed message, or raise a PoisonEvent saying why not.
+    ``envelope`` saves decoding the headers again when the caller already has."""
+    envelope = envelope or decode_envelope(record)
     cls = registry.get(envelope.event_type)
     if cls is None:
         raise UnknownEventType(f"no event class is registered for type {envelope.event_type!r}")

@@ -123,7 +123,7 @@ class Dispatcher:
                 await self.dead_letter(record, DeadLetter("poison", reason, self.service))
             return  # another service's event on a shared topic
         try:
-            message = codec.decode(record, self.registry, self.limits)
+            message = codec.decode(record, self.registry, self.limits, envelope)
         except PoisonEvent as exc:
             names = ",".join(h.name for h in handlers)
             await self.dead_letter(record, DeadLetter("poison", exc.reason, self.service, names))

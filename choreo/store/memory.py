@@ -76,10 +76,14 @@ class MemoryStore(Store):
     def _refusal(self, effects: Sequence[Effect]) -> str:
         """Replay the effects on a scratch copy: guards see the running value, and a
         value that is no integer fails here, before anything is written."""
-        scratch = dict(self._data)
+        scratch: dict[str, str | None] = {}  # only the keys the effects touch
+
+        def value(key: str) -> str | None:
+            return scratch[key] if key in scratch else self._data.get(key)
+
         for effect in effects:
             if isinstance(effect, Incr):
-                current = int(scratch.get(effect.key, "0"))
+                current = int(value(effect.key) or "0")
                 reason = guard_failure(effect, current)
                 if reason:
                     return reason
@@ -87,7 +91,7 @@ class MemoryStore(Store):
             elif isinstance(effect, Put):
                 scratch[effect.key] = effect.value
             else:
-                scratch.pop(effect.key, None)
+                scratch[effect.key] = None
         return ""
 
     def _apply(self, effects: Sequence[Effect]) -> None:
