@@ -36,7 +36,7 @@ async def _consume(consumer: AIOKafkaConsumer, count: int) -> list[ConsumerRecor
     return records
 
 
-async def test_round_trip_with_headers_and_commit(kafka_bootstrap: str) -> None:
+async def test_aiokafka_acks_all_idempotent_round_trip_on_real_broker(kafka_bootstrap: str) -> None:
     topic = f"infra-{uuid.uuid4().hex[:8]}"
     group = f"group-{topic}"
     await _create_topic(kafka_bootstrap, topic, partitions=3)

@@ -21,7 +21,7 @@ return redis.call('GET', KEYS[1])
 """
 
 
-async def test_set_get_eval_without_persistence(redis_url: str) -> None:
+async def test_real_redis_set_get_eval_without_persistence(redis_url: str) -> None:
     client = aioredis.from_url(redis_url)
     try:
         await client.set("infra:key", "value")
