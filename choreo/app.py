@@ -57,14 +57,19 @@ class Service(Router):
         transport_options: Mapping[str, Any] | None = None,
         store_options: Mapping[str, Any] | None = None,
         lifespan: Callable[[Service], contextlib.AbstractAsyncContextManager[None]] | None = None,
+        batch_size: int = 100,
     ) -> None:
         """``transport_options`` go to the transport (for Kafka: ``security`` with SASL/TLS
         settings, ``consumer_options``, ``producer_options``...), ``store_options`` to the
         store (``retention_seconds`` of barrier records). ``lifespan`` wraps the running
-        service, like Starlette's: open your own clients before consuming starts."""
+        service, like Starlette's: open your own clients before consuming starts.
+        ``batch_size`` bounds the records taken per poll: their offsets are committed
+        together, and a rebalance waits for the batch in hand."""
         super().__init__()
         if not name or any(c in name for c in " /:"):
             raise ConfigurationError(f"service name {name!r} must be non-empty, without ' /:'")
+        if batch_size < 1:
+            raise ConfigurationError("batch_size must be >= 1")
         if partitions < 1:
             raise ConfigurationError("partitions must be >= 1")
         self.name = name
@@ -79,6 +84,7 @@ class Service(Router):
         self.transport_options = dict(transport_options or {})
         self.store_options = dict(store_options or {})
         self.lifespan = lifespan
+        self.batch_size = batch_size
         self._extra_events: list[type[Event]] = []
         self._transport: Transport | None = None
         self._store: Store | None = None
@@ -186,6 +192,7 @@ class Service(Router):
                             middleware=self.middleware,
                         ),
                         middleware=self.middleware,
+                        batch_size=self.batch_size,
                     )
                     task = asyncio.create_task(
                         self.worker.run(stopping), name=f"{self.name}-worker"

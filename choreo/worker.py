@@ -34,6 +34,7 @@ class Worker:
         dispatcher: Dispatcher,
         middleware: Sequence[Middleware] = (),
         infra_backoff_max: float = 5.0,
+        batch_size: int = 100,
     ) -> None:
         self.transport = transport
         self.group = group
@@ -41,6 +42,8 @@ class Worker:
         self.dispatcher = dispatcher
         self.middleware = tuple(middleware)
         self.infra_backoff_max = infra_backoff_max
+        # Small batches keep a rebalance's wait for the batch in hand short.
+        self.batch_size = batch_size
         self.consumer: Consumer | None = None
         self._pending: dict[TopicPartition, int] = {}
         self._batch: asyncio.Future[list[None]] | None = None
@@ -52,7 +55,7 @@ class Worker:
         await self.consumer.start()
         try:
             while not stopping.is_set():
-                batch = await self.consumer.getmany(timeout=0.1)
+                batch = await self.consumer.getmany(timeout=0.1, max_records=self.batch_size)
                 if not batch:
                     continue
                 self._batch = asyncio.ensure_future(
