@@ -50,11 +50,9 @@ _SAFE_INTEGER = 2**53 - 1
 _VALUE_ERROR = "CHOREO_VALUE"
 
 # Shared by both scripts. Effects come as 4 ARGV slots each (kind, a, b, c) from
-# ``argv_at``; their keys as consecutive KEYS from ``keys_at``. ``check_guards`` replays the
-# effects on a local overlay, checking each guard against the running value, and
-# returns the 1-based index of the first refusing Incr with the value it saw;
-# ``apply_effects`` replays the effects in order on a local overlay, raising before
-# anything is written if a value is no integer.
+# ``argv_at``; their keys as consecutive KEYS from ``keys_at``. ``plan_effects`` replays
+# them once on a local overlay (guards see the running value, bad integers fail before any
+# write); ``write_values`` then stores the result.
 _EFFECTS_LUA = """
 local SAFE = 9007199254740991
 
@@ -74,38 +72,10 @@ local function parse_int(raw, key)
   return n
 end
 
-local function check_guards(keys_at, argv_at, count)
-  -- Guards see the running value: effects on one key are checked in order, as applied.
-  local values = {}
-  for i = 1, count do
-    local base = argv_at + (i - 1) * 4
-    local kind = ARGV[base]
-    local key = KEYS[keys_at + i - 1]
-    if values[key] == nil then
-      values[key] = redis.call('GET', key) or false
-    end
-    if kind == 'incr' then
-      local raw = values[key] or nil
-      local current, err = parse_int(raw, key)
-      if err then return nil, err end
-      local result = current + tonumber(ARGV[base + 1])
-      local minimum = ARGV[base + 2]
-      local maximum = ARGV[base + 3]
-      if (minimum ~= '' and result < tonumber(minimum))
-          or (maximum ~= '' and result > tonumber(maximum)) then
-        return {i, raw or '0'}
-      end
-      values[key] = string.format('%d', result)
-    elseif kind == 'put' then
-      values[key] = ARGV[base + 1]
-    else
-      values[key] = false
-    end
-  end
-  return nil
-end
-
-local function apply_effects(keys_at, argv_at, count)
+local function plan_effects(keys_at, argv_at, count)
+  -- One pass on a local overlay: guards see the running value of their key (effects
+  -- apply in order), and nothing is written until every effect is known to be valid.
+  -- Returns values, the keys in first-touch order, and a refusal {index, value seen}.
   local values = {}
   local order = {}
   for i = 1, count do
@@ -113,15 +83,22 @@ local function apply_effects(keys_at, argv_at, count)
     local kind = ARGV[base]
     local key = KEYS[keys_at + i - 1]
     if values[key] == nil then
-      values[key] = redis.call('GET', key)
+      values[key] = redis.call('GET', key) or false
       table.insert(order, key)
     end
     if kind == 'incr' then
-      local current, err = parse_int(values[key], key)
-      if err then return err end
+      local raw = values[key] or nil
+      local current, err = parse_int(raw, key)
+      if err then return nil, nil, nil, err end
       local result = current + tonumber(ARGV[base + 1])
+      local minimum = ARGV[base + 2]
+      local maximum = ARGV[base + 3]
+      if (minimum ~= '' and result < tonumber(minimum))
+          or (maximum ~= '' and result > tonumber(maximum)) then
+        return nil, nil, {i, raw or '0'}, nil
+      end
       if result > SAFE or result < -SAFE then
-        return fail(key .. ' would leave the store\\'s safe integer range')
+        return nil, nil, nil, fail(key .. ' would leave the store\\'s safe integer range')
       end
       values[key] = string.format('%d', result)
     elseif kind == 'put' then
@@ -130,6 +107,10 @@ local function apply_effects(keys_at, argv_at, count)
       values[key] = false
     end
   end
+  return values, order, nil, nil
+end
+
+local function write_values(values, order)
   for _, key in ipairs(order) do
     if values[key] then
       redis.call('SET', key, values[key])
@@ -137,7 +118,6 @@ local function apply_effects(keys_at, argv_at, count)
       redis.call('DEL', key)
     end
   end
-  return nil
 end
 """
 
@@ -180,13 +160,12 @@ else
     return {'run', ''}
   end
 end
-local refusal, err = check_guards(4, 9, count)
+local values, order, refusal, err = plan_effects(4, 9, count)
 if err then return err end
 if refusal then
   return {'rejected', '', tostring(refusal[1]), refusal[2]}
 end
-err = apply_effects(4, 9, count)
-if err then return err end
+write_values(values, order)
 write('done', outputs)
 return {'applied', outputs}
 """
@@ -197,13 +176,12 @@ _APPLY_LUA = (
     _EFFECTS_LUA
     + """
 local count = tonumber(ARGV[1])
-local refusal, err = check_guards(1, 2, count)
+local values, order, refusal, err = plan_effects(1, 2, count)
 if err then return err end
 if refusal then
   return {'rejected', '', tostring(refusal[1]), refusal[2]}
 end
-err = apply_effects(1, 2, count)
-if err then return err end
+write_values(values, order)
 return {'applied', ''}
 """
 )
