@@ -14,7 +14,6 @@ from choreo.store.base import (
     BarrierRecord,
     BarrierResult,
     Decision,
-    Delete,
     Effect,
     Incr,
     Put,
@@ -73,35 +72,31 @@ class MemoryStore(Store):
             return BarrierResult(Decision.NULL_COMPENSATION)
         return BarrierResult(Decision.RUN)
 
-    def _refusal(self, effects: Sequence[Effect]) -> str:
-        """Replay the effects on a scratch copy: guards see the running value, and a
-        value that is no integer fails here, before anything is written."""
-        scratch: dict[str, str | None] = {}  # only the keys the effects touch
-
-        def value(key: str) -> str | None:
-            return scratch[key] if key in scratch else self._data.get(key)
-
+    def _plan(self, effects: Sequence[Effect]) -> dict[str, str | None] | str:
+        """Replay the effects on an overlay of the keys they touch: guards see the running
+        value, and a value that is no integer fails here, before anything is written.
+        Returns the new values (None: delete), or the guard's refusal."""
+        planned: dict[str, str | None] = {}
         for effect in effects:
             if isinstance(effect, Incr):
-                current = int(value(effect.key) or "0")
+                seen = planned[effect.key] if effect.key in planned else self._data.get(effect.key)
+                current = int(seen or "0")
                 reason = guard_failure(effect, current)
                 if reason:
                     return reason
-                scratch[effect.key] = str(current + effect.delta)
+                planned[effect.key] = str(current + effect.delta)
             elif isinstance(effect, Put):
-                scratch[effect.key] = effect.value
+                planned[effect.key] = effect.value
             else:
-                scratch[effect.key] = None
-        return ""
+                planned[effect.key] = None
+        return planned
 
-    def _apply(self, effects: Sequence[Effect]) -> None:
-        for effect in effects:
-            if isinstance(effect, Incr):
-                self._data[effect.key] = str(int(self._data.get(effect.key, "0")) + effect.delta)
-            elif isinstance(effect, Put):
-                self._data[effect.key] = effect.value
-            elif isinstance(effect, Delete):
-                self._data.pop(effect.key, None)
+    def _store_values(self, planned: dict[str, str | None]) -> None:
+        for key, value in planned.items():
+            if value is None:
+                self._data.pop(key, None)
+            else:
+                self._data[key] = value
 
     async def commit(
         self,
@@ -130,10 +125,10 @@ class MemoryStore(Store):
                     return BarrierResult(Decision.NULL_COMPENSATION, null_outputs)
                 if not handler_ran:
                     return BarrierResult(Decision.RUN)
-            refusal = self._refusal(effects)
-            if refusal:
-                return BarrierResult(Decision.REJECTED, detail=refusal)
-            self._apply(effects)
+            planned = self._plan(effects)
+            if isinstance(planned, str):
+                return BarrierResult(Decision.REJECTED, detail=planned)
+            self._store_values(planned)
             self._write(key, "done", outputs)
             return BarrierResult(Decision.APPLIED, outputs)
 
@@ -147,7 +142,8 @@ class MemoryStore(Store):
 
     async def apply(self, effects: Sequence[Effect]) -> str:
         async with self._lock:
-            refusal = self._refusal(effects)
-            if not refusal:
-                self._apply(effects)
-            return refusal
+            planned = self._plan(effects)
+            if isinstance(planned, str):
+                return planned
+            self._store_values(planned)
+            return ""
