@@ -52,13 +52,26 @@ def _start(server: LocalServer) -> str:
         pytest.skip(message)
 
 
+# Users of the broker's SASL_PLAINTEXT listener (PLAIN mechanism).
+KAFKA_SASL_USERS = {"alice": "alice-secret"}
+
+
 @pytest.fixture(scope="session")
-def kafka_bootstrap(_local_servers_dir: Path) -> Iterator[str]:
-    """`host:port` of a real single-node Kafka broker shared by the whole session."""
-    broker = KafkaBroker(_local_servers_dir / "kafka", die_with_parent=True)
-    bootstrap = _start(broker)
-    yield bootstrap
+def kafka_broker(_local_servers_dir: Path) -> Iterator[KafkaBroker]:
+    """A real single-node Kafka broker shared by the whole session: a plaintext listener
+    and a SASL_PLAINTEXT one (users in KAFKA_SASL_USERS)."""
+    broker = KafkaBroker(
+        _local_servers_dir / "kafka", die_with_parent=True, sasl_users=KAFKA_SASL_USERS
+    )
+    _start(broker)
+    yield broker
     broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_broker: KafkaBroker) -> str:
+    """`host:port` of the session broker's plaintext listener."""
+    return kafka_broker.address()
 
 
 @pytest.fixture(scope="session")

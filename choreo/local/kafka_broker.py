@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 
 from choreo.local._process import (
@@ -138,12 +139,17 @@ class KafkaBroker(LocalServer):
         *,
         die_with_parent: bool = False,
         heap: str = "512m",
+        sasl_users: Mapping[str, str] | None = None,
     ) -> None:
+        """``sasl_users`` (user -> password) adds a SASL_PLAINTEXT listener with the PLAIN
+        mechanism beside the plaintext one, so clients' SASL settings can be tested."""
         super().__init__(run_dir, die_with_parent=die_with_parent)
         self.host = host
         self.heap = heap
+        self.sasl_users = dict(sasl_users or {})
         self.port = 0
         self.controller_port = 0
+        self.sasl_port = 0
         self._java = ""
         self._libs = Path()
 
@@ -158,8 +164,16 @@ class KafkaBroker(LocalServer):
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    def sasl_address(self) -> str:
+        if not self.sasl_users:
+            raise LocalServerError("this broker has no SASL listener (no sasl_users given)")
+        return f"{self.host}:{self.sasl_port}"
+
     def ports(self) -> dict[str, int]:
-        return {"broker": self.port, "controller": self.controller_port}
+        ports = {"broker": self.port, "controller": self.controller_port}
+        if self.sasl_users:
+            ports["sasl"] = self.sasl_port
+        return ports
 
     def prepare_prerequisites(self) -> None:
         self._java = _java()
@@ -168,6 +182,7 @@ class KafkaBroker(LocalServer):
     def configure(self) -> list[str]:
         self.port = free_port(self.host)
         self.controller_port = free_port(self.host)
+        self.sasl_port = free_port(self.host) if self.sasl_users else 0
         log4j = self.run_dir / "log4j.properties"
         log4j.write_text(_log4j_properties(self.log_file))
         self.config_file.write_text(self._server_properties())
@@ -228,6 +243,20 @@ class KafkaBroker(LocalServer):
             "num.network.threads": 2,
             "num.io.threads": 4,
         }
+        if self.sasl_users:
+            sasl = f"SASL_PLAINTEXT://{host}:{self.sasl_port}"
+            users = " ".join(f'user_{u}="{p}"' for u, p in self.sasl_users.items())
+            settings |= {
+                "listeners": f"{settings['listeners']},{sasl}",
+                "advertised.listeners": f"{settings['advertised.listeners']},{sasl}",
+                "listener.security.protocol.map": (
+                    f"{settings['listener.security.protocol.map']},SASL_PLAINTEXT:SASL_PLAINTEXT"
+                ),
+                "sasl.enabled.mechanisms": "PLAIN",
+                "listener.name.sasl_plaintext.plain.sasl.jaas.config": (
+                    f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};"
+                ),
+            }
         return "".join(f"{key}={value}\n" for key, value in settings.items())
 
 

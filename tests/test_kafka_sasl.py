@@ -1,0 +1,78 @@
+"""SASL settings reach aiokafka for real: a service authenticates on the broker's
+SASL_PLAINTEXT listener (PLAIN), and a wrong password is a clear, retriable error."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from choreo import Context, Event, Service, TransportError
+from choreo.local.kafka_broker import KafkaBroker
+from choreo.transport.kafka import KafkaTransport
+from tests.conftest import KAFKA_SASL_USERS
+
+
+class Knock(Event, topic="test.sasl"):
+    n: int
+
+
+class Answered(Event, topic="test.sasl"):
+    n: int
+
+
+def security(user: str, password: str) -> dict[str, Any]:
+    return {
+        "security_protocol": "SASL_PLAINTEXT",
+        "sasl_mechanism": "PLAIN",
+        "sasl_plain_username": user,
+        "sasl_plain_password": password,
+    }
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(90)
+async def test_service_round_trip_over_sasl(kafka_broker: KafkaBroker) -> None:
+    url = f"kafka://{kafka_broker.sasl_address()}"
+    [(user, password)] = KAFKA_SASL_USERS.items()
+    options = {"security": security(user, password)}
+    app = Service("sasl-door", group=f"sasl-{uuid.uuid4().hex[:8]}", transport_options=options)
+    app.register_events(Answered)
+
+    @app.on_event(Knock)
+    async def answer(event: Knock, ctx: Context) -> Answered:
+        return Answered(n=event.n)
+
+    async with app.running(broker=url):
+        gid = (await app.publish(Knock(n=7))).gid
+        async with KafkaTransport(url, security=security(user, password)) as reader_side:
+            reader = reader_side.consumer(f"sasl-probe-{uuid.uuid4().hex[:8]}", [Knock.topic])
+            await reader.start()
+            try:
+                answered = await wait_for_answer(reader, gid)
+            finally:
+                await reader.stop()
+    assert answered
+
+
+async def wait_for_answer(reader: Any, gid: str) -> bool:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for records in (await reader.getmany(timeout=0.5)).values():
+            for record in records:
+                if record.key == gid.encode() and record.header("choreo-type") == b"Answered":
+                    return True
+    return False
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(60)
+async def test_wrong_sasl_password_is_a_transport_error(kafka_broker: KafkaBroker) -> None:
+    url = f"kafka://{kafka_broker.sasl_address()}"
+    transport = KafkaTransport(url, security=security("alice", "not-her-password"))
+    with pytest.raises(TransportError) as caught:
+        await transport.start()
+    assert caught.value.retriable
+    assert "cannot connect to Kafka" in str(caught.value)
