@@ -9,6 +9,15 @@ scripts/setup.sh
 # cached in ~/.cache/choreo) now, so their time is not charged to a test's timeout.
 .venv/bin/python -m choreo.local.redis_server ensure
 .venv/bin/python -m choreo.local.kafka_broker ensure
+# The live dashboard is tested in a real terminal under tmux (Debian's package).
+if ! command -v tmux >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q tmux >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q tmux >/dev/null; }
+  else
+    echo "tmux is missing: install it (apt-get install tmux) for the dashboard test" >&2
+  fi
+fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
