@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from choreo import Context, Event, Service, TransportError
 from choreo.local.kafka_broker import KafkaBroker
 from choreo.transport.kafka import KafkaTransport
 from tests.conftest import KAFKA_SASL_USERS
+from tests.test_faust_tracker import TrackerProcess, services, settled, start, tracker_env
 
 
 class Knock(Event, topic="test.sasl"):
@@ -76,3 +78,34 @@ async def test_wrong_sasl_password_is_a_transport_error(kafka_broker: KafkaBroke
         await transport.start()
     assert caught.value.retriable
     assert "cannot connect to Kafka" in str(caught.value)
+
+
+@pytest.mark.kafka
+@pytest.mark.redis
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+async def test_faust_tracker_over_sasl(
+    kafka_broker: KafkaBroker, redis_url: str, tmp_path: Path
+) -> None:
+    """`choreo tracker` reads CHOREO_KAFKA_* and reaches faust's clients and its own
+    producer with them: it tracks a saga to the end over the SASL listener."""
+    [(user, password)] = KAFKA_SASL_USERS.items()
+    env = {
+        **tracker_env(),
+        "CHOREO_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "CHOREO_KAFKA_SASL_MECHANISM": "PLAIN",
+        "CHOREO_KAFKA_SASL_USERNAME": user,
+        "CHOREO_KAFKA_SASL_PASSWORD": password,
+    }
+    sasl = f"kafka://{kafka_broker.sasl_address()}"
+    tracker = TrackerProcess(sasl, f"ft-sasl-{uuid.uuid4().hex[:8]}", tmp_path, env)
+    tracker.start()
+    try:
+        tracker.wait_ready()
+        # The services use the plaintext listener of the same broker.
+        async with services(f"kafka://{kafka_broker.address()}", redis_url) as h:
+            gid, _ = await start(h)
+            states = await settled(tracker, [gid])
+        assert states[gid]["status"] == "COMPLETED", tracker.output()
+    finally:
+        tracker.stop()

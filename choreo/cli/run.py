@@ -10,6 +10,7 @@ import signal
 
 from choreo.app import Service
 from choreo.cli.loading import load_object
+from choreo.transport.kafka_config import security_from_env
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -24,6 +25,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 def command(args: argparse.Namespace) -> int:
     app = load_object(args.app, Service, "service")
+    security = security_from_env(os.environ)
+    if security:  # the deployment's settings win over the code's
+        app.transport_options["security"] = {
+            **app.transport_options.get("security", {}),
+            **security,
+        }
     asyncio.run(serve(app, args.broker, args.store))
     return 0
 

@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from choreo.cli.loading import load_object
 from choreo.errors import UsageError
 from choreo.saga.contract import SagaContract
+from choreo.transport.kafka_config import security_from_env
+from choreo.urls import open_transport
 
 DEFAULT_HTTP = "127.0.0.1:8088"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -129,6 +131,7 @@ def command(args: argparse.Namespace) -> int:
             token=args.token,
             app_id=args.app_id,
             service_groups=groups,
+            security=security_from_env(os.environ),
         )
     )
 
@@ -156,9 +159,11 @@ async def serve_memory(
             "only what is published here",
             file=sys.stderr,
         )
-    tracker = MemoryTracker(contracts, broker=broker, group=group)
+    security = security_from_env(os.environ)
+    transport = open_transport(broker, security=security) if security else open_transport(broker)
+    tracker = MemoryTracker(contracts, broker=transport, group=group)
     names = ", ".join(c.name for c in contracts)
-    async with tracker.running():
+    async with transport, tracker.running():
         assert tracker.transport is not None
         ops = OpsContext(
             tracker.view(), tracker.transport, list(contracts), dict(service_groups or {})

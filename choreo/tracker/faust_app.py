@@ -53,6 +53,7 @@ from choreo.tracker.core import DeadlineIndex, TrackerCore
 from choreo.tracker.view import StatesView, TrackerMetrics
 from choreo.transport.base import OutgoingRecord, Record, TopicPartition
 from choreo.transport.kafka import KafkaTransport
+from choreo.transport.kafka_config import security_options
 from choreo.transport.partitioner import partition_for
 from choreo.worker import INFRASTRUCTURE_ERRORS
 
@@ -73,6 +74,22 @@ def parse_http(address: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigurationError(f"--http wants HOST:PORT, got {address!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def faust_credentials(security: Mapping[str, Any]) -> Any:
+    """faust's spelling of choreo's ``security`` options (None: plaintext)."""
+    options = security_options(security)
+    context = options.get("ssl_context")
+    if options.get("sasl_mechanism"):
+        return faust.SASLCredentials(
+            username=options.get("sasl_plain_username"),
+            password=options.get("sasl_plain_password"),
+            mechanism=options["sasl_mechanism"],
+            ssl_context=context,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
 
 
 def to_record(message: Any) -> Record:
@@ -110,8 +127,12 @@ class FaustTracker:
         replication_factor: int = 1,
         limits: codec.Limits | None = None,
         service_groups: Mapping[str, str] | None = None,
+        security: Mapping[str, Any] | None = None,
     ) -> None:
+        """``security`` takes the same SASL/TLS options as ``KafkaTransport``; they reach
+        both choreo's producer and faust's clients."""
         self.core = TrackerCore(contracts)
+        self.security = dict(security or {})
         self.service_groups = dict(service_groups or {})
         self.broker = broker
         self.app_id = app_id
@@ -123,7 +144,11 @@ class FaustTracker:
         self.replication_factor = replication_factor
         self.limits = limits or codec.Limits()
         self.transport = KafkaTransport(
-            broker, client_id=app_id, replication_factor=replication_factor, linger_ms=0
+            broker,
+            client_id=app_id,
+            replication_factor=replication_factor,
+            linger_ms=0,
+            security=self.security,
         )
         self.metrics = TrackerMetrics()
         self.deadlines = DeadlineIndex()
@@ -178,6 +203,7 @@ class FaustTracker:
             web_enabled=False,  # the state API is ours (choreo.tracker.api)
             autodiscover=False,
             worker_redirect_stdouts=False,
+            broker_credentials=faust_credentials(self.security),
         )
         self._table = app.Table(
             TABLE_NAME,
@@ -425,6 +451,7 @@ def run(
     data_dir: Path | str | None = None,
     loglevel: str | None = None,
     service_groups: Mapping[str, str] | None = None,
+    security: Mapping[str, Any] | None = None,
 ) -> int:
     """Run the tracker in this process until SIGTERM or SIGINT; returns the exit code.
 
@@ -444,6 +471,7 @@ def run(
         token=token,
         data_dir=data_dir,
         service_groups=service_groups,
+        security=security,
     )
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)

@@ -105,3 +105,21 @@ def ssl_context(
     if certfile is not None:
         context.load_cert_chain(certfile, keyfile, password)
     return context
+
+
+# Environment variables a deployment sets instead of code (``choreo run``/``tracker``).
+SECURITY_ENV = {
+    "CHOREO_KAFKA_SECURITY_PROTOCOL": "security_protocol",
+    "CHOREO_KAFKA_SASL_MECHANISM": "sasl_mechanism",
+    "CHOREO_KAFKA_SASL_USERNAME": "sasl_plain_username",
+    "CHOREO_KAFKA_SASL_PASSWORD": "sasl_plain_password",
+    "CHOREO_KAFKA_SSL_CAFILE": "cafile",
+    "CHOREO_KAFKA_SSL_CERTFILE": "certfile",
+    "CHOREO_KAFKA_SSL_KEYFILE": "keyfile",
+}
+
+
+def security_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The ``security`` options named by ``CHOREO_KAFKA_*`` variables (empty: none set).
+    Passwords come from the environment, never from a command line others can read."""
+    return {option: environ[name] for name, option in SECURITY_ENV.items() if environ.get(name)}
