@@ -127,7 +127,7 @@ def command(args: argparse.Namespace) -> int:
         faust_app.run(
             contracts,
             broker=args.broker,
-            http=args.http,
+            http=(host, port),
             token=args.token,
             app_id=args.app_id,
             service_groups=groups,

@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 
 from choreo import codec
 from choreo.errors import ConfigurationError
-from choreo.events import Envelope, EventRegistry, Message, child_traceparent
+from choreo.events import (
+    Envelope,
+    EventRegistry,
+    Message,
+    child_traceparent,
+    new_traceparent,
+)
 from choreo.saga.contract import SagaContract
 from choreo.saga.machine import Transition, apply, on_deadline
 from choreo.saga.state import SagaState
@@ -107,11 +113,9 @@ class TrackerCore:
                 op=action.op,
                 causation_id=cause.event_id if cause else "",
                 schema_version=action.event.schema_version,
-                traceparent=child_traceparent(cause.traceparent) if cause else "",
+                traceparent=child_traceparent(cause.traceparent) if cause else new_traceparent(),
                 source=TRACKER_SOURCE,
             )
-            if not envelope.traceparent:
-                envelope = envelope.evolve(traceparent=Envelope("", "").traceparent)
             out.append(codec.encode(Message(envelope, action.event, action.event.topic)))
         return out
 

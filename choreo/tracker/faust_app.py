@@ -69,13 +69,6 @@ _TIMESTAMP_SLACK = 0.002
 _BACKLOG_WAIT = 30.0
 
 
-def parse_http(address: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigurationError(f"--http wants HOST:PORT, got {address!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
-
-
 def faust_credentials(security: Mapping[str, Any]) -> Any:
     """faust's spelling of choreo's ``security`` options (None: plaintext)."""
     options = security_options(security)
@@ -119,7 +112,7 @@ class FaustTracker:
         *,
         broker: str,
         app_id: str = DEFAULT_APP_ID,
-        http: str | None = "127.0.0.1:8088",
+        http: tuple[str, int] | None = ("127.0.0.1", 8088),
         token: str | None = None,
         data_dir: Path | str | None = None,
         tick: float = 0.1,
@@ -136,7 +129,7 @@ class FaustTracker:
         self.service_groups = dict(service_groups or {})
         self.broker = broker
         self.app_id = app_id
-        self.http = parse_http(http) if http else None
+        self.http = http
         self.token = token
         self.data_dir = Path(data_dir or Path(tempfile.gettempdir()) / "choreo-tracker")
         self.tick = tick
@@ -445,7 +438,7 @@ def run(
     contracts: Sequence[SagaContract],
     *,
     broker: str,
-    http: str | None = "127.0.0.1:8088",
+    http: tuple[str, int] | None = ("127.0.0.1", 8088),
     token: str | None = None,
     app_id: str | None = None,
     data_dir: Path | str | None = None,
