@@ -72,6 +72,8 @@ class Decision(enum.Enum):
     HANGING = "hanging"
     NULL_COMPENSATION = "null_compensation"
     REJECTED = "rejected"  # a guard refused the effects; nothing was written
+    INVALID = "invalid"  # the effects cannot apply to the stored data (a value that is
+    # no integer, a number out of range); nothing was written, ``detail`` says why
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +81,18 @@ class BarrierResult:
     decision: Decision
     outputs: bytes = b""
     detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """One barrier commit, as the dispatcher asks for it (see ``Store.commit_many``)."""
+
+    key: BarrierKey
+    status: Status
+    outputs: bytes
+    effects: Sequence[Effect] = ()
+    null_outputs: bytes = b""
+    handler_ran: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,10 +142,32 @@ class Store(abc.ABC):
     async def stop(self) -> None: ...
 
     @abc.abstractmethod
-    async def check(self, key: BarrierKey) -> BarrierResult:
-        """Read-only: RUN, DUPLICATE (with outputs), HANGING or NULL_COMPENSATION."""
+    async def check_many(self, keys: Sequence[BarrierKey]) -> list[BarrierResult]:
+        """Read-only, one round trip for a batch: per key RUN, DUPLICATE (with outputs),
+        HANGING or NULL_COMPENSATION."""
 
     @abc.abstractmethod
+    async def commit_many(self, commits: Sequence[Commit]) -> list[BarrierResult]:
+        """Apply a batch of commits in order, in one round trip, each exactly as if
+        committed alone (a commit sees the records and values the earlier ones wrote).
+
+        Per commit, atomically: re-check and record.
+        action: HANGING if compensated; DUPLICATE if recorded; status failed -> record,
+        FAILED; a guard refuses -> REJECTED (nothing written); else apply, APPLIED.
+        compensate: DUPLICATE if recorded; the action absent or failed -> record
+        ``null_outputs``, NULL_COMPENSATION; the action done but ``handler_ran`` false ->
+        RUN (nothing written: run the handler, then commit again); else apply, APPLIED.
+        Effects that cannot apply to the stored data give INVALID (nothing written) and
+        the batch goes on. APPLIED, FAILED and NULL_COMPENSATION carry the outputs
+        recorded, DUPLICATE the outputs recorded earlier.
+
+        An infrastructure failure raises ``TransportError``: a prefix of the batch may
+        then be recorded, which a retry of the batch sees as DUPLICATE.
+        """
+
+    async def check(self, key: BarrierKey) -> BarrierResult:
+        return (await self.check_many([key]))[0]
+
     async def commit(
         self,
         key: BarrierKey,
@@ -142,14 +178,12 @@ class Store(abc.ABC):
         null_outputs: bytes,
         handler_ran: bool,
     ) -> BarrierResult:
-        """Atomically re-check and record.
-
-        action: HANGING if compensated; DUPLICATE if recorded; status failed -> record,
-        FAILED; a guard refuses -> REJECTED (nothing written); else apply, APPLIED.
-        compensate: DUPLICATE if recorded; the action absent or failed -> record
-        ``null_outputs``, NULL_COMPENSATION; the action done but ``handler_ran`` false ->
-        RUN (nothing written: run the handler, then commit again); else apply, APPLIED.
-        """
+        """One commit (see ``commit_many``); INVALID raises ``ValueError``."""
+        commit = Commit(key, status, outputs, effects, null_outputs, handler_ran)
+        result = (await self.commit_many([commit]))[0]
+        if result.decision is Decision.INVALID:
+            raise ValueError(result.detail)
+        return result
 
     @abc.abstractmethod
     async def records(self, gid: str) -> list[BarrierRecord]:

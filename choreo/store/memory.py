@@ -3,7 +3,6 @@ mode and tests. Retention is enforced lazily on access, like Redis's expiry."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Sequence
 
@@ -13,6 +12,7 @@ from choreo.store.base import (
     BarrierOp,
     BarrierRecord,
     BarrierResult,
+    Commit,
     Decision,
     Effect,
     Incr,
@@ -35,7 +35,6 @@ class MemoryStore(Store):
         self._clock = clock
         self._data: dict[str, str] = {}
         self._barrier: dict[BarrierKey, tuple[BarrierRecord, float]] = {}
-        self._lock = asyncio.Lock()
 
     async def start(self) -> None:
         return None
@@ -61,7 +60,7 @@ class MemoryStore(Store):
         other: BarrierOp = "compensate" if key.op == "action" else "action"
         return self._record(BarrierKey(key.gid, key.step, other))
 
-    async def check(self, key: BarrierKey) -> BarrierResult:
+    def _check(self, key: BarrierKey) -> BarrierResult:
         own = self._record(key)
         if own is not None:
             return BarrierResult(Decision.DUPLICATE, own.outputs)
@@ -71,6 +70,9 @@ class MemoryStore(Store):
         if key.op == "compensate" and (sibling is None or sibling.status != "done"):
             return BarrierResult(Decision.NULL_COMPENSATION)
         return BarrierResult(Decision.RUN)
+
+    async def check_many(self, keys: Sequence[BarrierKey]) -> list[BarrierResult]:
+        return [self._check(key) for key in keys]
 
     def _plan(self, effects: Sequence[Effect]) -> dict[str, str | None] | str:
         """Replay the effects on an overlay of the keys they touch: guards see the running
@@ -98,39 +100,37 @@ class MemoryStore(Store):
             else:
                 self._data[key] = value
 
-    async def commit(
-        self,
-        key: BarrierKey,
-        *,
-        status: Status,
-        outputs: bytes,
-        effects: Sequence[Effect],
-        null_outputs: bytes,
-        handler_ran: bool,
-    ) -> BarrierResult:
-        async with self._lock:
-            own = self._record(key)
-            if own is not None:
-                return BarrierResult(Decision.DUPLICATE, own.outputs)
-            sibling = self._sibling(key)
-            if key.op == "action":
-                if sibling is not None:
-                    return BarrierResult(Decision.HANGING)
-                if status == "failed":
-                    self._write(key, "failed", outputs)
-                    return BarrierResult(Decision.FAILED, outputs)
-            else:
-                if sibling is None or sibling.status != "done":
-                    self._write(key, "done", null_outputs)
-                    return BarrierResult(Decision.NULL_COMPENSATION, null_outputs)
-                if not handler_ran:
-                    return BarrierResult(Decision.RUN)
-            planned = self._plan(effects)
-            if isinstance(planned, str):
-                return BarrierResult(Decision.REJECTED, detail=planned)
-            self._store_values(planned)
-            self._write(key, "done", outputs)
-            return BarrierResult(Decision.APPLIED, outputs)
+    def _commit(self, commit: Commit) -> BarrierResult:
+        key = commit.key
+        own = self._record(key)
+        if own is not None:
+            return BarrierResult(Decision.DUPLICATE, own.outputs)
+        sibling = self._sibling(key)
+        if key.op == "action":
+            if sibling is not None:
+                return BarrierResult(Decision.HANGING)
+            if commit.status == "failed":
+                self._write(key, "failed", commit.outputs)
+                return BarrierResult(Decision.FAILED, commit.outputs)
+        else:
+            if sibling is None or sibling.status != "done":
+                self._write(key, "done", commit.null_outputs)
+                return BarrierResult(Decision.NULL_COMPENSATION, commit.null_outputs)
+            if not commit.handler_ran:
+                return BarrierResult(Decision.RUN)
+        try:
+            planned = self._plan(commit.effects)
+        except ValueError as exc:
+            return BarrierResult(Decision.INVALID, detail=str(exc))
+        if isinstance(planned, str):
+            return BarrierResult(Decision.REJECTED, detail=planned)
+        self._store_values(planned)
+        self._write(key, "done", commit.outputs)
+        return BarrierResult(Decision.APPLIED, commit.outputs)
+
+    async def commit_many(self, commits: Sequence[Commit]) -> list[BarrierResult]:
+        # No await inside: the batch is one critical section of the event loop.
+        return [self._commit(commit) for commit in commits]
 
     async def records(self, gid: str) -> list[BarrierRecord]:
         keys = [key for key in list(self._barrier) if key.gid == gid]
@@ -141,9 +141,8 @@ class MemoryStore(Store):
         return self._data.get(key)
 
     async def apply(self, effects: Sequence[Effect]) -> str:
-        async with self._lock:
-            planned = self._plan(effects)
-            if isinstance(planned, str):
-                return planned
-            self._store_values(planned)
-            return ""
+        planned = self._plan(effects)
+        if isinstance(planned, str):
+            return planned
+        self._store_values(planned)
+        return ""

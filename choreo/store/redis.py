@@ -34,16 +34,16 @@ from choreo.store.base import (
     BarrierOp,
     BarrierRecord,
     BarrierResult,
+    Commit,
     Decision,
     Delete,
     Effect,
     Incr,
     Put,
-    Status,
     Store,
     guard_failure,
 )
-from choreo.store.redis_scripts import APPLY_LUA, CHECK_LUA, COMMIT_LUA, VALUE_ERROR
+from choreo.store.redis_scripts import APPLY_LUA, CHECK_MANY_LUA, COMMIT_MANY_LUA, VALUE_ERROR
 
 CONNECT_TIMEOUT_SECONDS = 5.0
 _SAFE_INTEGER = 2**53 - 1
@@ -128,9 +128,9 @@ class RedisStore(Store):
             await client.aclose()
             raise
         self._redis = client
-        self._commit_script = client.register_script(COMMIT_LUA)
+        self._commit_script = client.register_script(COMMIT_MANY_LUA)
         self._apply_script = client.register_script(APPLY_LUA)
-        self._check_script = client.register_script(CHECK_LUA)
+        self._check_script = client.register_script(CHECK_MANY_LUA)
 
     async def stop(self) -> None:
         client, self._redis = self._redis, None
@@ -164,45 +164,61 @@ class RedisStore(Store):
 
     # -- barrier ---------------------------------------------------------------------
 
-    async def check(self, key: BarrierKey) -> BarrierResult:
+    async def check_many(self, keys: Sequence[BarrierKey]) -> list[BarrierResult]:
+        if not keys:
+            return []
         script = self._script(self._check_script)
+        redis_keys: list[str] = []
+        for key in keys:
+            redis_keys += [self.barrier_key(key), self._sibling_key(key)]
         with _store_errors(self.url):
-            reply = await script(
-                keys=[self.barrier_key(key), self._sibling_key(key)], args=[key.op]
-            )
-        decision, outputs = _reply(reply)[:2]
-        return BarrierResult(Decision(decision.decode()), outputs)
-
-    async def commit(
-        self,
-        key: BarrierKey,
-        *,
-        status: Status,
-        outputs: bytes,
-        effects: Sequence[Effect],
-        null_outputs: bytes,
-        handler_ran: bool,
-    ) -> BarrierResult:
-        script = self._script(self._commit_script)
-        effect_keys, effect_args = _encode_effects(effects)
-        keys = [self.barrier_key(key), self._sibling_key(key), self.index_key(key.gid)]
-        args: list[str | int | bytes] = [
-            key.op,
-            status,
-            outputs,
-            null_outputs,
-            "1" if handler_ran else "0",
-            self.retention_seconds,
-            f"{key.step}:{key.op}",
-            len(effects),
-            *effect_args,
+            reply = _reply(await script(keys=redis_keys, args=[key.op for key in keys]))
+        return [
+            BarrierResult(Decision(reply[2 * i].decode()), reply[2 * i + 1])
+            for i in range(len(keys))
         ]
+
+    async def commit_many(self, commits: Sequence[Commit]) -> list[BarrierResult]:
+        if not commits:
+            return []
+        script = self._script(self._commit_script)
+        keys: list[str] = []
+        args: list[str | int | bytes] = [self.retention_seconds, len(commits)]
+        # Effects that cannot even be encoded are INVALID without a round trip; the
+        # others still go in one call, their order kept.
+        invalid: dict[int, str] = {}
+        sent: list[int] = []
+        for index, commit in enumerate(commits):
+            try:
+                effect_keys, effect_args = _encode_effects(commit.effects)
+            except ValueError as exc:
+                invalid[index] = str(exc)
+                continue
+            sent.append(index)
+            key = commit.key
+            keys += [self.barrier_key(key), self._sibling_key(key), self.index_key(key.gid)]
+            keys += effect_keys
+            args += [
+                key.op,
+                commit.status,
+                commit.outputs,
+                commit.null_outputs,
+                "1" if commit.handler_ran else "0",
+                f"{key.step}:{key.op}",
+                len(commit.effects),
+                *effect_args,
+            ]
+        results: list[BarrierResult] = [
+            BarrierResult(Decision.INVALID, detail=invalid.get(i, "")) for i in range(len(commits))
+        ]
+        if not sent:
+            return results
+        args[1] = len(sent)
         with _store_errors(self.url):
-            reply = _reply(await script(keys=keys + effect_keys, args=args))
-        decision = Decision(reply[0].decode())
-        if decision is Decision.REJECTED:
-            return BarrierResult(decision, detail=_refusal(effects, reply))
-        return BarrierResult(decision, reply[1])
+            reply = _reply(await script(keys=keys, args=args))
+        for n, index in enumerate(sent):
+            results[index] = _commit_result(commits[index], reply[3 * n : 3 * n + 3])
+        return results
 
     async def records(self, gid: str) -> list[BarrierRecord]:
         with _store_errors(self.url):
@@ -239,7 +255,7 @@ class RedisStore(Store):
         with _store_errors(self.url):
             reply = _reply(await script(keys=keys, args=[len(effects), *args]))
         if reply[0] == b"rejected":
-            return _refusal(effects, reply)
+            return _refusal(effects, reply[2], reply[3])
         return ""
 
 
@@ -255,8 +271,23 @@ def _reply(reply: Any) -> list[bytes]:
     return reply
 
 
-def _refusal(effects: Sequence[Effect], reply: list[bytes]) -> str:
+def _refusal(effects: Sequence[Effect], index: bytes, seen: bytes) -> str:
     """The refusing Incr's text, formatted exactly as memory formats it."""
-    effect = effects[int(reply[2]) - 1]
+    effect = effects[int(index) - 1]
     assert isinstance(effect, Incr)
-    return guard_failure(effect, int(reply[3]))
+    return guard_failure(effect, int(seen))
+
+
+def _commit_result(commit: Commit, reply: list[bytes]) -> BarrierResult:
+    decision = Decision(reply[0].decode())
+    if decision is Decision.DUPLICATE:
+        return BarrierResult(decision, reply[1])
+    if decision is Decision.REJECTED:
+        return BarrierResult(decision, detail=_refusal(commit.effects, reply[1], reply[2]))
+    if decision is Decision.INVALID:
+        return BarrierResult(decision, detail=reply[1].decode(errors="replace"))
+    if decision is Decision.NULL_COMPENSATION:
+        return BarrierResult(decision, commit.null_outputs)
+    if decision in (Decision.APPLIED, Decision.FAILED):
+        return BarrierResult(decision, commit.outputs)
+    return BarrierResult(decision)

@@ -16,7 +16,7 @@ EFFECTS_LUA = """
 local SAFE = 9007199254740991
 
 local function fail(message)
-  return redis.error_reply('CHOREO_VALUE ' .. message)
+  return message
 end
 
 local function parse_int(raw, key)
@@ -80,53 +80,78 @@ local function write_values(values, order)
 end
 """
 
-# KEYS: own barrier key, sibling barrier key, index key, then one key per effect.
-# ARGV: op, status, outputs, null_outputs, handler_ran ('1'/'0'), ttl, index member,
-# effect count, then 4 slots per effect.
-COMMIT_LUA = (
+# A batch of commits, applied in order, each as if alone (a later commit sees what an
+# earlier one wrote). KEYS per commit: own barrier key, sibling barrier key, index key, then
+# one key per effect. ARGV: ttl, commit count, then per commit: op, status, outputs,
+# null_outputs, handler_ran ('1'/'0'), index member, effect count, 4 slots per effect.
+# Replies 3 strings per commit: decision, then for duplicate the stored outputs, for
+# invalid the reason, for rejected the refusing effect's index and the value it saw.
+# Outputs just written are not sent back: the caller has them.
+COMMIT_MANY_LUA = (
     EFFECTS_LUA
     + """
-local op, status, outputs, null_outputs = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local handler_ran, ttl, member = ARGV[5], ARGV[6], ARGV[7]
-local count = tonumber(ARGV[8])
+local ttl = ARGV[1]
+local commits = tonumber(ARGV[2])
+local k, a = 1, 3
+local reply = {}
 
-local function write(record_status, record_outputs)
-  redis.call('HSET', KEYS[1], 'status', record_status, 'outputs', record_outputs)
-  redis.call('EXPIRE', KEYS[1], ttl)
-  redis.call('SADD', KEYS[3], member)
-  redis.call('EXPIRE', KEYS[3], ttl)
+local function commit_one(k, a)
+  local own_key, sibling_key, index_key = KEYS[k], KEYS[k + 1], KEYS[k + 2]
+  local op, status, outputs, null_outputs = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local handler_ran, member = ARGV[a + 4], ARGV[a + 5]
+  local count = tonumber(ARGV[a + 6])
+
+  local function write(record_status, record_outputs)
+    redis.call('HSET', own_key, 'status', record_status, 'outputs', record_outputs)
+    redis.call('EXPIRE', own_key, ttl)
+    redis.call('SADD', index_key, member)
+    redis.call('EXPIRE', index_key, ttl)
+  end
+
+  local own = redis.call('HMGET', own_key, 'status', 'outputs')
+  if own[1] then
+    return {'duplicate', own[2] or '', ''}
+  end
+  local sibling = redis.call('HGET', sibling_key, 'status')
+  if op == 'action' then
+    if sibling then
+      return {'hanging', '', ''}
+    end
+    if status == 'failed' then
+      write('failed', outputs)
+      return {'failed', '', ''}
+    end
+  else
+    if sibling ~= 'done' then
+      write('done', null_outputs)
+      return {'null_compensation', '', ''}
+    end
+    if handler_ran ~= '1' then
+      return {'run', '', ''}
+    end
+  end
+  local values, order, refusal, err = plan_effects(k + 3, a + 7, count)
+  if err then
+    return {'invalid', err, ''}
+  end
+  if refusal then
+    return {'rejected', tostring(refusal[1]), refusal[2]}
+  end
+  write_values(values, order)
+  write('done', outputs)
+  return {'applied', '', ''}
 end
 
-local own = redis.call('HMGET', KEYS[1], 'status', 'outputs')
-if own[1] then
-  return {'duplicate', own[2] or ''}
+for _ = 1, commits do
+  local count = tonumber(ARGV[a + 6])
+  local result = commit_one(k, a)
+  reply[#reply + 1] = result[1]
+  reply[#reply + 1] = result[2]
+  reply[#reply + 1] = result[3]
+  k = k + 3 + count
+  a = a + 7 + 4 * count
 end
-local sibling = redis.call('HGET', KEYS[2], 'status')
-if op == 'action' then
-  if sibling then
-    return {'hanging', ''}
-  end
-  if status == 'failed' then
-    write('failed', outputs)
-    return {'failed', outputs}
-  end
-else
-  if sibling ~= 'done' then
-    write('done', null_outputs)
-    return {'null_compensation', null_outputs}
-  end
-  if handler_ran ~= '1' then
-    return {'run', ''}
-  end
-end
-local values, order, refusal, err = plan_effects(4, 9, count)
-if err then return err end
-if refusal then
-  return {'rejected', '', tostring(refusal[1]), refusal[2]}
-end
-write_values(values, order)
-write('done', outputs)
-return {'applied', outputs}
+return reply
 """
 )
 
@@ -136,7 +161,7 @@ APPLY_LUA = (
     + """
 local count = tonumber(ARGV[1])
 local values, order, refusal, err = plan_effects(1, 2, count)
-if err then return err end
+if err then return redis.error_reply('CHOREO_VALUE ' .. err) end
 if refusal then
   return {'rejected', '', tostring(refusal[1]), refusal[2]}
 end
@@ -145,18 +170,26 @@ return {'applied', ''}
 """
 )
 
-# Read-only. KEYS: own barrier key, sibling barrier key. ARGV: op.
-CHECK_LUA = """
-local own = redis.call('HMGET', KEYS[1], 'status', 'outputs')
-if own[1] then
-  return {'duplicate', own[2] or ''}
+# Read-only, a batch. KEYS: own and sibling barrier key per check. ARGV: op per check.
+# Replies 2 strings per check: decision, and for duplicate the stored outputs.
+CHECK_MANY_LUA = """
+local reply = {}
+for i = 1, #ARGV do
+  local op = ARGV[i]
+  local own = redis.call('HMGET', KEYS[2 * i - 1], 'status', 'outputs')
+  local decision, outputs = 'run', ''
+  if own[1] then
+    decision, outputs = 'duplicate', own[2] or ''
+  else
+    local sibling = redis.call('HGET', KEYS[2 * i], 'status')
+    if op == 'action' and sibling then
+      decision = 'hanging'
+    elseif op == 'compensate' and sibling ~= 'done' then
+      decision = 'null_compensation'
+    end
+  end
+  reply[#reply + 1] = decision
+  reply[#reply + 1] = outputs
 end
-local sibling = redis.call('HGET', KEYS[2], 'status')
-if ARGV[1] == 'action' and sibling then
-  return {'hanging', ''}
-end
-if ARGV[1] == 'compensate' and sibling ~= 'done' then
-  return {'null_compensation', ''}
-end
-return {'run', ''}
+return reply
 """
