@@ -1,6 +1,13 @@
 """choreo: choreographed sagas over Kafka, with DTM's semantics.
 
-The public API is exactly ``__all__``; everything else may change between releases.
+The public API is exactly ``__all__`` and these modules:
+
+- ``choreo.testing``: ``Harness``, several services (and a ``MemoryTracker``) in one test;
+- ``choreo.client``: ``TrackerClient``, a client of a tracker's state API;
+- ``choreo.dashboard``: what ``choreo dashboard`` shows, as data (``Snapshot``) and rendered;
+- ``choreo.local``: real Kafka and Redis servers as plain processes, for development.
+
+Everything else may change between releases.
 """
 
 from choreo.app import Service
@@ -23,6 +30,8 @@ from choreo.middleware import Middleware
 from choreo.retry import RetryPolicy
 from choreo.router import Router
 from choreo.saga.contract import SagaContract, Step
+from choreo.saga.state import SagaState, SagaStatus
+from choreo.store.base import Delete, Incr, Put, Store, Transaction
 from choreo.system_events import (
     AdminCommand,
     CompensationSkipped,
@@ -31,6 +40,8 @@ from choreo.system_events import (
     SagaStuck,
     StepFailed,
 )
+from choreo.transport.base import Transport
+from choreo.urls import open_store, open_transport
 
 __all__ = [
     "AdminCommand",
@@ -40,24 +51,34 @@ __all__ = [
     "ConfigurationError",
     "Context",
     "ContractError",
+    "Delete",
     "Envelope",
     "Event",
+    "Incr",
     "Message",
     "Middleware",
     "PoisonEvent",
+    "Put",
     "RetriableError",
     "RetryPolicy",
     "Router",
     "SagaCompensated",
     "SagaCompleted",
     "SagaContract",
+    "SagaState",
+    "SagaStatus",
     "SagaStuck",
     "SchemaViolation",
     "Service",
     "Step",
     "StepFailed",
+    "Store",
+    "Transaction",
+    "Transport",
     "TransportError",
     "UndecodableEvent",
     "UnknownEventType",
     "UsageError",
+    "open_store",
+    "open_transport",
 ]

@@ -8,6 +8,9 @@
 Every participant shares one transport and one store. ``broker=`` (or the
 ``CHOREO_TEST_BROKER`` environment variable) switches the same test to a real broker,
 e.g. ``kafka://127.0.0.1:9092``; ``store=`` (``CHOREO_TEST_STORE``) to ``redis://...``.
+
+A ``MemoryTracker([contract])`` is a participant too: the saga tracker with its states in
+a dict (``tracker.states()``), for tests and for demos that run in one process.
 """
 
 from __future__ import annotations
@@ -24,8 +27,11 @@ from choreo import codec
 from choreo.errors import ConfigurationError, PoisonEvent
 from choreo.events import Event, EventRegistry, Message
 from choreo.store.base import Store
+from choreo.tracker.memory import MemoryTracker
 from choreo.transport.base import Consumer, OutgoingRecord, Record, TopicPartition, Transport
 from choreo.urls import open_store, open_transport
+
+__all__ = ["Harness", "MemoryTracker", "Participant"]
 
 
 class Participant(Protocol):

@@ -11,5 +11,9 @@
 - ``embedded``: every service and a tracker in one process on the in-memory transport
   (``choreo demo``); ``multiprocess`` (with ``processes``): each in its own process on
   Kafka and Redis (``scripts/demo-kafka.sh``); ``frontdesk``: placing orders on a running
-  deployment and auditing it through the tracker's state API (``docker compose run shop``).
+  deployment and auditing it through the tracker's state API (``docker compose run shop``);
+  ``demo``: what ``choreo demo`` runs around ``embedded`` (progress bar, summary).
+
+It imports only choreo's public API: ``choreo`` and ``choreo.testing``, ``choreo.client``,
+``choreo.dashboard``, ``choreo.local``; choreo loads ``demo`` by name and never imports it.
 """

@@ -14,8 +14,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from choreo.saga.state import SagaState, SagaStatus
-from choreo.store.base import Store
+from choreo import SagaState, SagaStatus, Store
 from services_demo import inventory, orders, payment, shipping
 from services_demo.contract import OrderPlaced
 from services_demo.workload import Workload

@@ -12,8 +12,7 @@ compensation event carries only fields that events before its step's dispatch ca
 
 from __future__ import annotations
 
-from choreo import Event
-from choreo.saga.contract import SagaContract, Step
+from choreo import Event, SagaContract, Step
 
 TOPIC = "demo.orders"
 

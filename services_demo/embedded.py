@@ -14,13 +14,9 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from choreo.cli.dashboard import Snapshot
-from choreo.saga.state import SagaStatus
-from choreo.store.base import Store
-from choreo.tracker.api_ops import stalled_row
-from choreo.tracker.memory import MemoryTracker
-from choreo.transport.base import Transport
-from choreo.urls import open_store, open_transport
+from choreo import Store, Transport, open_store, open_transport
+from choreo.dashboard import Snapshot, snapshot_of
+from choreo.testing import MemoryTracker
 from services_demo import inventory, orders, payment, shipping
 from services_demo.audit import Audit, audit
 from services_demo.contract import order_saga
@@ -110,22 +106,6 @@ async def run_embedded(
             groups = {app.name: app.group for app in apps.values()}
             await then(run, Live(tracker, transport, groups))
     return run
-
-
-def snapshot_of(tracker: MemoryTracker) -> Snapshot:
-    """What ``choreo dashboard`` would show of this tracker, without serving its API: at
-    the end of a run every unfinished saga is worth a look."""
-    view, now = tracker.view(), time.time()
-    unfinished = [s for s in tracker.states().values() if not s.is_terminal]
-    stuck = [stalled_row(s, now) for s in tracker.states().values() if s.status == SagaStatus.STUCK]
-    return Snapshot(
-        at=now,
-        tracker="embedded tracker",
-        counts=view.counts(),
-        latencies=view.step_latencies(),
-        stalled=[stalled_row(s, now) for s in unfinished],
-        stuck=stuck,
-    )
 
 
 async def wait_until_settled(

@@ -11,12 +11,8 @@ import asyncio
 import logging
 import time
 
-from choreo import Service
-from choreo.cli import dashboard
-from choreo.cli.client import TrackerClient
-from choreo.errors import ChoreoError, UsageError
-from choreo.saga.state import SagaState, SagaStatus
-from choreo.urls import open_store
+from choreo import ChoreoError, SagaState, SagaStatus, Service, UsageError, dashboard, open_store
+from choreo.client import TrackerClient
 from services_demo import inventory, orders, payment
 from services_demo.audit import audit
 from services_demo.contract import order_saga

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from choreo import BusinessFailure, Context, Service
-from choreo.store.base import Put, Store
+from choreo import BusinessFailure, Context, Put, Service, Store
 from services_demo.contract import (
     OrderPlaced,
     ReleaseStock,

@@ -24,10 +24,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from choreo.cli.client import TrackerClient
-from choreo.local._process import cache_dir, free_port
-from choreo.local.kafka_broker import KafkaBroker
-from choreo.local.redis_server import RedisServer
+from choreo.client import TrackerClient
+from choreo.local import KafkaBroker, RedisServer, cache_dir, free_port
 from services_demo.embedded import SERVICES, DemoRun, OnProgress
 from services_demo.frontdesk import place_and_audit
 from services_demo.knobs import Knobs

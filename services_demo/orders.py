@@ -8,8 +8,7 @@ An order without a status is still in flight.
 
 from __future__ import annotations
 
-from choreo import Context, SagaCompensated, SagaCompleted, SagaStuck, Service
-from choreo.store.base import Store
+from choreo import Context, SagaCompensated, SagaCompleted, SagaStuck, Service, Store
 from services_demo.contract import OrderPlaced, order_saga
 from services_demo.knobs import Knobs, service_urls
 

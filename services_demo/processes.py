@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from choreo.local._process import pdeathsig_preexec, tail, terminate
+from choreo.local import pdeathsig_preexec, tail, terminate
 
 
 class ChildFailed(RuntimeError):

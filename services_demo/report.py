@@ -10,8 +10,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from choreo.cli import dashboard
-from choreo.cli.dashboard import Snapshot
+from choreo import dashboard
+from choreo.dashboard import Snapshot
 from services_demo.audit import Audit
 
 STATUS_STYLE = {

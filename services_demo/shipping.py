@@ -12,8 +12,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from choreo import Context, Service
-from choreo.store.base import Store
+from choreo import Context, Service, Store
 from services_demo.contract import (
     CancelShipment,
     PaymentDeducted,

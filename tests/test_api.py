@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
+from pathlib import Path
+
 import pytest
 
 import choreo
@@ -13,7 +17,25 @@ EXPECTED_API = {
     "Middleware", "PoisonEvent", "RetriableError", "RetryPolicy", "Router", "SagaCompensated",
     "SagaCompleted", "SagaContract", "SagaStuck", "SchemaViolation", "Service", "Step",
     "StepFailed", "TransportError", "UndecodableEvent", "UnknownEventType", "UsageError",
+    # the store's effects and types, saga states, transports and stores by URL
+    "Delete", "Incr", "Put", "Store", "Transaction", "SagaState", "SagaStatus", "Transport",
+    "open_store", "open_transport",
 }  # fmt: skip
+# Modules besides ``choreo`` itself that users (and services_demo) may import.
+PUBLIC_MODULES = ("choreo.testing", "choreo.client", "choreo.dashboard", "choreo.local")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a file imports by name, at any depth (lazy imports included)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
 
 
 class Ping(Event):
@@ -28,6 +50,25 @@ def test_public_api_is_exactly_all() -> None:
     assert set(choreo.__all__) == EXPECTED_API
     for name in choreo.__all__:
         assert getattr(choreo, name) is not None
+
+
+def test_public_modules_export_what_they_name() -> None:
+    for name in PUBLIC_MODULES:
+        module = importlib.import_module(name)
+        assert module.__all__, name
+        for attribute in module.__all__:
+            assert getattr(module, attribute) is not None, f"{name}.{attribute}"
+
+
+def test_the_demo_uses_only_the_public_api_and_the_library_never_imports_it() -> None:
+    allowed = {"choreo", *PUBLIC_MODULES}
+    for path in sorted((ROOT / "services_demo").glob("*.py")):
+        used = {m for m in imported_modules(path) if m.split(".")[0] == "choreo"}
+        private = {m for m in used if m not in allowed and m.rsplit(".", 1)[0] not in allowed}
+        assert not private, f"{path.name} imports {sorted(private)}"
+    for path in sorted((ROOT / "choreo").rglob("*.py")):
+        demo = {m for m in imported_modules(path) if m.split(".")[0] == "services_demo"}
+        assert not demo, f"{path.relative_to(ROOT)} imports {sorted(demo)}"
 
 
 def test_event_identity_from_class_keywords() -> None:

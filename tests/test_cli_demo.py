@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from choreo.local._process import pdeathsig_preexec
+from choreo.local import pdeathsig_preexec
 from tests.cli_support import api, at, choreo
 from tests.procs.tracker_api import Served
 

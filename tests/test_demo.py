@@ -14,10 +14,9 @@ from dataclasses import replace
 import pytest
 from rich.console import Console
 
-from choreo import ConfigurationError, Service
+from choreo import ConfigurationError, SagaStatus, Service
 from choreo.cli.loading import load_object
 from choreo.cli.main import main
-from choreo.saga.state import SagaStatus
 from services_demo import embedded
 from services_demo.audit import Audit
 from services_demo.contract import order_saga

@@ -11,18 +11,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import signal
 import sys
+import types
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from rich.console import Console
-
+from choreo.cli.loading import load_object
 from choreo.cli.tracker import LOOPBACK, parse_http
 from choreo.errors import UsageError
 
 if TYPE_CHECKING:
-    from services_demo.embedded import DemoRun, Live
+    from choreo.tracker.memory import MemoryTracker
+    from choreo.transport.base import Transport
+
+# The demo is loaded by name when the command runs: the library never imports its example.
+DEMO = "services_demo.demo:run_demo"
+KNOBS = ("decline_above", "failure_rate", "stall_rate", "stall_seconds")
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -54,58 +59,34 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def command(args: argparse.Namespace) -> int:
-    # The demo package is imported only here: the library never depends on its example.
-    from services_demo.embedded import run_embedded
-    from services_demo.report import progress_bar, summary
-    from services_demo.workload import demo_knobs
-
     if args.orders < 1:
         raise UsageError("--orders must be at least 1")
     serve = None if args.serve is None else parse_http(args.serve, "--serve")
-    overrides = {
-        name: value
-        for name in ("decline_above", "failure_rate", "stall_rate", "stall_seconds")
-        if (value := getattr(args, name)) is not None
-    }
-    knobs = dataclasses.replace(demo_knobs(args.seed), **overrides)
-    console = Console()
-    console.print(
-        f"[bold]choreo demo[/]: {args.orders} orders on {args.broker} / {args.store}; "
-        f"card limit {knobs.decline_above}, random declines {knobs.failure_rate:.0%}, "
-        f"unconfirmed shipments {knobs.stall_rate:.0%}"
+    run_demo = load_object(DEMO, types.FunctionType, "demo")
+
+    async def serving(
+        tracker: MemoryTracker, transport: Transport, groups: Mapping[str, str]
+    ) -> None:
+        assert serve is not None
+        await serve_until_signalled(tracker, transport, groups, *serve)
+
+    return int(
+        run_demo(
+            orders=args.orders,
+            seed=args.seed,
+            knobs={name: value for name in KNOBS if (value := getattr(args, name)) is not None},
+            broker=args.broker,
+            store=args.store,
+            timeout=args.timeout,
+            table=not args.no_table,
+            serve=None if serve is None else serving,
+        )
     )
 
-    def report(run: DemoRun) -> None:
-        shown = summary(run.audit, run.elapsed, sagas=not args.no_table, snapshot=run.dashboard)
-        console.print(shown)
 
-    with contextlib.ExitStack() as bar:
-        on_progress = bar.enter_context(progress_bar(console, args.orders))
-
-        async def then(run: DemoRun, live: Live) -> None:
-            assert serve is not None
-            bar.close()  # the batch is over: its summary, then the API
-            report(run)
-            await serve_until_signalled(live, *serve)
-
-        run = asyncio.run(
-            run_embedded(
-                count=args.orders,
-                seed=args.seed,
-                knobs=knobs,
-                broker=args.broker,
-                store=args.store,
-                timeout=args.timeout,
-                on_progress=on_progress,
-                then=None if serve is None else then,
-            )
-        )
-    if serve is None:
-        report(run)
-    return 0 if run.audit.ok else 1
-
-
-async def serve_until_signalled(live: Live, host: str, port: int) -> None:
+async def serve_until_signalled(
+    tracker: MemoryTracker, transport: Transport, groups: Mapping[str, str], host: str, port: int
+) -> None:
     """The embedded tracker's state API with the ops routes, until SIGINT or SIGTERM."""
     from choreo.tracker.api import serve_api
     from choreo.tracker.api_ops import OpsContext
@@ -115,9 +96,9 @@ async def serve_until_signalled(live: Live, host: str, port: int) -> None:
             f"choreo: warning: the state API on {host} is open to anyone who can reach it",
             file=sys.stderr,
         )
-    view = live.tracker.view()
-    contracts = list(live.tracker.core.contracts.values())
-    ops = OpsContext(view, live.transport, contracts, live.groups)
+    view = tracker.view()
+    contracts = list(tracker.core.contracts.values())
+    ops = OpsContext(view, transport, contracts, groups)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     async with contextlib.AsyncExitStack() as stack:
