@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 
 from choreo import codec
-from choreo.dispatch import pack
+from choreo.codec import pack_outbox as pack
 from choreo.events import Envelope, Message
 from choreo.saga.contract import SagaContract
 from choreo.saga.state import SagaState

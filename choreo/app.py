@@ -12,10 +12,11 @@ from choreo import codec
 from choreo.deadletter import DLQ_TOPIC
 from choreo.dispatch import Dispatcher
 from choreo.errors import ConfigurationError
-from choreo.events import Envelope, Event, EventRegistry, Message, new_event_id
+from choreo.events import Envelope, Event, EventRegistry, Message
 from choreo.handlers import Handler
 from choreo.middleware import Middleware
 from choreo.router import Router
+from choreo.routes import RouteTable
 from choreo.store.base import Store
 from choreo.system_events import SYSTEM_EVENTS
 from choreo.transport.base import Transport
@@ -57,14 +58,17 @@ class Service(Router):
         transport_options: Mapping[str, Any] | None = None,
         store_options: Mapping[str, Any] | None = None,
         lifespan: Callable[[Service], contextlib.AbstractAsyncContextManager[None]] | None = None,
-        batch_size: int = 100,
+        batch_size: int = 500,
     ) -> None:
         """``transport_options`` go to the transport (for Kafka: ``security`` with SASL/TLS
         settings, ``consumer_options``, ``producer_options``...), ``store_options`` to the
         store (``retention_seconds`` of barrier records). ``lifespan`` wraps the running
         service, like Starlette's: open your own clients before consuming starts.
-        ``batch_size`` bounds the records taken per poll: their offsets are committed
-        together, and a rebalance waits for the batch in hand."""
+        ``batch_size`` bounds the records taken per poll and handled per batch of a
+        partition (one store round trip to check them, one to commit them, one wait for
+        their outgoing records' acknowledgements); a rebalance waits for the batch in
+        hand. Larger batches trade latency for throughput under load; a light load makes
+        small batches by itself."""
         super().__init__()
         if not name or any(c in name for c in " /:"):
             raise ConfigurationError(f"service name {name!r} must be non-empty, without ' /:'")
@@ -89,6 +93,7 @@ class Service(Router):
         self._transport: Transport | None = None
         self._store: Store | None = None
         self.worker: Worker | None = None
+        self._worker_task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"Service({self.name!r}, handlers={len(self.handlers)})"
@@ -100,19 +105,8 @@ class Service(Router):
 
     # -- derived views ---------------------------------------------------------
     def resolved_handlers(self) -> list[Handler]:
-        resolved = []
-        for handler in self.handlers:
-            if handler.step is None:
-                step, op = f"{self.name}.{handler.name}", handler.op
-                for contract in self.contracts:
-                    for s in contract.steps:
-                        if handler.event is s.on:
-                            step, op = s.name, "action"
-                        elif handler.event is s.compensation:
-                            step, op = s.name, "compensate"
-                handler = handler.with_step(step, op)
-            resolved.append(handler)
-        return resolved
+        """The handlers with their barrier step and op settled (see ``choreo.routes``)."""
+        return [route.handler for route in self.routes()]
 
     def registry(self) -> EventRegistry:
         registry = EventRegistry()
@@ -129,11 +123,8 @@ class Service(Router):
             registry.add(cls)
         return registry
 
-    def routes(self) -> dict[str, list[Handler]]:
-        routes: dict[str, list[Handler]] = {}
-        for handler in self.resolved_handlers():
-            routes.setdefault(handler.event.event_type, []).append(handler)
-        return routes
+    def routes(self) -> RouteTable:
+        return RouteTable.build(self.name, self.handlers, self.contracts)
 
     def subscribed_topics(self) -> list[str]:
         return sorted({handler.event.topic for handler in self.handlers})
@@ -197,9 +188,11 @@ class Service(Router):
                     task = asyncio.create_task(
                         self.worker.run(stopping), name=f"{self.name}-worker"
                     )
+                self._worker_task = task
                 yield self
             finally:
                 stopping.set()
+                self._worker_task = None
                 if task is not None:
                     await task
                 await stack.aclose()
@@ -218,13 +211,7 @@ class Service(Router):
         start event this is."""
         if saga is None:
             saga = next((c.name for c in self.contracts if type(event) is c.start), "")
-        envelope = Envelope(
-            event_type=event.event_type,
-            gid=gid or new_event_id(),
-            saga=saga,
-            schema_version=event.schema_version,
-            source=self.name,
-        )
+        envelope = Envelope.first(event, gid=gid, saga=saga, source=self.name)
         await self.transport.send(codec.encode(Message(envelope, event, event.topic)))
         return envelope
 
@@ -232,4 +219,11 @@ class Service(Router):
         """Run until ``stopping`` is set (``choreo run`` sets it on SIGTERM/SIGINT)."""
         async with self.running():
             log.info("%s consuming %s as group %s", self.name, self.subscribed_topics(), self.group)
-            await stopping.wait()
+            waiting = asyncio.create_task(stopping.wait())
+            watched = [waiting] + ([self._worker_task] if self._worker_task is not None else [])
+            try:
+                # A worker that stops on its own has failed: leave (its error is raised on
+                # exit), so the process ends and an orchestrator restarts it.
+                await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiting.cancel()

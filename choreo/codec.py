@@ -7,6 +7,7 @@ at most one linear scan.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -178,6 +179,36 @@ def decode(
             + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         ) from exc
     return Message(envelope=envelope, event=event, topic=record.topic)
+
+
+def pack_outbox(records: Sequence[OutgoingRecord]) -> bytes:
+    """Outgoing records as a barrier record stores them (a step's outbox), so a
+    redelivery re-publishes exactly what the first run produced."""
+    return orjson.dumps(
+        [
+            {
+                "t": r.topic,
+                "k": (r.key or b"").decode(),
+                "v": r.value.decode(),
+                "h": [[k, v.decode()] for k, v in r.headers],
+            }
+            for r in records
+        ]
+    )
+
+
+def unpack_outbox(blob: bytes) -> list[OutgoingRecord]:
+    if not blob:
+        return []
+    return [
+        OutgoingRecord(
+            topic=item["t"],
+            key=item["k"].encode(),
+            value=item["v"].encode(),
+            headers=tuple((k, v.encode()) for k, v in item["h"]),
+        )
+        for item in orjson.loads(blob)
+    ]
 
 
 def dumps(data: Any) -> bytes:

@@ -1,89 +1,90 @@
-"""What happens to one record: decode, route, barrier, call, record, publish.
+"""What happens to the records of one partition: decode, route, barrier, call, record,
+publish, in batches that behave exactly as if each record were handled alone.
 
-The dispatcher never loses a record: a poison record or a handler that cannot succeed
-is dead-lettered (the send is acknowledged before the caller commits), business
-failures become failure events, and only infrastructure trouble (the store or the
-broker not answering) escapes as ``TransportError`` for the worker to retry.
+A batch costs one store round trip to check every barrier, one to commit every result
+(more only when a barrier pair repeats inside the batch, or a guard refuses), and one
+wait for the acknowledgements of every outgoing record together. The dispatcher never
+loses a record: a poison record or a handler that cannot succeed is dead-lettered (the
+dead letter is acknowledged with the batch's other records, before the caller commits),
+business failures become failure events, and only infrastructure trouble (the store or
+the broker not answering) escapes as ``TransportError``; the caller then runs the batch
+again, and the barrier turns what was already recorded into re-publications.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 
 from choreo import codec
-from choreo.context import Context
 from choreo.deadletter import DeadLetter, dead_letter_record
-from choreo.errors import BusinessFailure, PoisonEvent, UnknownEventType, is_retriable
-from choreo.events import (
-    Envelope,
-    Event,
-    EventRegistry,
-    Message,
-    Outcome,
-    child_traceparent,
-    derived_event_id,
-)
-from choreo.handlers import Handler
-from choreo.middleware import Middleware
-from choreo.store.base import BarrierKey, BarrierResult, Decision, Effect, Status, Store
+from choreo.errors import PoisonEvent, UnknownEventType
+from choreo.events import Envelope, Event, EventRegistry, Message, Outcome, derived_event_id
+from choreo.invoke import Invoker, Ran
+from choreo.middleware import Hooks, Middleware
+from choreo.routes import Route, RouteTable
+from choreo.store.base import BarrierKey, BarrierResult, Commit, Decision, Store
 from choreo.system_events import CompensationSkipped, StepFailed
 from choreo.transport.base import OutgoingRecord, Record, Transport
 
 log = logging.getLogger("choreo.dispatch")
 
-
-@dataclass(frozen=True, slots=True)
-class Ran:
-    """A handler's result, before it is recorded."""
-
-    status: Status
-    events: list[Event]
-    effects: list[Effect]
-
-
-def as_events(result: Any) -> list[Event]:
-    if result is None:
-        return []
-    if isinstance(result, Event):
-        return [result]
-    if isinstance(result, list | tuple) and all(isinstance(e, Event) for e in result):
-        return list(result)
-    raise TypeError(
-        f"a handler returned {type(result).__name__}; return an Event, a list of Events or None"
-    )
+# Decisions after which a job is settled: nothing more is written for it.
+_SETTLED = frozenset(
+    {
+        Decision.APPLIED,
+        Decision.FAILED,
+        Decision.DUPLICATE,
+        Decision.HANGING,
+        Decision.NULL_COMPENSATION,
+    }
+)
 
 
-def pack(records: Sequence[OutgoingRecord]) -> bytes:
-    """Outgoing records as stored in a barrier record (the step's outbox)."""
-    return codec.dumps(
-        [
-            {
-                "t": r.topic,
-                "k": (r.key or b"").decode(),
-                "v": r.value.decode(),
-                "h": [[k, v.decode()] for k, v in r.headers],
-            }
-            for r in records
-        ]
-    )
+@dataclass(slots=True)
+class _Job:
+    """One route of one decoded record, on its way through the barrier."""
+
+    record: Record
+    message: Message
+    route: Route
+    key: BarrierKey
+    committed: bool = False  # a commit was sent: NULL_COMPENSATION is then final
+    ran: Ran | None = None
+    pending: list[OutgoingRecord] = field(default_factory=list)  # what the commit stores
+    null: list[OutgoingRecord] = field(default_factory=list)
+    null_blob: bytes = b""
+    decision: Decision | None = None
+    out: list[OutgoingRecord] = field(default_factory=list)
+    dead: DeadLetter | None = None
 
 
-def unpack(blob: bytes) -> list[OutgoingRecord]:
-    if not blob:
-        return []
-    return [
-        OutgoingRecord(
-            topic=item["t"],
-            key=item["k"].encode(),
-            value=item["v"].encode(),
-            headers=tuple((k, v.encode()) for k, v in item["h"]),
-        )
-        for item in codec.loads(blob)
-    ]
+@dataclass(slots=True)
+class _Slot:
+    """One incoming record: dead on arrival, or the jobs of its routes."""
+
+    record: Record
+    dead: DeadLetter | None = None
+    jobs: list[_Job] = field(default_factory=list)
+
+
+def _waves(jobs: Sequence[_Job]) -> Iterator[list[_Job]]:
+    """Consecutive runs of jobs whose barrier pairs (gid, step) are distinct: inside a
+    wave no job can change another's barrier decision, so one check and one commit
+    round serve the wave; a repeated pair starts the next wave, as if delivered later."""
+    wave: list[_Job] = []
+    seen: set[tuple[str, str]] = set()
+    for job in jobs:
+        pair = (job.key.gid, job.key.step)
+        if pair in seen:
+            yield wave
+            wave, seen = [], set()
+        wave.append(job)
+        seen.add(pair)
+    if wave:
+        yield wave
 
 
 class Dispatcher:
@@ -91,7 +92,7 @@ class Dispatcher:
         self,
         *,
         service: str,
-        routes: Mapping[str, Sequence[Handler]],
+        routes: RouteTable,
         registry: EventRegistry,
         store: Store,
         transport: Transport,
@@ -107,191 +108,164 @@ class Dispatcher:
         self.transport = transport
         self.dlq_topic = dlq_topic
         self.limits = limits
-        self.middleware = tuple(middleware)
-        self.sleep = sleep
+        self.hooks = Hooks(middleware)
+        self.invoke = Invoker(service, store, self.hooks, sleep)
 
     async def handle(self, record: Record) -> None:
+        await self.handle_batch([record])
+
+    async def handle_batch(self, records: Sequence[Record]) -> None:
+        """Handle records of one partition, in order; returns once everything they
+        produced (events and dead letters) is acknowledged by the broker."""
+        slots = [self._plan(record) for record in records]
+        for wave in _waves([job for slot in slots for job in slot.jobs]):
+            await self._settle(wave)
+        out: list[OutgoingRecord] = []
+        dead: list[tuple[Record, DeadLetter]] = []
+        for slot in slots:
+            if slot.dead is not None:
+                dead.append((slot.record, slot.dead))
+            for job in slot.jobs:
+                if job.dead is not None:
+                    dead.append((job.record, job.dead))
+                out += job.out
+        for record, letter in dead:
+            log.warning("dead-lettering %s[%d]@%d: %s", record.topic, record.partition,
+                        record.offset, letter.reason)  # fmt: skip
+        out += [dead_letter_record(record, letter, self.dlq_topic) for record, letter in dead]
+        await self.transport.send_many(out)
+        if self.hooks:
+            await self._after(slots, dead)
+
+    async def _after(
+        self, slots: Sequence[_Slot], dead: Sequence[tuple[Record, DeadLetter]]
+    ) -> None:
+        for record, letter in dead:
+            await self.hooks.on_dead_letter(record, letter)
+        for slot in slots:
+            for job in slot.jobs:
+                if job.decision is not None:
+                    await self.hooks.after_handle(job.message, job.route.handler, job.decision)
+
+    # -- planning ------------------------------------------------------------------------
+
+    def _plan(self, record: Record) -> _Slot:
+        slot = _Slot(record)
         try:
             envelope = codec.decode_envelope(record)
         except PoisonEvent as exc:
-            await self.dead_letter(record, DeadLetter("poison", exc.reason, self.service))
-            return
-        handlers = self.routes.get(envelope.event_type, ())
-        if not handlers:
+            slot.dead = DeadLetter("poison", exc.reason, self.service)
+            return slot
+        routes = self.routes.get(envelope.event_type)
+        if not routes:
             if envelope.event_type not in self.registry:
                 reason = UnknownEventType(f"unknown event type {envelope.event_type!r}").reason
-                await self.dead_letter(record, DeadLetter("poison", reason, self.service))
-            return  # another service's event on a shared topic
+                slot.dead = DeadLetter("poison", reason, self.service)
+            return slot  # else another service's event on a shared topic
         try:
             message = codec.decode(record, self.registry, self.limits, envelope)
         except PoisonEvent as exc:
-            names = ",".join(h.name for h in handlers)
-            await self.dead_letter(record, DeadLetter("poison", exc.reason, self.service, names))
+            names = ",".join(route.handler.name for route in routes)
+            slot.dead = DeadLetter("poison", exc.reason, self.service, names)
+            return slot
+        slot.jobs = [_Job(record, message, route, route.key(message.gid)) for route in routes]
+        return slot
+
+    # -- the barrier ---------------------------------------------------------------------
+
+    async def _settle(self, wave: list[_Job]) -> None:
+        """Check, run and commit a wave until every job is settled or dead."""
+        todo = list(zip(wave, await self.store.check_many([job.key for job in wave]), strict=True))
+        while todo:
+            commits: list[Commit] = []
+            owners: list[_Job] = []
+            for job, result in todo:
+                commit = await self._next(job, result)
+                if commit is not None:
+                    job.committed = True
+                    commits.append(commit)
+                    owners.append(job)
+            if not commits:
+                return
+            todo = list(zip(owners, await self.store.commit_many(commits), strict=True))
+
+    async def _next(self, job: _Job, result: BarrierResult) -> Commit | None:
+        """The commit a job needs after ``result``, or None once it is settled or dead."""
+        decision = result.decision
+        route = job.route
+        if decision is Decision.NULL_COMPENSATION and not job.committed:
+            self._prepare_null(job)
+            return Commit(job.key, "done", job.null_blob, (), job.null_blob, handler_ran=False)
+        if decision in _SETTLED:
+            job.decision = decision
+            if decision is Decision.DUPLICATE:
+                job.out = codec.unpack_outbox(result.outputs)
+            elif decision is Decision.NULL_COMPENSATION:
+                job.out = job.null
+            elif decision is not Decision.HANGING:
+                job.out = job.pending
+            else:
+                log.info("%s: %s arrived after its compensation; not run", job.key,
+                         route.handler.name)  # fmt: skip
+            return None
+        if decision is Decision.RUN:
+            if job.ran is None:
+                ran = await self.invoke(route, job.message)
+                if isinstance(ran, DeadLetter):
+                    job.dead = ran
+                    return None
+                job.ran = ran
+            self._prepare_null(job)
+            outcome: Outcome = "done" if job.ran.status == "done" else "failed"
+            job.pending = self._outgoing(job, outcome, job.ran.events)
+            blob = codec.pack_outbox(job.pending)
+            return Commit(job.key, job.ran.status, blob, job.ran.effects, job.null_blob)
+        name = route.handler.name
+        if decision is Decision.INVALID:
+            job.dead = DeadLetter("failed", f"the store refused the effects: {result.detail}",
+                                  self.service, name, 1)  # fmt: skip
+            return None
+        # REJECTED: a guard refused the effects; nothing was written.
+        if route.op == "compensate":
+            job.dead = DeadLetter("failed", f"compensation refused: {result.detail}",
+                                  self.service, name, 1)  # fmt: skip
+            return None
+        job.pending = self._outgoing(
+            job, "failed", [StepFailed(step=route.step, reason=result.detail)]
+        )
+        return Commit(job.key, "failed", codec.pack_outbox(job.pending), (), job.null_blob)
+
+    def _prepare_null(self, job: _Job) -> None:
+        """A compensation's outputs in case its action never ran (null compensation)."""
+        if job.route.op != "compensate" or job.null_blob:
             return
-        for handler in handlers:
-            await self._run(handler, message, record)
-
-    async def dead_letter(self, record: Record, letter: DeadLetter) -> None:
-        log.warning(
-            "dead-lettering %s[%d]@%d: %s",
-            record.topic,
-            record.partition,
-            record.offset,
-            letter.reason,
+        reason = "null compensation: the action never ran"
+        job.null = self._outgoing(
+            job, "skipped", [CompensationSkipped(step=job.route.step, reason=reason)]
         )
-        await self.transport.send(dead_letter_record(record, letter, self.dlq_topic))
-        for mw in self.middleware:
-            await mw.on_dead_letter(record, letter)
-
-    async def _run(self, handler: Handler, message: Message, record: Record) -> None:
-        step = handler.step or f"{self.service}.{handler.name}"
-        key = BarrierKey(message.gid, step, handler.op)
-        null_blob = b""
-        if handler.op == "compensate":
-            skipped = CompensationSkipped(
-                step=step, reason="null compensation: the action never ran"
-            )
-            null_blob = pack(self._outgoing(message, handler, step, "skipped", [skipped]))
-        result = await self.store.check(key)
-        if result.decision is Decision.NULL_COMPENSATION:
-            result = await self.store.commit(
-                key,
-                status="done",
-                outputs=null_blob,
-                effects=(),
-                null_outputs=null_blob,
-                handler_ran=False,
-            )
-        if result.decision is Decision.RUN:
-            ran = await self._invoke(handler, message, step)
-            if isinstance(ran, DeadLetter):
-                await self.dead_letter(record, ran)
-                return
-            committed = await self._commit(handler, message, step, key, ran, null_blob)
-            if isinstance(committed, DeadLetter):
-                await self.dead_letter(record, committed)
-                return
-            result = committed
-        if result.decision is Decision.HANGING:
-            log.info("%s: %s arrived after its compensation; not run", key, handler.name)
-        await self.transport.send_many(unpack(result.outputs))
-        for mw in self.middleware:
-            await mw.after_handle(message, handler, result.decision)
-
-    async def _commit(
-        self,
-        handler: Handler,
-        message: Message,
-        step: str,
-        key: BarrierKey,
-        ran: Ran,
-        null_blob: bytes,
-    ) -> BarrierResult | DeadLetter:
-        outcome: Outcome = "done" if ran.status == "done" else "failed"
-        blob = pack(self._outgoing(message, handler, step, outcome, ran.events))
-        result = await self.store.commit(
-            key,
-            status=ran.status,
-            outputs=blob,
-            effects=ran.effects,
-            null_outputs=null_blob,
-            handler_ran=True,
-        )
-        if result.decision is not Decision.REJECTED:
-            return result
-        if handler.op == "compensate":
-            return DeadLetter(
-                "failed", f"compensation refused: {result.detail}", self.service, handler.name, 1
-            )
-        failed = [StepFailed(step=step, reason=result.detail)]
-        blob = pack(self._outgoing(message, handler, step, "failed", failed))
-        return await self.store.commit(
-            key,
-            status="failed",
-            outputs=blob,
-            effects=(),
-            null_outputs=null_blob,
-            handler_ran=True,
-        )
-
-    async def _invoke(self, handler: Handler, message: Message, step: str) -> Ran | DeadLetter:
-        policy = handler.retry
-        for attempt in range(1, policy.max_attempts + 1):
-            envelope = message.envelope.evolve(attempt=attempt)
-            ctx = Context(envelope, step, self.store, _logger(self.service, envelope, step))
-            try:
-                for mw in self.middleware:
-                    await mw.before_handle(message, handler)
-                if handler.wants_context:
-                    result = await handler.func(message.event, ctx)
-                else:
-                    result = await handler.func(message.event)
-                return Ran("done", as_events(result) + ctx.outbox, list(ctx.tx.effects))
-            except BusinessFailure as exc:
-                failure = self._failure(handler, step, attempt, exc.reason, exc.event)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                reason = f"{type(exc).__name__}: {exc}"
-                if handler.throws and isinstance(exc, handler.throws):
-                    failure = self._failure(handler, step, attempt, reason, None)
-                elif not is_retriable(exc):
-                    return DeadLetter("failed", reason, self.service, handler.name, attempt)
-                elif attempt == policy.max_attempts:
-                    return DeadLetter(
-                        "budget",
-                        f"retry budget of {attempt} attempts spent; last error: {reason}",
-                        self.service,
-                        handler.name,
-                        attempt,
-                    )
-                else:
-                    log.info("%s attempt %d failed (%s); retrying", handler.name, attempt, reason)
-                    await self.sleep(policy.delay(attempt))
-                    continue
-            return failure
-        raise AssertionError("unreachable: the loop returns on its last attempt")
-
-    def _failure(
-        self, handler: Handler, step: str, attempt: int, reason: str, event: Event | None
-    ) -> Ran | DeadLetter:
-        if handler.op == "compensate":
-            # A compensation has no business way to fail; an operator must look.
-            return DeadLetter(
-                "failed", f"compensation failed: {reason}", self.service, handler.name, attempt
-            )
-        return Ran("failed", [event or StepFailed(step=step, reason=reason)], [])
+        job.null_blob = codec.pack_outbox(job.null)
 
     def _outgoing(
-        self,
-        message: Message,
-        handler: Handler,
-        step: str,
-        outcome: Outcome,
-        events: Sequence[Event],
+        self, job: _Job, outcome: Outcome, events: Sequence[Event]
     ) -> list[OutgoingRecord]:
-        incoming = message.envelope
-        records = []
-        for index, event in enumerate(events):
-            envelope = Envelope(
-                event_type=event.event_type,
-                gid=incoming.gid,
-                event_id=derived_event_id(
-                    incoming.event_id, self.service, step, handler.op, str(index)
-                ),
-                saga=incoming.saga,
-                step=step,
-                op=handler.op,
-                outcome=outcome,
-                causation_id=incoming.event_id,
-                schema_version=event.schema_version,
-                traceparent=child_traceparent(incoming.traceparent),
-                source=self.service,
+        incoming: Envelope = job.message.envelope
+        route = job.route
+        return [
+            codec.encode(
+                Message(
+                    incoming.caused(
+                        event,
+                        event_id=derived_event_id(
+                            incoming.event_id, self.service, route.step, route.op, str(index)
+                        ),
+                        step=route.step,
+                        op=route.op,
+                        outcome=outcome,
+                        source=self.service,
+                    ),
+                    event,
+                    event.topic,
+                )
             )
-            records.append(codec.encode(Message(envelope, event, event.topic)))
-        return records
-
-
-def _logger(service: str, envelope: Envelope, step: str) -> logging.LoggerAdapter[logging.Logger]:
-    extra = {"gid": envelope.gid, "step": step, "event_id": envelope.event_id}
-    return logging.LoggerAdapter(logging.getLogger(f"choreo.service.{service}"), extra)
+            for index, event in enumerate(events)
+        ]

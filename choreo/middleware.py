@@ -1,11 +1,15 @@
 """Middleware: hooks around dispatch, no-ops by default (dramatiq's shape).
 
 Subclass and override what you need; metrics, tracing and tests' fault injection live
-here instead of in the dispatcher.
+here instead of in the dispatcher. A hook that raises is logged and skipped: a broken
+metrics exporter must not stop a partition. "Before" hooks run in registration order,
+the others in reverse, so the first middleware wraps all the rest.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -14,6 +18,8 @@ if TYPE_CHECKING:
     from choreo.handlers import Handler
     from choreo.store.base import Decision
     from choreo.transport.base import Record, TopicPartition
+
+log = logging.getLogger("choreo.middleware")
 
 
 class Middleware:
@@ -29,3 +35,37 @@ class Middleware:
 
     async def after_commit(self, offsets: dict[TopicPartition, int]) -> None:
         """After input offsets were committed."""
+
+
+async def _isolated(hook: str, middleware: Middleware, call: Awaitable[None]) -> None:
+    try:
+        await call
+    except Exception:
+        log.exception("middleware %s.%s failed; carrying on", type(middleware).__name__, hook)
+
+
+class Hooks:
+    """Calls every middleware's hook, each isolated from the others' failures."""
+
+    def __init__(self, middleware: Sequence[Middleware] = ()) -> None:
+        self.forward = tuple(middleware)
+        self.backward = tuple(reversed(self.forward))
+
+    def __bool__(self) -> bool:
+        return bool(self.forward)
+
+    async def before_handle(self, message: Message, handler: Handler) -> None:
+        for mw in self.forward:
+            await _isolated("before_handle", mw, mw.before_handle(message, handler))
+
+    async def after_handle(self, message: Message, handler: Handler, decision: Decision) -> None:
+        for mw in self.backward:
+            await _isolated("after_handle", mw, mw.after_handle(message, handler, decision))
+
+    async def on_dead_letter(self, record: Record, letter: DeadLetter) -> None:
+        for mw in self.backward:
+            await _isolated("on_dead_letter", mw, mw.on_dead_letter(record, letter))
+
+    async def after_commit(self, offsets: dict[TopicPartition, int]) -> None:
+        for mw in self.backward:
+            await _isolated("after_commit", mw, mw.after_commit(offsets))

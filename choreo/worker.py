@@ -1,27 +1,51 @@
-"""The consume loop: in order within a partition, concurrent across partitions, and an
-offset committed only once the record's effects and outgoing events are acknowledged."""
+"""The consume loop: each partition in order, partitions independent of each other, and an
+offset committed only once its record's effects and outgoing events are acknowledged.
+
+The poll loop only fetches and commits. Records go to a lane per partition, whose task
+hands them to the dispatcher in batches (Kafka Streams' shape: process what a poll
+returned, flush the producer, then commit). A slow handler holds back its own partition
+and nothing else; a lane that falls behind has its partition paused until it catches up,
+so memory stays bounded.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import deque
 from collections.abc import Sequence
 
 from choreo.dispatch import Dispatcher
 from choreo.errors import TransportError
-from choreo.middleware import Middleware
+from choreo.middleware import Hooks, Middleware
+from choreo.retry import INFRASTRUCTURE_RETRY, Backoff, RetryPolicy
 from choreo.transport.base import Consumer, Record, TopicPartition, Transport
 
 log = logging.getLogger("choreo.worker")
 
-# Errors that mean "the store or broker is unwell": the record is retried, not dropped,
-# and the partition waits, because skipping it would break per-gid order.
-INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
-    TransportError,
-    ConnectionError,
-    TimeoutError,
-    OSError,
-)
+
+class _Lane:
+    """One partition's fetched records, in offset order, and the task working on them."""
+
+    def __init__(self, tp: TopicPartition) -> None:
+        self.tp = tp
+        self.buffer: deque[Record] = deque()
+        self.next_fetch = -1  # the offset the next fetched record should have
+        self.task: asyncio.Task[None] | None = None
+        self.closing = asyncio.Event()  # revoked or stopping: take no further batch
+
+    def feed(self, records: Sequence[Record]) -> None:
+        if self.next_fetch != records[0].offset:
+            # The position moved (the partition came back at its committed offset):
+            # what is buffered will be fetched again.
+            self.buffer.clear()
+        self.buffer.extend(records)
+        self.next_fetch = records[-1].offset + 1
+
+    def take(self, limit: int) -> list[Record]:
+        count = min(limit, len(self.buffer))
+        return [self.buffer.popleft() for _ in range(count)]
 
 
 class Worker:
@@ -33,76 +57,137 @@ class Worker:
         topics: Sequence[str],
         dispatcher: Dispatcher,
         middleware: Sequence[Middleware] = (),
-        infra_backoff_max: float = 5.0,
-        batch_size: int = 100,
+        batch_size: int = 500,
+        commit_interval: float = 0.1,
+        infrastructure_retry: RetryPolicy = INFRASTRUCTURE_RETRY,
     ) -> None:
         self.transport = transport
         self.group = group
         self.topics = tuple(topics)
         self.dispatcher = dispatcher
-        self.middleware = tuple(middleware)
-        self.infra_backoff_max = infra_backoff_max
-        # Small batches keep a rebalance's wait for the batch in hand short.
+        self.hooks = Hooks(middleware)
+        # Records per poll and per dispatched batch; a lane holding twice this many is
+        # paused. Small batches keep a rebalance's wait for the batch in hand short.
         self.batch_size = batch_size
+        self.commit_interval = commit_interval
+        self.infrastructure_retry = infrastructure_retry
         self.consumer: Consumer | None = None
-        self._pending: dict[TopicPartition, int] = {}
-        self._batch: asyncio.Future[list[None]] | None = None
-        self._commit_lock = asyncio.Lock()
         self.processed = 0
+        self._lanes: dict[TopicPartition, _Lane] = {}
+        self._paused: set[TopicPartition] = set()
+        self._pending: dict[TopicPartition, int] = {}
+        self._last_commit = 0.0
+        self._commit_lock = asyncio.Lock()
+        self._failure: BaseException | None = None
 
     async def run(self, stopping: asyncio.Event) -> None:
+        """Consume until ``stopping`` is set; raises what broke a lane (a bug, never a
+        record: records that cannot be handled are dead-lettered)."""
         self.consumer = self.transport.consumer(self.group, self.topics, on_revoke=self._on_revoke)
         await self.consumer.start()
         try:
             while not stopping.is_set():
-                batch = await self.consumer.getmany(timeout=0.1, max_records=self.batch_size)
-                if not batch:
+                if self._failure is not None:
+                    raise self._failure
+                try:
+                    batch = await self.consumer.getmany(timeout=0.1, max_records=self.batch_size)
+                except TransportError as exc:
+                    log.warning("group %s: fetch failed, polling again: %s", self.group, exc)
+                    await asyncio.sleep(0.1)
                     continue
-                self._batch = asyncio.ensure_future(
-                    asyncio.gather(*(self._partition(records) for records in batch.values()))
-                )
-                await self._batch
-                self._batch = None
-                await self._commit()
+                for tp, records in batch.items():
+                    if records:
+                        self._feed(tp, records)
+                self._flow_control()
+                if time.monotonic() - self._last_commit >= self.commit_interval:
+                    await self._commit()
         finally:
+            await self._close(list(self._lanes))
+            await self._commit()
             await self.consumer.stop()
 
-    async def _partition(self, records: Sequence[Record]) -> None:
-        for record in records:
-            await self._process(record)
-            self._pending[record.tp] = record.offset + 1
-            self.processed += 1
+    def _feed(self, tp: TopicPartition, records: Sequence[Record]) -> None:
+        lane = self._lanes.get(tp)
+        if lane is None:
+            lane = self._lanes[tp] = _Lane(tp)
+        lane.feed(records)
+        if lane.task is None or lane.task.done():
+            lane.task = asyncio.create_task(self._drive(lane), name=f"{self.group}:{tp}")
+            lane.task.add_done_callback(self._lane_ended)
 
-    async def _process(self, record: Record) -> None:
-        delay = 0.1
+    def _flow_control(self) -> None:
+        assert self.consumer is not None
+        full = [tp for tp, lane in self._lanes.items() if len(lane.buffer) >= 2 * self.batch_size]
+        caught_up = [
+            tp for tp in self._paused if len(self._lanes[tp].buffer) < self.batch_size
+        ] if self._paused else []  # fmt: skip
+        if full:
+            self.consumer.pause(full)
+            self._paused.update(full)
+        if caught_up:
+            self.consumer.resume(caught_up)
+            self._paused.difference_update(caught_up)
+
+    async def _drive(self, lane: _Lane) -> None:
+        assert self.consumer is not None
+        while lane.buffer and not lane.closing.is_set():
+            if lane.tp not in self.consumer.assignment():
+                lane.buffer.clear()  # taken away by a rebalance; the new owner reads it
+                return
+            batch = lane.take(self.batch_size)
+            if not await self._handle(lane, batch):
+                lane.buffer.clear()  # given up while stopping: redelivered after restart
+                return
+            self._pending[lane.tp] = batch[-1].offset + 1
+            self.processed += len(batch)
+
+    async def _handle(self, lane: _Lane, batch: Sequence[Record]) -> bool:
+        """Handle a batch, retrying infrastructure trouble (the partition waits: skipping
+        would break per-gid order); False when the lane closed while retrying."""
+        backoff = Backoff(self.infrastructure_retry, lane.closing)
         while True:
             try:
-                await self.dispatcher.handle(record)
-                return
-            except INFRASTRUCTURE_ERRORS as exc:
-                log.warning(
-                    "%s[%d]@%d: infrastructure error, retrying in %.1fs: %s",
-                    record.topic,
-                    record.partition,
-                    record.offset,
-                    delay,
-                    exc,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.infra_backoff_max)
+                await self.dispatcher.handle_batch(batch)
+                return True
+            except TransportError as exc:
+                log.warning("%s@%d..%d: infrastructure error, retrying: %s", lane.tp,
+                            batch[0].offset, batch[-1].offset, exc)  # fmt: skip
+                if not await backoff.wait():
+                    return False
+
+    def _lane_ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None and self._failure is None:
+            self._failure = task.exception()
+            log.error("group %s: a partition's worker failed", self.group, exc_info=self._failure)
 
     async def _commit(self) -> None:
         async with self._commit_lock:
+            self._last_commit = time.monotonic()
             if not self._pending or self.consumer is None:
                 return
             offsets, self._pending = self._pending, {}
-            await self.consumer.commit(offsets)
-        for mw in self.middleware:
-            await mw.after_commit(offsets)
+            try:
+                await self.consumer.commit(offsets)
+            except TransportError as exc:
+                log.warning("group %s: offset commit failed, will retry: %s", self.group, exc)
+                for tp, offset in offsets.items():
+                    self._pending[tp] = max(offset, self._pending.get(tp, offset))
+                return
+        await self.hooks.after_commit(offsets)
+
+    async def _close(self, tps: Sequence[TopicPartition]) -> None:
+        """Let the batches in hand finish (never half a batch), drop what is buffered."""
+        lanes = [lane for tp in tps if (lane := self._lanes.pop(tp, None)) is not None]
+        self._paused.difference_update(tps)
+        for lane in lanes:
+            lane.closing.set()
+            lane.buffer.clear()
+        tasks = [lane.task for lane in lanes if lane.task is not None and not lane.task.done()]
+        if tasks:
+            await asyncio.gather(*(asyncio.shield(task) for task in tasks), return_exceptions=True)
 
     async def _on_revoke(self, revoked: frozenset[TopicPartition]) -> None:
         """Finish and commit the work in hand before a rebalance hands it to someone else;
         never commit past what finished."""
-        if self._batch is not None:
-            await asyncio.shield(self._batch)
+        await self._close(sorted(revoked))
         await self._commit()

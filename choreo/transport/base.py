@@ -90,6 +90,15 @@ class Consumer(abc.ABC):
         """Commit ``next offset to read`` per partition."""
 
     @abc.abstractmethod
+    def pause(self, tps: Sequence[TopicPartition]) -> None:
+        """Stop returning records of these partitions (backpressure for a partition whose
+        work is behind); the position is kept. Partitions not assigned are ignored, and
+        a rebalance resumes everything."""
+
+    @abc.abstractmethod
+    def resume(self, tps: Sequence[TopicPartition]) -> None: ...
+
+    @abc.abstractmethod
     def assignment(self) -> frozenset[TopicPartition]: ...
 
     @abc.abstractmethod

@@ -473,6 +473,21 @@ class KafkaConsumer(Consumer):
         except _TRANSIENT as exc:
             raise TransportError(f"Kafka commit failed: {exc}") from exc
 
+    def pause(self, tps: Sequence[TopicPartition]) -> None:
+        self._flow(tps, pause=True)
+
+    def resume(self, tps: Sequence[TopicPartition]) -> None:
+        self._flow(tps, pause=False)
+
+    def _flow(self, tps: Sequence[TopicPartition], *, pause: bool) -> None:
+        if self._consumer is None:
+            return
+        # aiokafka refuses partitions it no longer owns; a rebalance clears pauses anyway.
+        owned = self._consumer.assignment()
+        mine = [kt for kt in map(_to_kafka, tps) if kt in owned]
+        if mine:
+            (self._consumer.pause if pause else self._consumer.resume)(*mine)
+
     def assignment(self) -> frozenset[TopicPartition]:
         if self._consumer is None:
             return frozenset()

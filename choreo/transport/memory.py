@@ -159,12 +159,14 @@ class MemoryConsumer(Consumer):
         self.topics = tuple(topics)
         self.on_revoke = on_revoke
         self._positions: dict[TopicPartition, int] = {}
+        self._paused: set[TopicPartition] = set()
         self._running = False
 
     def assign(self, tps: Sequence[TopicPartition], group: _Group) -> None:
         self._positions = {
             tp: self._positions.get(tp, group.committed.get(tp, 0)) for tp in sorted(tps)
         }
+        self._paused.clear()  # as Kafka's consumer forgets pauses on a rebalance
 
     async def start(self) -> None:
         for topic in self.topics:
@@ -184,6 +186,8 @@ class MemoryConsumer(Consumer):
         for tp, position in self._positions.items():
             if budget <= 0:
                 break
+            if tp in self._paused:
+                continue
             records = self.broker.read(tp, position, budget)
             if records:
                 out[tp] = records
@@ -209,6 +213,12 @@ class MemoryConsumer(Consumer):
             # CommitFailedError, the new owner will see those records again.
             if tp in self._positions:
                 group.committed[tp] = offset
+
+    def pause(self, tps: Sequence[TopicPartition]) -> None:
+        self._paused.update(tp for tp in tps if tp in self._positions)
+
+    def resume(self, tps: Sequence[TopicPartition]) -> None:
+        self._paused.difference_update(tps)
 
     def assignment(self) -> frozenset[TopicPartition]:
         return frozenset(self._positions)

@@ -1,0 +1,115 @@
+"""Running one handler on one message: its retry budget, business failures, and what
+counts as a dead letter. No store and no broker here: the dispatcher records the result."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from choreo.context import Context
+from choreo.deadletter import DeadLetter
+from choreo.errors import BusinessFailure, is_retriable
+from choreo.events import Event, Message
+from choreo.middleware import Hooks
+from choreo.routes import Route
+from choreo.store.base import Effect, Status, Store
+from choreo.system_events import StepFailed
+
+log = logging.getLogger("choreo.dispatch")
+
+
+@dataclass(frozen=True, slots=True)
+class Ran:
+    """A handler's result, before it is recorded."""
+
+    status: Status
+    events: list[Event]
+    effects: list[Effect]
+
+
+def as_events(result: Any) -> list[Event]:
+    if result is None:
+        return []
+    if isinstance(result, Event):
+        return [result]
+    if isinstance(result, list | tuple) and all(isinstance(e, Event) for e in result):
+        return list(result)
+    raise TypeError(
+        f"a handler returned {type(result).__name__}; return an Event, a list of Events or None"
+    )
+
+
+class Invoker:
+    def __init__(
+        self,
+        service: str,
+        store: Store,
+        hooks: Hooks,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.service = service
+        self.store = store
+        self.hooks = hooks
+        self.sleep = sleep
+        self.logger = logging.getLogger(f"choreo.service.{service}")
+
+    async def __call__(self, route: Route, message: Message) -> Ran | DeadLetter:
+        handler = route.handler
+        policy = handler.retry
+        for attempt in range(1, policy.max_attempts + 1):
+            envelope = message.envelope
+            if envelope.attempt != attempt:
+                envelope = envelope.evolve(attempt=attempt)
+            extra = {"gid": envelope.gid, "step": route.step, "event_id": envelope.event_id}
+            ctx = Context(
+                envelope, route.step, self.store, logging.LoggerAdapter(self.logger, extra)
+            )
+            try:
+                if self.hooks:
+                    await self.hooks.before_handle(message, handler)
+                if handler.wants_context:
+                    result = await handler.func(message.event, ctx)
+                else:
+                    result = await handler.func(message.event)
+                return Ran("done", as_events(result) + ctx.outbox, ctx.tx.effects)
+            except BusinessFailure as exc:
+                failure = self._failure(route, attempt, exc.reason, exc.event)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+                if handler.throws and isinstance(exc, handler.throws):
+                    failure = self._failure(route, attempt, reason, None)
+                elif not is_retriable(exc):
+                    return DeadLetter("failed", reason, self.service, handler.name, attempt)
+                elif attempt == policy.max_attempts:
+                    return DeadLetter(
+                        "budget",
+                        f"retry budget of {attempt} attempts spent; last error: {reason}",
+                        self.service,
+                        handler.name,
+                        attempt,
+                    )
+                else:
+                    log.info("%s attempt %d failed (%s); retrying", handler.name, attempt, reason)
+                    await self.sleep(policy.delay(attempt))
+                    continue
+            return failure
+        raise AssertionError("unreachable: the loop returns on its last attempt")
+
+    def _failure(
+        self, route: Route, attempt: int, reason: str, event: Event | None
+    ) -> Ran | DeadLetter:
+        if route.op == "compensate":
+            # A compensation has no business way to fail; an operator must look.
+            return DeadLetter(
+                "failed",
+                f"compensation failed: {reason}",
+                self.service,
+                route.handler.name,
+                attempt,
+            )
+        return Ran("failed", [event or StepFailed(step=route.step, reason=reason)], [])
