@@ -14,49 +14,17 @@ import contextlib
 import hmac
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from choreo import codec
-from choreo.saga.state import SagaState, SagaStatus
+from choreo.saga.state import SagaStatus
+from choreo.tracker.api_ops import OpsContext, add_ops_routes
+from choreo.tracker.http import error, json_response, number, summary
 from choreo.tracker.view import QUANTILES, StateView
-
-if TYPE_CHECKING:
-    from choreo.tracker.api_ops import OpsContext
 
 MAX_LIMIT = 1000
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def json_response(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=codec.dumps(data), status=status, content_type="application/json")
-
-
-def error(status: int, message: str) -> web.Response:
-    return json_response({"error": message}, status)
-
-
-def summary(state: SagaState) -> dict[str, Any]:
-    """A saga without its payloads and timeline: what a list needs."""
-    fields = ("gid", "saga", "status", "version", "started_at", "updated_at", "finished_at")
-    data = state.model_dump(mode="json", include={*fields, "reason", "resolved"})
-    data["steps"] = {name: step.status.value for name, step in state.steps.items()}
-    return data
-
-
-def _number(request: web.Request, name: str, default: float | None, low: float) -> float | None:
-    raw = request.query.get(name, "")
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise web.HTTPBadRequest(reason=f"{name} must be a number") from None
-    if not math.isfinite(value) or value < low:
-        raise web.HTTPBadRequest(reason=f"{name} must be >= {low:g}")
-    return value
 
 
 def _value(number: float) -> str:
@@ -109,13 +77,13 @@ def build_app(view: StateView, token: str | None = None) -> web.Application:
         raw_status = request.query.get("status") or None
         if raw_status is not None and raw_status.upper() not in SagaStatus.__members__:
             return error(400, f"status must be one of {', '.join(SagaStatus)}")
-        limit = _number(request, "limit", 50, 1)
+        limit = number(request, "limit", 50, 1)
         page = view.list(
             status=SagaStatus(raw_status.upper()) if raw_status else None,
             saga=request.query.get("saga") or None,
-            since=_number(request, "since", None, 0),
+            since=number(request, "since", None, 0),
             limit=min(int(limit or 50), MAX_LIMIT),
-            offset=int(_number(request, "offset", 0, 0) or 0),
+            offset=int(number(request, "offset", 0, 0) or 0),
         )
         items = [summary(s) for s in page.items]
         return json_response({"items": items, "total": page.total, "next": page.next_offset})
@@ -162,8 +130,6 @@ async def serve_api(
     With ``ops`` the operator routes (why, admin commands, dead letters) are served too."""
     app = build_app(view, token)
     if ops is not None:
-        from choreo.tracker.api_ops import add_ops_routes
-
         add_ops_routes(app, ops)  # before setup: aiohttp freezes the router there
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

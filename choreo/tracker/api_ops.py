@@ -15,7 +15,7 @@ state makes pointless, 503 the broker did not answer.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,13 +25,12 @@ from choreo.errors import TransportError
 from choreo.saga.contract import SagaContract
 from choreo.saga.state import SagaState, SagaStatus
 from choreo.tracker import ops
-from choreo.tracker.api import json_response, summary
 from choreo.tracker.deadletters import DeadLetterReader, describe
+from choreo.tracker.http import Route, json_body, json_response, limit, problem, summary
 from choreo.tracker.view import StateView
 from choreo.transport.base import Transport
 
 MAX_ROWS = 1000
-Route = Callable[[web.Request], Awaitable[web.Response]]
 
 
 @dataclass
@@ -52,17 +51,30 @@ class OpsContext:
         return self.reader
 
 
-def problem(status: int, message: str, hint: str = "") -> web.Response:
-    return json_response({"error": message, "hint": hint}, status)
+OPS = web.AppKey("choreo.ops", OpsContext)
 
 
-def _limit(request: web.Request, default: int) -> int:
-    raw = request.query.get("limit", "")
-    if not raw:
-        return default
-    if not raw.isdigit() or int(raw) < 1:
-        raise web.HTTPBadRequest(reason="limit must be a positive integer")
-    return min(int(raw), MAX_ROWS)
+def add_ops_routes(app: web.Application, ctx: OpsContext) -> None:
+    app[OPS] = ctx
+    for method, path, route in ROUTES:
+        app.router.add_route(method, path, guarded(route))
+    app.on_cleanup.append(close_reader)
+
+
+def guarded(route: Route) -> Route:
+    async def run(request: web.Request) -> web.Response:
+        try:
+            return await route(request)
+        except TransportError as exc:
+            return problem(503, f"the broker did not answer: {exc}", "try again shortly")
+
+    return run
+
+
+async def close_reader(app: web.Application) -> None:
+    reader = app[OPS].reader
+    if reader is not None:
+        await reader.close()
 
 
 def stalled_row(state: SagaState, now: float) -> dict[str, Any]:
@@ -78,112 +90,97 @@ def stalled_row(state: SagaState, now: float) -> dict[str, Any]:
     return row
 
 
-def add_ops_routes(app: web.Application, ctx: OpsContext) -> None:
-    def guarded(route: Route) -> Route:
-        async def run(request: web.Request) -> web.Response:
-            try:
-                return await route(request)
-            except TransportError as exc:
-                return problem(503, f"the broker did not answer: {exc}", "try again shortly")
-
-        return run
-
-    def known(request: web.Request) -> SagaState:
-        gid = request.match_info["gid"]
-        state = ctx.view.get(gid)
-        if state is None:
-            raise web.HTTPNotFound(reason=f"no saga with gid {gid!r}")
-        return state
-
-    async def why(request: web.Request) -> web.Response:
-        state = known(request)
-        reader = ctx.dead_letter_reader()
-        found = await ops.why(state, ctx.contracts, ctx.transport, reader=reader, groups=ctx.groups)
-        return json_response(found)
-
-    async def commands(request: web.Request) -> web.Response:
-        state = known(request)
-        body = await _json(request)
-        action, actor, note = body.get("action"), body.get("actor"), body.get("note", "")
-        if action not in ops.ADMIN_ACTIONS:
-            return problem(400, f"action must be one of {', '.join(ops.ADMIN_ACTIONS)}")
-        if not isinstance(actor, str) or not actor.strip() or not isinstance(note, str):
-            return problem(400, "actor (who acts) must be a non-empty string, note a string")
-        if action == "resolve" and not note.strip():
-            return problem(400, "resolve needs a note saying what was fixed by hand")
-        refused = ops.refusal(state, action)
-        if refused is not None:
-            return problem(409, f"not sent: {refused}", "`choreo saga why GID` shows its state")
-        event_id = await ops.command(ctx.transport, state.gid, state.saga, action, actor, note)
-        return json_response({"event_id": event_id, "gid": state.gid, "action": action}, 202)
-
-    async def stalled(request: web.Request) -> web.Response:
-        now, limit = time.time(), _limit(request, 200)
-        rows: dict[str, list[dict[str, Any]]] = {"stalled": [], "stuck": []}
-        for status in (SagaStatus.RUNNING, SagaStatus.COMPENSATING, SagaStatus.STUCK):
-            for state in ctx.view.list(status=status, limit=10**9).items:
-                row = stalled_row(state, now)
-                if status == SagaStatus.STUCK:
-                    rows["stuck"].append(row)
-                elif status == SagaStatus.COMPENSATING or row["overdue_s"] is not None:
-                    rows["stalled"].append(row)
-        totals = {f"{name}_total": len(found) for name, found in rows.items()}
-        return json_response({name: found[:limit] for name, found in rows.items()} | totals)
-
-    async def dlq(request: web.Request) -> web.Response:
-        gid = request.query.get("gid") or None
-        reader = ctx.dead_letter_reader()
-        items = await ops.dead_letters(ctx.transport, gid, _limit(request, 100), reader=reader)
-        return json_response({"items": items})
-
-    async def dlq_one(request: web.Request) -> web.Response:
-        reader = ctx.dead_letter_reader()
-        await reader.refresh()
-        try:
-            record = reader.get(request.match_info["id"])
-        except ValueError as exc:
-            return problem(400, str(exc))
-        if record is None:
-            return problem(
-                404,
-                f"no dead letter {request.match_info['id']}",
-                "`choreo dlq list` shows their ids",
-            )
-        return json_response(describe(record, payload=True))
-
-    async def dlq_replay(request: web.Request) -> web.Response:
-        body = await _json(request)
-        ids = body.get("ids")
-        if ids is None and isinstance(body.get("offsets"), list):
-            ids = [f"{body.get('partition')}:{offset}" for offset in body["offsets"]]
-        if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
-            return problem(400, 'give {"ids": ["2:17", ...]} or {"partition": 2, "offsets": [17]}')
-        try:
-            done = await ops.replay(ctx.transport, ids, reader=ctx.dead_letter_reader())
-        except ValueError as exc:
-            return problem(400, str(exc))
-        except LookupError as exc:
-            return problem(404, str(exc).strip("'\""), "`choreo dlq list` shows their ids")
-        return json_response({"replayed": done})
-
-    async def close_reader(app: web.Application) -> None:
-        if ctx.reader is not None:
-            await ctx.reader.close()
-
-    app.router.add_get("/sagas/{gid}/why", guarded(why))
-    app.router.add_post("/sagas/{gid}/commands", guarded(commands))
-    app.router.add_get("/stalled", guarded(stalled))
-    app.router.add_get("/dlq", guarded(dlq))
-    app.router.add_post("/dlq/replay", guarded(dlq_replay))
-    app.router.add_get("/dlq/{id}", guarded(dlq_one))
-    app.on_cleanup.append(close_reader)
+def known(request: web.Request) -> tuple[OpsContext, SagaState]:
+    """The app's ops context and the state of the request's ``{gid}`` (404 unknown)."""
+    ctx = request.app[OPS]
+    gid = request.match_info["gid"]
+    state = ctx.view.get(gid)
+    if state is None:
+        raise web.HTTPNotFound(reason=f"no saga with gid {gid!r}")
+    return ctx, state
 
 
-async def _json(request: web.Request) -> dict[str, Any]:
+async def why(request: web.Request) -> web.Response:
+    ctx, state = known(request)
+    reader = ctx.dead_letter_reader()
+    found = await ops.why(state, ctx.contracts, ctx.transport, reader=reader, groups=ctx.groups)
+    return json_response(found)
+
+
+async def commands(request: web.Request) -> web.Response:
+    ctx, state = known(request)
+    body = await json_body(request)
+    action, actor, note = body.get("action"), body.get("actor"), body.get("note", "")
+    if action not in ops.ADMIN_ACTIONS:
+        return problem(400, f"action must be one of {', '.join(ops.ADMIN_ACTIONS)}")
+    if not isinstance(actor, str) or not actor.strip() or not isinstance(note, str):
+        return problem(400, "actor (who acts) must be a non-empty string, note a string")
+    if action == "resolve" and not note.strip():
+        return problem(400, "resolve needs a note saying what was fixed by hand")
+    refused = ops.refusal(state, action)
+    if refused is not None:
+        return problem(409, f"not sent: {refused}", "`choreo saga why GID` shows its state")
+    event_id = await ops.command(ctx.transport, state.gid, state.saga, action, actor, note)
+    return json_response({"event_id": event_id, "gid": state.gid, "action": action}, 202)
+
+
+async def stalled(request: web.Request) -> web.Response:
+    view, now, most = request.app[OPS].view, time.time(), limit(request, 200, MAX_ROWS)
+    rows: dict[str, list[dict[str, Any]]] = {"stalled": [], "stuck": []}
+    for status in (SagaStatus.RUNNING, SagaStatus.COMPENSATING, SagaStatus.STUCK):
+        for state in view.list(status=status, limit=10**9).items:
+            row = stalled_row(state, now)
+            if status == SagaStatus.STUCK:
+                rows["stuck"].append(row)
+            elif status == SagaStatus.COMPENSATING or row["overdue_s"] is not None:
+                rows["stalled"].append(row)
+    totals = {f"{name}_total": len(found) for name, found in rows.items()}
+    return json_response({name: found[:most] for name, found in rows.items()} | totals)
+
+
+async def dlq(request: web.Request) -> web.Response:
+    ctx = request.app[OPS]
+    gid = request.query.get("gid") or None
+    reader = ctx.dead_letter_reader()
+    most = limit(request, 100, MAX_ROWS)
+    return json_response({"items": await ops.dead_letters(ctx.transport, gid, most, reader=reader)})
+
+
+async def dlq_one(request: web.Request) -> web.Response:
+    reader = request.app[OPS].dead_letter_reader()
+    await reader.refresh()
+    dead_id = request.match_info["id"]
     try:
-        body = await request.json()
-    except ValueError:
-        raise web.HTTPBadRequest(reason="the body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise web.HTTPBadRequest(reason="the body must be a JSON object")
-    return body
+        record = reader.get(dead_id)
+    except ValueError as exc:
+        return problem(400, str(exc))
+    if record is None:
+        return problem(404, f"no dead letter {dead_id}", "`choreo dlq list` shows their ids")
+    return json_response(describe(record, payload=True))
+
+
+async def dlq_replay(request: web.Request) -> web.Response:
+    ctx = request.app[OPS]
+    body = await json_body(request)
+    ids = body.get("ids")
+    if ids is None and isinstance(body.get("offsets"), list):
+        ids = [f"{body.get('partition')}:{offset}" for offset in body["offsets"]]
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+        return problem(400, 'give {"ids": ["2:17", ...]} or {"partition": 2, "offsets": [17]}')
+    try:
+        done = await ops.replay(ctx.transport, ids, reader=ctx.dead_letter_reader())
+    except ValueError as exc:
+        return problem(400, str(exc))
+    except LookupError as exc:
+        return problem(404, str(exc).strip("'\""), "`choreo dlq list` shows their ids")
+    return json_response({"replayed": done})
+
+
+ROUTES: tuple[tuple[str, str, Route], ...] = (
+    ("GET", "/sagas/{gid}/why", why),
+    ("POST", "/sagas/{gid}/commands", commands),
+    ("GET", "/stalled", stalled),
+    ("GET", "/dlq", dlq),
+    ("POST", "/dlq/replay", dlq_replay),
+    ("GET", "/dlq/{id}", dlq_one),
+)
