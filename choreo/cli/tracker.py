@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from choreo.cli.loading import load_object
 from choreo.errors import UsageError
 from choreo.saga.contract import SagaContract
+from choreo.tracker.view import StateView
+from choreo.transport.base import Transport
 from choreo.transport.kafka_config import security_from_env
 from choreo.urls import open_transport
 
@@ -103,50 +108,48 @@ def command(args: argparse.Namespace) -> int:
             "set --token",
             file=sys.stderr,
         )
+    api = StateApi(contracts, (host, port), args.token, groups)
     engine = args.engine or ("faust" if args.broker.startswith("kafka://") else "memory")
     if engine == "memory":
-        asyncio.run(
-            serve_memory(contracts, args.broker, host, port, args.token, args.group, groups)
-        )
-        return 0
-    if not args.broker.startswith("kafka://"):
-        raise UsageError(
-            f"the faust engine needs a kafka:// broker, not {args.broker!r}",
-            hint="pass --broker kafka://HOST:PORT or --engine memory",
-        )
-    try:
-        from choreo.tracker import faust_app
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("choreo.tracker.faust_app", "faust", "mode"):
-            raise
-        raise UsageError(
-            f"the faust engine is not available here ({exc})",
-            hint="install faust-streaming, or use --engine memory",
-        ) from exc
-    return int(
-        faust_app.run(
-            contracts,
-            broker=args.broker,
-            http=(host, port),
-            token=args.token,
-            app_id=args.app_id,
-            service_groups=groups,
-            security=security_from_env(os.environ),
-        )
+        asyncio.run(serve_memory(api, args.broker, args.group))
+        code = 0
+    else:
+        code = run_faust(api, args.broker, args.app_id)
+    print(
+        f"choreo: tracker {'stopped cleanly' if code == 0 else f'exited with {code}'}", flush=True
     )
+    return code
 
 
-async def serve_memory(
-    contracts: Sequence[SagaContract],
-    broker: str,
-    host: str,
-    port: int,
-    token: str | None,
-    group: str,
-    service_groups: Mapping[str, str] | None = None,
-) -> None:
-    from choreo.tracker.api import serve_api
-    from choreo.tracker.api_ops import OpsContext
+@dataclass(frozen=True)
+class StateApi:
+    """The state API both engines serve: the contracts, its address and token, and the
+    services' consumer groups (for ``why``)."""
+
+    contracts: Sequence[SagaContract]
+    http: tuple[str, int]
+    token: str | None
+    groups: Mapping[str, str]
+
+    @contextlib.asynccontextmanager
+    async def serving(
+        self, view: StateView, transport: Transport, engine: str
+    ) -> AsyncIterator[int]:
+        """Serve the API with its ops routes until the block exits; yields the port."""
+        from choreo.tracker.api import serve_api
+        from choreo.tracker.api_ops import OpsContext
+
+        host, port = self.http
+        ops = OpsContext(view, transport, list(self.contracts), dict(self.groups))
+        async with serve_api(view, host, port, self.token, ops) as bound:
+            shown = f"[{host}]" if ":" in host else host
+            names = ", ".join(c.name for c in self.contracts)
+            print(f"choreo: tracker {engine} following {names}; state API on "
+                  f"http://{shown}:{bound}", flush=True)  # fmt: skip
+            yield bound
+
+
+async def serve_memory(api: StateApi, broker: str, group: str) -> None:
     from choreo.tracker.memory import MemoryTracker
 
     stopping = asyncio.Event()
@@ -161,19 +164,68 @@ async def serve_memory(
         )
     security = security_from_env(os.environ)
     transport = open_transport(broker, security=security) if security else open_transport(broker)
-    tracker = MemoryTracker(contracts, broker=transport, group=group)
-    names = ", ".join(c.name for c in contracts)
-    async with transport, tracker.running():
-        assert tracker.transport is not None
-        ops = OpsContext(
-            tracker.view(), tracker.transport, list(contracts), dict(service_groups or {})
+    tracker = MemoryTracker(api.contracts, broker=transport, group=group)
+    async with (
+        transport,
+        tracker.running(),
+        api.serving(tracker.view(), transport, "(memory engine)"),
+    ):
+        await stopping.wait()
+
+
+def run_faust(api: StateApi, broker: str, app_id: str | None) -> int:
+    """Run the faust tracker in this process until SIGTERM or SIGINT; returns the exit code.
+
+    ``app_id`` is the faust app id: the consumer group and the changelog topic's prefix,
+    so two trackers with one id share (and split) the work. Unset, it is read from
+    ``CHOREO_TRACKER_ID`` (default ``choreo-tracker``); the data directory from
+    ``CHOREO_TRACKER_DATA_DIR`` and faust's log level from ``CHOREO_TRACKER_LOGLEVEL``.
+    """
+    if not broker.startswith("kafka://"):
+        raise UsageError(
+            f"the faust engine needs a kafka:// broker, not {broker!r}",
+            hint="pass --broker kafka://HOST:PORT or --engine memory",
         )
-        async with serve_api(tracker.view(), host, port, token, ops) as bound:
-            shown = f"[{host}]" if ":" in host else host
-            print(
-                f"choreo: tracker (memory engine) following {names}; "
-                f"state API on http://{shown}:{bound}",
-                flush=True,
-            )
-            await stopping.wait()
-    print("choreo: tracker stopped cleanly", flush=True)
+    try:
+        import faust
+
+        from choreo.tracker.faust_app import DEFAULT_APP_ID, FaustTracker
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("choreo.tracker.faust_app", "faust", "mode"):
+            raise
+        raise UsageError(
+            f"the faust engine is not available here ({exc})",
+            hint="install faust-streaming, or use --engine memory",
+        ) from exc
+    app_id = app_id or os.environ.get("CHOREO_TRACKER_ID") or DEFAULT_APP_ID
+    tracker = FaustTracker(
+        api.contracts,
+        broker=broker,
+        app_id=app_id,
+        data_dir=os.environ.get("CHOREO_TRACKER_DATA_DIR") or None,
+        security=security_from_env(os.environ),
+    )
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(tracker.prepare())
+    except BaseException:
+        loop.run_until_complete(tracker.transport.stop())
+        loop.close()
+        raise
+    app = tracker.build_app(loop)
+
+    async def serve(*_: Any) -> None:
+        tracker.rebuild()  # before the first tick, so the API never starts empty
+        async with api.serving(tracker.view(), tracker.transport, f"{app_id} (faust engine)"):
+            await asyncio.Event().wait()  # cancelled when the app stops
+
+    app.task(serve)
+    loglevel = os.environ.get("CHOREO_TRACKER_LOGLEVEL") or "warning"
+    worker = faust.Worker(app, loop=loop, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker.spinner = None  # no terminal animation in logs
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1 if exc.code else 0
+    return 0

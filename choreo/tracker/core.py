@@ -13,13 +13,7 @@ from dataclasses import dataclass, field
 
 from choreo import codec
 from choreo.errors import ConfigurationError
-from choreo.events import (
-    Envelope,
-    EventRegistry,
-    Message,
-    child_traceparent,
-    new_traceparent,
-)
+from choreo.events import Envelope, EventRegistry, Message
 from choreo.saga.contract import SagaContract
 from choreo.saga.machine import Transition, apply, on_deadline
 from choreo.saga.state import SagaState
@@ -101,22 +95,30 @@ class TrackerCore:
         return transition.state, self.records(transition, cause=None)
 
     def records(self, transition: Transition, cause: Envelope | None) -> list[OutgoingRecord]:
+        """The machine's actions as records: caused by ``cause`` (the event a fold
+        consumed) or, from a deadline, the tracker's own. They carry the state's saga
+        even when the cause's envelope named none."""
         state = transition.state
+        if cause is not None and cause.saga != state.saga:
+            cause = cause.evolve(saga=state.saga)
         out = []
         for action in transition.actions:
-            envelope = Envelope(
-                event_type=action.event.event_type,
-                gid=state.gid,
-                event_id=action.event_id,
-                saga=state.saga,
-                step=action.step,
-                op=action.op,
-                causation_id=cause.event_id if cause else "",
-                schema_version=action.event.schema_version,
-                traceparent=child_traceparent(cause.traceparent) if cause else new_traceparent(),
-                source=TRACKER_SOURCE,
-            )
-            out.append(codec.encode(Message(envelope, action.event, action.event.topic)))
+            event, event_id, step, op = action.event, action.event_id, action.step, action.op
+            if cause is not None:
+                envelope = cause.caused(
+                    event, event_id=event_id, step=step, op=op, source=TRACKER_SOURCE
+                )
+            else:
+                envelope = Envelope.own(
+                    event,
+                    gid=state.gid,
+                    saga=state.saga,
+                    event_id=event_id,
+                    source=TRACKER_SOURCE,
+                    step=step,
+                    op=op,
+                )
+            out.append(codec.encode(Message(envelope, event, event.topic)))
         return out
 
     def deadline_check(self, state: SagaState) -> OutgoingRecord:
@@ -128,14 +130,15 @@ class TrackerCore:
         them, so replaying the topic rebuilds the same state (invariant 10)."""
         contract = self.contracts.get(state.saga)
         topic = contract.start.topic if contract is not None else SYSTEM_TOPIC
-        envelope = Envelope(
-            event_type=DeadlineCheck.event_type,
+        check = DeadlineCheck(version=state.version)
+        envelope = Envelope.own(
+            check,
             gid=state.gid,
-            event_id=f"deadline:{state.gid}:{state.version}",
             saga=state.saga,
+            event_id=f"deadline:{state.gid}:{state.version}",
             source=TRACKER_SOURCE,
         )
-        return codec.encode(Message(envelope, DeadlineCheck(version=state.version), topic))
+        return codec.encode(Message(envelope, check, topic))
 
 
 @dataclass(order=True)

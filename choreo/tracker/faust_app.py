@@ -6,7 +6,8 @@ partitioner places a gid in the same partition number on each), so one worker ow
 a saga's records and its entry in the table ``sagas`` (gid -> ``SagaState`` JSON), whose
 compacted changelog topic is the durable copy of the states.
 
-Each record is handled in partition order, one at a time:
+Each record is handled in partition order, one at a time, by ``TrackerPipeline``
+(steps 1 to 4) over this shell's I/O:
 
 1. decode it; a poison record goes to ``choreo.dlq`` with its reason, an event type no
    contract knows is another app's business and is skipped;
@@ -26,7 +27,7 @@ not used.
 
 Deadlines: an in-memory ``DeadlineIndex`` (rebuilt from the table once a rebalance and
 its table recovery are over) says which sagas are due; a timer sends a ``DeadlineCheck``
-record per due saga to the system topic, and the agent fires the deadline when that
+record per due saga to its start event's topic, and the agent fires the deadline when that
 record comes back. Firing twice is harmless, so the timer needs no durable bookkeeping.
 """
 
@@ -35,31 +36,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import faust
+from aiokafka.errors import KafkaError
+from faust.exceptions import FaustError
 
 from choreo import codec
-from choreo.deadletter import DLQ_TOPIC, DeadLetter, dead_letter_record
-from choreo.errors import ConfigurationError, PoisonEvent, UnknownEventType
+from choreo.deadletter import DLQ_TOPIC
+from choreo.errors import ConfigurationError, TransportError
 from choreo.saga.contract import SagaContract
 from choreo.saga.state import SagaState
-from choreo.tracker.core import DeadlineIndex, TrackerCore
-from choreo.tracker.view import StatesView, TrackerMetrics
-from choreo.transport.base import OutgoingRecord, Record, TopicPartition
+from choreo.tracker.core import TrackerCore
+from choreo.tracker.pipeline import Stopping, TrackerPipeline
+from choreo.tracker.view import StatesView
+from choreo.transport.base import Record, TopicPartition
 from choreo.transport.kafka import KafkaTransport
 from choreo.transport.kafka_config import security_options
 from choreo.transport.partitioner import partition_for
-from choreo.worker import INFRASTRUCTURE_ERRORS
 
 log = logging.getLogger("choreo.tracker")
 
-SERVICE_NAME = "tracker"
 TABLE_NAME = "sagas"
 DEFAULT_APP_ID = "choreo-tracker"
 # The timer pops a deadline this much after it is due: the DeadlineCheck's timestamp (the
@@ -102,9 +103,20 @@ def to_record(message: Any) -> Record:
     )
 
 
+@contextlib.contextmanager
+def faust_errors(what: str) -> Iterator[None]:
+    """faust's own producer (the table's changelog) raises aiokafka's and faust's errors;
+    they mean the broker did not answer, which the rest of choreo calls TransportError."""
+    try:
+        yield
+    except (KafkaError, FaustError, OSError, TimeoutError) as exc:
+        raise TransportError(f"{what}: {exc}") from exc
+
+
 class FaustTracker:
-    """The tracker's shell: owns the faust app, the producer, the deadline index and a
-    parsed copy of the local table (what the state API and the index read)."""
+    """The tracker's shell: owns the faust app, the producer and the table; the pipeline
+    (``TrackerPipeline``) holds the deadline index and a parsed copy of the local table
+    (what the state API and the index read)."""
 
     def __init__(
         self,
@@ -112,30 +124,23 @@ class FaustTracker:
         *,
         broker: str,
         app_id: str = DEFAULT_APP_ID,
-        http: tuple[str, int] | None = ("127.0.0.1", 8088),
-        token: str | None = None,
         data_dir: Path | str | None = None,
         tick: float = 0.1,
         commit_interval: float = 1.0,
         replication_factor: int = 1,
         limits: codec.Limits | None = None,
-        service_groups: Mapping[str, str] | None = None,
         security: Mapping[str, Any] | None = None,
     ) -> None:
         """``security`` takes the same SASL/TLS options as ``KafkaTransport``; they reach
         both choreo's producer and faust's clients."""
         self.core = TrackerCore(contracts)
         self.security = dict(security or {})
-        self.service_groups = dict(service_groups or {})
         self.broker = broker
         self.app_id = app_id
-        self.http = http
-        self.token = token
         self.data_dir = Path(data_dir or Path(tempfile.gettempdir()) / "choreo-tracker")
         self.tick = tick
         self.commit_interval = commit_interval
         self.replication_factor = replication_factor
-        self.limits = limits or codec.Limits()
         self.transport = KafkaTransport(
             broker,
             client_id=app_id,
@@ -143,11 +148,16 @@ class FaustTracker:
             linger_ms=0,
             security=self.security,
         )
-        self.metrics = TrackerMetrics()
-        self.deadlines = DeadlineIndex()
-        self.states: dict[str, SagaState] = {}
+        self.pipeline = TrackerPipeline(
+            self.core,
+            send=self.transport.send_many,
+            clock=time.time,
+            load=self._load,
+            save=self._save,
+            limits=limits,
+        )
+        self.states = self.pipeline.states
         self.partitions = 0
-        self.processed = 0
         self._stale = True  # the index and ``states`` must be rebuilt from the table
         # After a rebalance: offsets the agent must read up to before deadlines fire, so
         # an answer already in the log is not beaten by a deadline check sent now.
@@ -212,19 +222,12 @@ class FaustTracker:
             # Manual acks: an event is acked only once its outputs and its new state are
             # durable, and never when the agent is cancelled half-way through it.
             async for event in stream.noack().events():
-                try:
-                    await self.handle(event)
-                except Exception as exc:  # a bug: keep the record, keep the agent
-                    record = to_record(event.message)
-                    log.exception("tracker failed on %s[%d]@%d", record.topic,
-                                  record.partition, record.offset)  # fmt: skip
-                    await self._dead_letter(record, "failed", f"{type(exc).__name__}: {exc}")
+                await self.handle(event)
                 await stream.ack(event)
 
         app.agent(topic, name=f"{self.app_id}.fold")(fold)
         app.timer(self.tick, name=f"{self.app_id}.deadlines")(self._on_tick)
-        if self.http is not None:
-            app.task(self._serve_api)
+        app.task(self._watch_stop)
         app.on_partitions_assigned.connect(self._on_assignment)
         app.on_partitions_revoked.connect(self._on_assignment)
         app.on_before_shutdown.connect(self._on_shutdown)
@@ -233,89 +236,42 @@ class FaustTracker:
 
     # -- stream processing -------------------------------------------------------------
     async def handle(self, event: Any) -> None:
-        """Fold one record; never raises (a poison record or a failing fold is
-        dead-lettered), retries the broker until its outputs and state are durable."""
+        """Fold one record (``TrackerPipeline.handle``) with the record's timestamp as
+        ``now``; returns once its outputs and state are durable. When the worker stops
+        first, the agent is cancelled without acking it, so it is read again."""
         record = to_record(event.message)
-        self.processed += 1
         self._read[record.tp] = record.offset + 1
-        try:
-            message = codec.decode(record, self.core.registry, self.limits)
-        except UnknownEventType:
-            return  # another app's event on a shared topic; its own consumers judge it
-        except PoisonEvent as exc:
-            await self._dead_letter(record, "poison", exc.reason)
-            return
-        key = message.gid.encode()
-        try:
-            before = self._load(key)
-        except ValueError as exc:
-            await self._dead_letter(record, "failed", f"stored state unreadable: {exc}")
-            return
-        if self.core.ignores(before, message):
-            return
         now = record.timestamp_ms / 1000 if record.timestamp_ms > 0 else time.time()
         try:
-            after, out = self.core.fold(before, message, now)
-        except Exception as exc:  # a bug in a fold must not stop every other saga
-            log.exception("tracker cannot fold %s[%d]@%d", record.topic, record.partition,
-                          record.offset)  # fmt: skip
-            await self._dead_letter(record, "failed", f"{type(exc).__name__}: {exc}")
-            return
-        await self._publish(out)
-        sent_at = time.time()
-        if after is not None and after is not before:
-            await self._store(key, after, record.partition)
-        if after is not None:
-            self.deadlines.track(after)
-        self.metrics.observe(before, after, out, sent_at)
+            await self.pipeline.handle(record, now)
+        except Stopping as exc:
+            raise asyncio.CancelledError(str(exc)) from None
 
-    def _load(self, key: bytes) -> SagaState | None:
-        raw = self._table.data.get(key)
+    def _load(self, gid: str) -> SagaState | None:
+        raw = self._table.data.get(gid.encode())
         if raw is None:
             return None
-        cached = self.states.get(key.decode())
+        cached = self.states.get(gid)
         return cached if cached is not None else SagaState.model_validate_json(raw)
 
-    async def _store(self, key: bytes, state: SagaState, partition: int) -> None:
+    async def _save(self, state: SagaState, record: Record) -> None:
         """The table's ``__setitem__`` without its fire-and-forget changelog send: the
         changelog record goes to the source record's partition and is awaited."""
+        key = state.gid.encode()
         value = codec.dumps(state.model_dump(mode="json"))
         self._table.data[key] = value
-        self.states[state.gid] = state
-        delay = 0.1
-        while True:
-            try:
-                await self._table.send_changelog(partition, key, value)
-                return
-            except Exception as exc:
-                log.warning("changelog write of %s failed, retrying in %.1fs: %s",
-                            state.gid, delay, exc)  # fmt: skip
-                delay = await self._pause(delay)
 
-    async def _publish(self, records: Sequence[OutgoingRecord]) -> None:
-        """Send or keep trying: the event must not be acked past unsent actions."""
-        delay = 0.1
-        while records:
-            try:
-                await self.transport.send_many(records)
-                return
-            except INFRASTRUCTURE_ERRORS as exc:
-                log.warning("tracker cannot publish, retrying in %.1fs: %s", delay, exc)
-                delay = await self._pause(delay)
+        async def send() -> None:
+            with faust_errors(f"changelog write of {state.gid}"):
+                await self._table.send_changelog(record.partition, key, value)
 
-    async def _pause(self, delay: float) -> float:
-        """Back off before a retry; when the worker is stopping, give up on the record
-        instead (cancelled, it is not acked, so it is read again after the restart)."""
-        if self._app is not None and self._app.should_stop:
-            raise asyncio.CancelledError("the worker is stopping")
-        await asyncio.sleep(delay)
-        return min(delay * 2, 5.0)
+        await self.pipeline.retry(send, f"the changelog write of {state.gid}")
 
-    async def _dead_letter(self, record: Record, kind: str, reason: str) -> None:
-        letter = DeadLetter(kind, reason, SERVICE_NAME)
-        log.warning("dead-lettering %s[%d]@%d: %s", record.topic, record.partition,
-                    record.offset, reason)  # fmt: skip
-        await self._publish([dead_letter_record(record, letter)])
+    async def _watch_stop(self, *_: Any) -> None:
+        """Tell the pipeline's retries when the worker stops (they give the record up)."""
+        stopping = self.pipeline.stopping = asyncio.Event()
+        await self._app.wait_until_stopped()
+        stopping.set()
 
     # -- deadlines -----------------------------------------------------------------------
     async def _on_assignment(self, *_: Any, **__: Any) -> None:
@@ -355,9 +311,9 @@ class FaustTracker:
             states[state.gid] = state
         self.states.clear()  # in place: the state API's view holds this dict
         self.states.update(states)
-        self.deadlines.rebuild(states.values())
+        self.pipeline.deadlines.rebuild(states.values())
         log.info("tracker owns partitions %s: %d sagas, %d with a deadline",
-                 sorted(owned), len(states), len(self.deadlines))  # fmt: skip
+                 sorted(owned), len(states), len(self.pipeline.deadlines))  # fmt: skip
 
     async def _measure_backlog(self) -> None:
         """What the agent has to read before deadlines may fire: each owned partition's
@@ -388,101 +344,18 @@ class FaustTracker:
             self.rebuild()
             try:
                 await self._measure_backlog()
-            except INFRASTRUCTURE_ERRORS as exc:
+            except TransportError as exc:
                 log.warning("cannot read the tracker's offsets, will retry: %s", exc)
                 self._stale = True
                 return
         if not self.caught_up():
             return
-        due = self.deadlines.pop_due(time.time() - _TIMESTAMP_SLACK)
-        checks = [
-            (state, self.core.deadline_check(state))
-            for gid, version in due
-            if (state := self.states.get(gid)) is not None and state.version == version
-        ]
-        if not checks:
-            return
-        try:
-            await self.transport.send_many([record for _state, record in checks])
-        except INFRASTRUCTURE_ERRORS as exc:
-            log.warning("cannot send %d deadline checks, will retry: %s", len(checks), exc)
-            for state, _record in checks:
-                self.deadlines.track(state)
+        await self.pipeline.send_due(time.time() - _TIMESTAMP_SLACK)
 
-    # -- the state API and shutdown --------------------------------------------------------
+    # -- the state API and shutdown ------------------------------------------------------
     def view(self) -> StatesView:
-        return StatesView(self.states, self.metrics)
-
-    async def _serve_api(self, *_: Any) -> None:
-        from choreo.tracker.api import serve_api
-        from choreo.tracker.api_ops import OpsContext
-
-        assert self.http is not None
-        host, port = self.http
-        self.rebuild()  # before the first tick, so the API never starts empty
-        contracts = list(self.core.contracts.values())
-        ops = OpsContext(self.view(), self.transport, contracts, self.service_groups)
-        async with serve_api(self.view(), host, port, self.token, ops) as bound:
-            shown = f"[{host}]" if ":" in host else host
-            print(f"choreo: tracker {self.app_id} (faust engine) following "
-                  f"{', '.join(self.core.contracts)}; state API on http://{shown}:{bound}",
-                  flush=True)  # fmt: skip
-            await asyncio.Event().wait()  # cancelled when the app stops
+        return StatesView(self.states, self.pipeline.metrics)
 
     async def _on_shutdown(self, *_: Any, **__: Any) -> None:
         with contextlib.suppress(Exception):
             await self.transport.stop()
-
-
-def run(
-    contracts: Sequence[SagaContract],
-    *,
-    broker: str,
-    http: tuple[str, int] | None = ("127.0.0.1", 8088),
-    token: str | None = None,
-    app_id: str | None = None,
-    data_dir: Path | str | None = None,
-    loglevel: str | None = None,
-    service_groups: Mapping[str, str] | None = None,
-    security: Mapping[str, Any] | None = None,
-) -> int:
-    """Run the tracker in this process until SIGTERM or SIGINT; returns the exit code.
-
-    ``app_id`` is the faust app id: the consumer group and the changelog topic's prefix,
-    so two trackers with one id share (and split) the work. Unset, it is read from
-    ``CHOREO_TRACKER_ID`` (default ``choreo-tracker``); ``data_dir`` from
-    ``CHOREO_TRACKER_DATA_DIR`` and ``loglevel`` from ``CHOREO_TRACKER_LOGLEVEL``.
-    """
-    app_id = app_id or os.environ.get("CHOREO_TRACKER_ID") or DEFAULT_APP_ID
-    data_dir = data_dir or os.environ.get("CHOREO_TRACKER_DATA_DIR") or None
-    loglevel = loglevel or os.environ.get("CHOREO_TRACKER_LOGLEVEL") or "warning"
-    tracker = FaustTracker(
-        contracts,
-        broker=broker,
-        app_id=app_id,
-        http=http,
-        token=token,
-        data_dir=data_dir,
-        service_groups=service_groups,
-        security=security,
-    )
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    try:
-        loop.run_until_complete(tracker.prepare())
-    except BaseException:
-        loop.run_until_complete(tracker.transport.stop())
-        loop.close()
-        raise
-    app = tracker.build_app(loop)
-    worker = faust.Worker(app, loop=loop, loglevel=loglevel, quiet=True, redirect_stdouts=False)
-    worker.spinner = None  # no terminal animation in logs
-    code = 0
-    try:
-        worker.execute_from_commandline()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1 if exc.code else 0
-    print(
-        f"choreo: tracker {'stopped cleanly' if code == 0 else f'exited with {code}'}", flush=True
-    )
-    return code

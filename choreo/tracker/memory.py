@@ -20,23 +20,22 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 
 from choreo import codec
-from choreo.deadletter import DLQ_TOPIC, DeadLetter, dead_letter_record
-from choreo.errors import PoisonEvent, UnknownEventType
+from choreo.deadletter import DLQ_TOPIC
 from choreo.events import EventRegistry
 from choreo.saga.contract import SagaContract
 from choreo.saga.state import SagaState
 from choreo.store.base import Store
-from choreo.tracker.core import DeadlineIndex, TrackerCore
-from choreo.tracker.view import StatesView, TrackerMetrics
-from choreo.transport.base import Consumer, OutgoingRecord, Record, TopicPartition, Transport
+from choreo.tracker.core import TRACKER_SOURCE, TrackerCore
+from choreo.tracker.pipeline import Stopping, TrackerPipeline
+from choreo.tracker.view import StatesView
+from choreo.transport.base import Consumer, OutgoingRecord, TopicPartition, Transport
 from choreo.urls import open_transport
-from choreo.worker import INFRASTRUCTURE_ERRORS
 
 log = logging.getLogger("choreo.tracker")
 
 
 class MemoryTracker:
-    name = "tracker"
+    name = TRACKER_SOURCE
 
     def __init__(
         self,
@@ -57,11 +56,12 @@ class MemoryTracker:
         self.tick = tick
         self.partitions = partitions
         self.dlq_topic = dlq_topic
-        self.limits = limits or codec.Limits()
-        self.deadlines = DeadlineIndex()
-        self.metrics = TrackerMetrics()
-        self.processed = 0
-        self._states: dict[str, SagaState] = {}
+        self.pipeline = TrackerPipeline(
+            self.core, send=self._send, clock=clock, dlq_topic=dlq_topic, limits=limits
+        )
+        self.deadlines = self.pipeline.deadlines
+        self.metrics = self.pipeline.metrics
+        self._states = self.pipeline.states
         self.transport: Transport | None = None  # while running, for the ops routes
 
     # -- the harness's Participant protocol and the API's read side ------------------
@@ -97,7 +97,7 @@ class MemoryTracker:
             if isinstance(broker, str)
             else broker
         )
-        stopping = asyncio.Event()
+        stopping = self.pipeline.stopping = asyncio.Event()
         async with contextlib.AsyncExitStack() as stack:
             if owns:
                 await stack.enter_async_context(transport)
@@ -105,13 +105,13 @@ class MemoryTracker:
             consumer = transport.consumer(self.group, self.subscribed_topics())
             await consumer.start()
             stack.push_async_callback(consumer.stop)
+            self.transport = transport
             tasks = [
-                asyncio.create_task(self._consume(transport, consumer, stopping)),
-                asyncio.create_task(self._timer(transport, stopping)),
+                asyncio.create_task(self._consume(consumer, stopping)),
+                asyncio.create_task(self._timer(stopping)),
             ]
             for task in tasks:
                 task.add_done_callback(_report_crash)
-            self.transport = transport
             try:
                 yield self
             finally:
@@ -119,69 +119,27 @@ class MemoryTracker:
                 await asyncio.gather(*tasks)
                 self.transport = None
 
-    async def _consume(
-        self, transport: Transport, consumer: Consumer, stopping: asyncio.Event
-    ) -> None:
+    async def _send(self, records: Sequence[OutgoingRecord]) -> None:
+        assert self.transport is not None, "the tracker is not running"
+        await self.transport.send_many(records)
+
+    async def _consume(self, consumer: Consumer, stopping: asyncio.Event) -> None:
         """Records are folded one at a time, in order: states are one dict, and a fold is
         cheap next to the sends it waits for."""
         while not stopping.is_set():
             batch = await consumer.getmany(timeout=0.1)
             offsets: dict[TopicPartition, int] = {}
-            for tp, records in batch.items():
-                for record in records:
-                    await self._process(transport, record)
-                    offsets[tp] = record.offset + 1
-                    self.processed += 1
+            with contextlib.suppress(Stopping):  # an unfinished record is read again
+                for tp, records in batch.items():
+                    for record in records:
+                        await self.pipeline.handle(record, self.clock())
+                        offsets[tp] = record.offset + 1
             if offsets:
                 await consumer.commit(offsets)
 
-    async def _process(self, transport: Transport, record: Record) -> None:
-        try:
-            message = codec.decode(record, self.core.registry, self.limits)
-        except UnknownEventType:
-            return  # another app's event on a shared topic; its consumers judge it
-        except PoisonEvent as exc:
-            letter = DeadLetter("poison", exc.reason, self.name)
-            await self._send(transport, [dead_letter_record(record, letter, self.dlq_topic)])
-            return
-        before = self._states.get(message.gid)
-        try:
-            after, out = self.core.fold(before, message, self.clock())
-        except Exception as exc:  # a bug in a fold must not stop every other saga
-            log.exception("tracker cannot fold %s[%d]@%d", record.topic, record.partition,
-                          record.offset)  # fmt: skip
-            letter = DeadLetter("failed", f"{type(exc).__name__}: {exc}", self.name)
-            await self._send(transport, [dead_letter_record(record, letter, self.dlq_topic)])
-            return
-        await self._send(transport, out)
-        if after is not None:
-            self._states[after.gid] = after
-            self.deadlines.track(after)
-        self.metrics.observe(before, after, out, self.clock())
-
-    async def _send(self, transport: Transport, records: Sequence[OutgoingRecord]) -> None:
-        """Send or keep trying: the offset must not be committed past unsent actions."""
-        delay = 0.1
-        while records:
-            try:
-                await transport.send_many(records)
-                return
-            except INFRASTRUCTURE_ERRORS as exc:
-                log.warning("tracker cannot publish, retrying in %.1fs: %s", delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
-    async def _timer(self, transport: Transport, stopping: asyncio.Event) -> None:
+    async def _timer(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
-            for gid, _version in self.deadlines.pop_due(self.clock()):
-                state = self._states.get(gid)
-                if state is None:
-                    continue
-                try:
-                    await transport.send(self.core.deadline_check(state))
-                except INFRASTRUCTURE_ERRORS as exc:
-                    log.warning("cannot send the deadline check of %s: %s", gid, exc)
-                    self.deadlines.track(state)
+            await self.pipeline.send_due(self.clock())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), self.tick)
 

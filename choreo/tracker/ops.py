@@ -178,8 +178,6 @@ async def command(
     if not actor.strip():
         raise ValueError("an admin command needs an actor (who asked for it)")
     event = AdminCommand.model_validate({"action": action, "actor": actor, "note": note})
-    envelope = Envelope(
-        event_type=AdminCommand.event_type, gid=gid, saga=saga, source=OPERATOR_SOURCE
-    )
+    envelope = Envelope.first(event, gid=gid, saga=saga, source=OPERATOR_SOURCE)
     await transport.send(codec.encode(Message(envelope, event, SYSTEM_TOPIC)))
     return envelope.event_id

@@ -1,0 +1,154 @@
+"""The tracker's pipeline, written once for every shell.
+
+A record goes: decode (an event type no contract knows is skipped, poison is
+dead-lettered) -> load the saga's state -> fold it (``TrackerCore``) -> publish the fold's
+records, retrying until they are acknowledged -> save the new state -> track its
+deadlines -> count it in the metrics. The deadline timer's step is here too: pop the due
+sagas, send their ``DeadlineCheck`` records, track them again when the send fails.
+
+The shells supply only I/O: how a record's outputs are sent, how a state is loaded and
+saved, the clock, and an event set when the process stops (a retry then gives the record
+up unacknowledged; it is read again after the restart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+from choreo import codec
+from choreo.deadletter import DLQ_TOPIC, DeadLetter, dead_letter_record
+from choreo.errors import PoisonEvent, TransportError, UnknownEventType
+from choreo.retry import INFRASTRUCTURE_RETRY, Backoff
+from choreo.saga.state import SagaState
+from choreo.tracker.core import TRACKER_SOURCE, DeadlineIndex, TrackerCore
+from choreo.tracker.view import TrackerMetrics
+from choreo.transport.base import OutgoingRecord, Record
+
+log = logging.getLogger("choreo.tracker")
+
+Send = Callable[[Sequence[OutgoingRecord]], Awaitable[object]]
+Load = Callable[[str], SagaState | None]
+Save = Callable[[SagaState, Record], Awaitable[None]]
+
+
+class Stopping(Exception):
+    """The process stops while a record's work is unfinished: the record is given up
+    without being acknowledged, so it is read again after the restart."""
+
+
+class TrackerPipeline:
+    """Folds records into ``states`` and sends what the folds and deadlines ask for.
+
+    ``send`` makes one attempt to send records and raises ``TransportError`` when the
+    broker does not answer. ``load`` reads a saga's state (``ValueError``: unreadable);
+    by default it is ``states``, the parsed states. ``save`` makes a new state durable
+    once it is in ``states`` (by default there is nothing more to do). ``clock`` is the
+    time the metrics see outputs acknowledged at.
+    """
+
+    def __init__(
+        self,
+        core: TrackerCore,
+        *,
+        send: Send,
+        clock: Callable[[], float],
+        load: Load | None = None,
+        save: Save | None = None,
+        dlq_topic: str = DLQ_TOPIC,
+        limits: codec.Limits | None = None,
+    ) -> None:
+        self.core = core
+        self.states: dict[str, SagaState] = {}
+        self.deadlines = DeadlineIndex()
+        self.metrics = TrackerMetrics()
+        self.processed = 0
+        self.stopping: asyncio.Event | None = None  # set by the shell while it runs
+        self.clock = clock
+        self.dlq_topic = dlq_topic
+        self.limits = limits or codec.Limits()
+        self._send = send
+        self._load = load or self.states.get
+        self._save = save
+
+    async def handle(self, record: Record, now: float) -> None:
+        """Fold one record at time ``now``. Raises only ``Stopping``: a poison record,
+        an unreadable state or a failing fold is dead-lettered with its reason."""
+        self.processed += 1
+        try:
+            await self._fold(record, now)
+        except Stopping:
+            raise
+        except Exception as exc:  # a bug must not stop every other saga
+            log.exception("tracker cannot handle %s[%d]@%d", record.topic, record.partition,
+                          record.offset)  # fmt: skip
+            await self.dead_letter(record, "failed", f"{type(exc).__name__}: {exc}")
+
+    async def _fold(self, record: Record, now: float) -> None:
+        try:
+            message = codec.decode(record, self.core.registry, self.limits)
+        except UnknownEventType:
+            return  # another app's event on a shared topic; its own consumers judge it
+        except PoisonEvent as exc:
+            await self.dead_letter(record, "poison", exc.reason)
+            return
+        try:
+            before = self._load(message.gid)
+        except ValueError as exc:
+            await self.dead_letter(record, "failed", f"stored state unreadable: {exc}")
+            return
+        if self.core.ignores(before, message):
+            return
+        after, out = self.core.fold(before, message, now)
+        await self.publish(out)
+        sent_at = self.clock()
+        if after is not None and after is not before:
+            self.states[after.gid] = after
+            if self._save is not None:
+                await self._save(after, record)
+        if after is not None:
+            self.deadlines.track(after)
+        self.metrics.observe(before, after, out, sent_at)
+
+    async def dead_letter(self, record: Record, kind: str, reason: str) -> None:
+        log.warning("dead-lettering %s[%d]@%d: %s", record.topic, record.partition,
+                    record.offset, reason)  # fmt: skip
+        letter = DeadLetter(kind, reason, TRACKER_SOURCE)
+        await self.publish([dead_letter_record(record, letter, self.dlq_topic)])
+
+    async def publish(self, records: Sequence[OutgoingRecord]) -> None:
+        """Send or keep trying: a record must not be acknowledged past unsent outputs."""
+        if records:
+            await self.retry(lambda: self._send(records), f"publishing {len(records)} records")
+
+    async def retry(self, attempt: Callable[[], Awaitable[object]], what: str) -> None:
+        """Run ``attempt`` until it does not raise ``TransportError``, backing off between
+        tries; ``Stopping`` when the process stops first."""
+        backoff = Backoff(INFRASTRUCTURE_RETRY, self.stopping)
+        while True:
+            try:
+                await attempt()
+                return
+            except TransportError as exc:
+                log.warning("tracker: %s failed, will retry: %s", what, exc)
+            if not await backoff.wait():
+                raise Stopping(f"stopping before {what} succeeded")
+
+    async def send_due(self, now: float) -> None:
+        """Send a ``DeadlineCheck`` for each saga due at ``now``; the state changes when
+        the check comes back through the log. Checks that cannot be sent are tracked
+        again, so a later tick retries them (a repeat is harmless)."""
+        checks = [
+            (state, self.core.deadline_check(state))
+            for gid, version in self.deadlines.pop_due(now)
+            if (state := self.states.get(gid)) is not None and state.version == version
+        ]
+        if not checks:
+            return
+        try:
+            await self._send([record for _state, record in checks])
+        except TransportError as exc:
+            log.warning("cannot send %d deadline checks, will retry: %s", len(checks), exc)
+            for state, _record in checks:
+                self.deadlines.track(state)
