@@ -10,7 +10,7 @@ from choreo.events import Envelope, Event
 from choreo.store.base import Store, Transaction
 
 
-@dataclass
+@dataclass(slots=True)
 class Context:
     """Per-delivery context, passed to handlers that declare a ``Context`` parameter.
 
@@ -22,9 +22,16 @@ class Context:
     envelope: Envelope
     step: str
     store: Store
-    logger: logging.LoggerAdapter[logging.Logger]
+    service_logger: logging.Logger
     tx: Transaction = field(default_factory=Transaction)
     outbox: list[Event] = field(default_factory=list)
+
+    @property
+    def logger(self) -> logging.LoggerAdapter[logging.Logger]:
+        """The service's logger with gid, step and event id as ``extra`` (made on use:
+        most handlers never log)."""
+        extra = {"gid": self.envelope.gid, "step": self.step, "event_id": self.envelope.event_id}
+        return logging.LoggerAdapter(self.service_logger, extra)
 
     @property
     def gid(self) -> str:

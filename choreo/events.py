@@ -12,12 +12,13 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from choreo.errors import ConfigurationError
+from choreo.values import value_type
 
 Op = Literal["action", "compensate", ""]
 Outcome = Literal["done", "failed", "skipped", ""]
@@ -95,7 +96,7 @@ def child_traceparent(parent: str) -> str:
     return f"{parent[:36]}{os.urandom(8).hex()}{parent[52:]}"
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class Envelope:
     """Everything about an event except its payload."""
 
@@ -146,18 +147,21 @@ class Envelope:
         """The envelope of ``event``, published because of the event this envelope
         belongs to: same gid and saga, causation = this event, a child span of its trace.
         ``event_id`` is deterministic (see ``derived_event_id``), so a re-run repeats it."""
+        # Positional: this runs for every event a handler emits.
         return Envelope(
-            event_type=event.event_type,
-            gid=self.gid,
-            event_id=event_id,
-            saga=self.saga,
-            step=step,
-            op=op,
-            outcome=outcome,
-            causation_id=self.event_id,
-            schema_version=event.schema_version,
-            traceparent=child_traceparent(self.traceparent),
-            source=source,
+            event.event_type,
+            self.gid,
+            event_id,
+            self.saga,
+            step,
+            op,
+            outcome,
+            self.event_id,
+            time.time(),
+            event.schema_version,
+            child_traceparent(self.traceparent),
+            1,
+            source,
         )
 
     @classmethod
@@ -186,7 +190,7 @@ class Envelope:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class Message:
     """An event with its envelope, ready to publish or just received."""
 

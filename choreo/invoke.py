@@ -63,10 +63,7 @@ class Invoker:
             envelope = message.envelope
             if envelope.attempt != attempt:
                 envelope = envelope.evolve(attempt=attempt)
-            extra = {"gid": envelope.gid, "step": route.step, "event_id": envelope.event_id}
-            ctx = Context(
-                envelope, route.step, self.store, logging.LoggerAdapter(self.logger, extra)
-            )
+            ctx = Context(envelope, route.step, self.store, self.logger)
             try:
                 if self.hooks:
                     await self.hooks.before_handle(message, handler)

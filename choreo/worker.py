@@ -5,7 +5,8 @@ The poll loop only fetches and commits. Records go to a lane per partition, whos
 hands them to the dispatcher in batches (Kafka Streams' shape: process what a poll
 returned, flush the producer, then commit). A slow handler holds back its own partition
 and nothing else; a lane that falls behind has its partition paused until it catches up,
-so memory stays bounded.
+so memory stays bounded, and resumed while its last batch is handled, so the next
+records are fetched meanwhile.
 """
 
 from __future__ import annotations
@@ -98,7 +99,6 @@ class Worker:
                 for tp, records in batch.items():
                     if records:
                         self._feed(tp, records)
-                self._flow_control()
                 if time.monotonic() - self._last_commit >= self.commit_interval:
                     await self._commit()
         finally:
@@ -111,22 +111,13 @@ class Worker:
         if lane is None:
             lane = self._lanes[tp] = _Lane(tp)
         lane.feed(records)
+        if len(lane.buffer) >= 2 * self.batch_size and tp not in self._paused:
+            assert self.consumer is not None
+            self.consumer.pause([tp])
+            self._paused.add(tp)
         if lane.task is None or lane.task.done():
             lane.task = asyncio.create_task(self._drive(lane), name=f"{self.group}:{tp}")
             lane.task.add_done_callback(self._lane_ended)
-
-    def _flow_control(self) -> None:
-        assert self.consumer is not None
-        full = [tp for tp, lane in self._lanes.items() if len(lane.buffer) >= 2 * self.batch_size]
-        caught_up = [
-            tp for tp in self._paused if len(self._lanes[tp].buffer) < self.batch_size
-        ] if self._paused else []  # fmt: skip
-        if full:
-            self.consumer.pause(full)
-            self._paused.update(full)
-        if caught_up:
-            self.consumer.resume(caught_up)
-            self._paused.difference_update(caught_up)
 
     async def _drive(self, lane: _Lane) -> None:
         assert self.consumer is not None
@@ -135,6 +126,10 @@ class Worker:
                 lane.buffer.clear()  # taken away by a rebalance; the new owner reads it
                 return
             batch = lane.take(self.batch_size)
+            if lane.tp in self._paused and len(lane.buffer) < self.batch_size:
+                # Fetch the next records while this batch is handled.
+                self.consumer.resume([lane.tp])
+                self._paused.discard(lane.tp)
             if not await self._handle(lane, batch):
                 lane.buffer.clear()  # given up while stopping: redelivered after restart
                 return

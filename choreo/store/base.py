@@ -23,13 +23,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from choreo.values import value_type
+
 BarrierOp = Literal["action", "compensate"]
 Status = Literal["done", "failed"]
 
 DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class BarrierKey:
     gid: str
     step: str
@@ -76,14 +78,14 @@ class Decision(enum.Enum):
     # no integer, a number out of range); nothing was written, ``detail`` says why
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class BarrierResult:
     decision: Decision
     outputs: bytes = b""
     detail: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class Commit:
     """One barrier commit, as the dispatcher asks for it (see ``Store.commit_many``)."""
 

@@ -11,6 +11,8 @@ import abc
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from choreo.values import value_type
+
 Headers = tuple[tuple[str, bytes], ...]
 
 
@@ -23,7 +25,7 @@ class TopicPartition:
         return f"{self.topic}[{self.partition}]"
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class Record:
     """One record as read from a partition."""
 
@@ -46,7 +48,7 @@ class Record:
         return None
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class OutgoingRecord:
     topic: str
     key: bytes | None
@@ -54,7 +56,7 @@ class OutgoingRecord:
     headers: Headers = field(default=())
 
 
-@dataclass(frozen=True, slots=True)
+@value_type
 class Delivered:
     """The broker's acknowledgement of a send."""
 

@@ -45,7 +45,7 @@ class MemoryBroker:
         self.default_partitions = default_partitions
         self._logs: dict[str, list[list[Record]]] = {}
         self._groups: dict[str, _Group] = {}
-        self._changed = asyncio.Condition()
+        self._changed = asyncio.Event()
         self._counter = itertools.count()
 
     # -- topics ---------------------------------------------------------------
@@ -72,6 +72,17 @@ class MemoryBroker:
         return self._logs[tp.topic][tp.partition][offset : offset + limit]
 
     async def append(self, out: OutgoingRecord) -> Delivered:
+        delivered = self._append(out)
+        self.wake()
+        return delivered
+
+    async def append_many(self, records: Sequence[OutgoingRecord]) -> list[Delivered]:
+        delivered = [self._append(out) for out in records]
+        if delivered:
+            self.wake()
+        return delivered
+
+    def _append(self, out: OutgoingRecord) -> Delivered:
         self.create_topic(out.topic)
         logs = self._logs[out.topic]
         partition = partition_for(out.key, len(logs), next(self._counter))
@@ -87,17 +98,20 @@ class MemoryBroker:
                 timestamp_ms=int(time.time() * 1000),
             )
         )
-        await self.notify()
         return Delivered(out.topic, partition, offset)
 
+    def wake(self) -> None:
+        """Wake every consumer waiting for records (a new event each round, so a waiter
+        never sees a stale 'set')."""
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
     async def notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+        self.wake()
 
     async def wait_changed(self, timeout: float) -> None:
-        async with self._changed:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), timeout)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout)
 
     # -- groups ---------------------------------------------------------------
     def group(self, name: str) -> _Group:
@@ -219,6 +233,7 @@ class MemoryConsumer(Consumer):
 
     def resume(self, tps: Sequence[TopicPartition]) -> None:
         self._paused.difference_update(tps)
+        self.broker.wake()  # a poll waiting meanwhile may now have records
 
     def assignment(self) -> frozenset[TopicPartition]:
         return frozenset(self._positions)
@@ -247,6 +262,9 @@ class MemoryTransport(Transport):
 
     async def send(self, record: OutgoingRecord) -> Delivered:
         return await self.broker.append(record)
+
+    async def send_many(self, records: Sequence[OutgoingRecord]) -> list[Delivered]:
+        return await self.broker.append_many(records)
 
     def consumer(
         self, group: str, topics: Sequence[str], *, on_revoke: RevokeCallback | None = None

@@ -3,7 +3,11 @@ gid in the same partition number the Java and aiokafka clients would."""
 
 from __future__ import annotations
 
+import functools
 
+
+# Sagas send several records per gid; the pure-Python hash is worth remembering.
+@functools.lru_cache(maxsize=65_536)
 def murmur2(data: bytes) -> int:
     length = len(data)
     seed = 0x9747B28C
