@@ -1,4 +1,5 @@
-"""The Kafka transport, on aiokafka. The only module of the package that imports aiokafka.
+"""The Kafka transport, on aiokafka. With ``kafka_consumer.py`` and ``kafka_common.py``,
+the only modules of the package that import aiokafka.
 
 aiokafka's defaults are wrong for at-least-once processing (acks=1, no idempotence,
 auto-commit on, offset reset "latest", read_uncommitted), so every client is built here
@@ -8,22 +9,13 @@ with the settings choreo relies on written out explicitly.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import (
-    CommitFailedError,
-    ConsumerStoppedError,
-    IllegalStateError,
-    KafkaError,
-    TopicAlreadyExistsError,
-    for_code,
-)
+from aiokafka.errors import TopicAlreadyExistsError, for_code
 from aiokafka.structs import TopicPartition as KafkaTopicPartition
 
 from choreo.errors import ConfigurationError, TransportError
@@ -31,38 +23,15 @@ from choreo.transport.base import (
     Consumer,
     Delivered,
     OutgoingRecord,
-    Record,
     RevokeCallback,
     TopicPartition,
     Transport,
 )
+from choreo.transport.kafka_common import TRANSIENT, quietly
 from choreo.transport.kafka_config import parse_kafka_url, security_options
+from choreo.transport.kafka_consumer import KafkaConsumer
 
-logger = logging.getLogger(__name__)
-
-#: Errors of the network or the broker; anything else (TypeError...) is a bug, not retried.
-_TRANSIENT: tuple[type[BaseException], ...] = (KafkaError, OSError, TimeoutError)
-
-
-def _to_kafka(tp: TopicPartition) -> Any:
-    return KafkaTopicPartition(tp.topic, tp.partition)
-
-
-def _from_kafka(tp: Any) -> TopicPartition:
-    return TopicPartition(str(tp.topic), int(tp.partition))
-
-
-def _to_record(message: Any) -> Record:
-    headers = tuple((str(key), bytes(value or b"")) for key, value in (message.headers or ()))
-    return Record(
-        topic=message.topic,
-        partition=message.partition,
-        offset=message.offset,
-        key=message.key,
-        value=message.value if message.value is not None else b"",
-        headers=headers,
-        timestamp_ms=int(message.timestamp or 0),
-    )
+__all__ = ["KafkaConsumer", "KafkaTransport"]
 
 
 class KafkaTransport(Transport):
@@ -181,15 +150,15 @@ class KafkaTransport(Transport):
         try:
             await producer.start()
             await admin.start()
-        except _TRANSIENT as exc:
-            await _quietly(producer.stop())
-            await _quietly(admin.close())
+        except TRANSIENT as exc:
+            await quietly(producer.stop())
+            await quietly(admin.close())
             raise TransportError(
                 f"cannot connect to Kafka at {','.join(self.bootstrap_servers)}: {exc}"
             ) from exc
         except BaseException:
-            await _quietly(producer.stop())
-            await _quietly(admin.close())
+            await quietly(producer.stop())
+            await quietly(admin.close())
             raise
         self._producer, self._admin = producer, admin
 
@@ -197,7 +166,7 @@ class KafkaTransport(Transport):
         producer, admin, reader = self._producer, self._admin, self._offsets_reader
         self._producer = self._admin = self._offsets_reader = None
         if reader is not None:
-            await _quietly(reader.stop())
+            await quietly(reader.stop())
         try:
             if producer is not None:
                 await producer.stop()
@@ -215,7 +184,7 @@ class KafkaTransport(Transport):
         admin = self._require(self._admin, "admin client")
         try:
             offsets = await admin.list_consumer_group_offsets(group)
-        except _TRANSIENT as exc:
+        except TRANSIENT as exc:
             raise TransportError(f"cannot read offsets of group {group!r}: {exc}") from exc
         return {
             TopicPartition(tp.topic, tp.partition): meta.offset
@@ -231,15 +200,15 @@ class KafkaTransport(Transport):
                                          "enable_auto_commit": False})  # fmt: skip
             try:
                 await reader.start()
-            except _TRANSIENT as exc:
-                await _quietly(reader.stop())
+            except TRANSIENT as exc:
+                await quietly(reader.stop())
                 raise TransportError(f"cannot read end offsets: {exc}") from exc
             self._offsets_reader = reader
         try:
             ends = await self._offsets_reader.end_offsets(
                 [KafkaTopicPartition(tp.topic, tp.partition) for tp in tps]
             )
-        except _TRANSIENT as exc:
+        except TRANSIENT as exc:
             raise TransportError(f"cannot read end offsets: {exc}") from exc
         return {TopicPartition(tp.topic, tp.partition): offset for tp, offset in ends.items()}
 
@@ -250,7 +219,7 @@ class KafkaTransport(Transport):
         admin = self._require(self._admin, "admin client")
         try:
             described = await admin.describe_topics()
-        except _TRANSIENT as exc:
+        except TRANSIENT as exc:
             raise TransportError(f"cannot read Kafka topic metadata: {exc}") from exc
         counts: dict[str, int] = {}
         for topic in described:
@@ -275,7 +244,7 @@ class KafkaTransport(Transport):
                 new = [NewTopic(topic, count, self.replication_factor) for topic in missing]
                 try:
                     response = await admin.create_topics(new)
-                except _TRANSIENT as exc:
+                except TRANSIENT as exc:
                     raise TransportError(f"cannot create Kafka topics {missing}: {exc}") from exc
                 for error in response.topic_errors:
                     topic, code = error[0], error[1]
@@ -338,14 +307,14 @@ class KafkaTransport(Transport):
                         headers=list(record.headers) or None,
                     )
                 )
-        except _TRANSIENT as exc:
+        except TRANSIENT as exc:
             await asyncio.gather(*futures, return_exceptions=True)
             raise TransportError(f"Kafka send failed: {exc}") from exc
         results = await asyncio.gather(*futures, return_exceptions=True)
         delivered: list[Delivered] = []
         for result in results:
             if isinstance(result, BaseException):
-                if isinstance(result, _TRANSIENT):
+                if isinstance(result, TRANSIENT):
                     raise TransportError(f"Kafka send failed: {result}") from result
                 raise result
             delivered.append(Delivered(result.topic, result.partition, result.offset))
@@ -355,166 +324,10 @@ class KafkaTransport(Transport):
     def consumer(
         self, group: str, topics: Sequence[str], *, on_revoke: RevokeCallback | None = None
     ) -> Consumer:
-        return KafkaConsumer(self, group, topics, on_revoke=on_revoke)
-
-
-class _RevokeListener(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Awaits the caller's hook before a rebalance takes partitions away. aiokafka runs it
-    while the member still owns them, so commits made in the hook succeed."""
-
-    def __init__(self, consumer: KafkaConsumer, on_revoke: RevokeCallback | None) -> None:
-        self._consumer = consumer
-        self._on_revoke = on_revoke
-
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        lost = frozenset(_from_kafka(tp) for tp in revoked)
-        logger.debug("group %s: revoking %s", self._consumer.group, sorted(lost))
-        if self._on_revoke is not None and lost:
-            await self._on_revoke(lost)
-
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        logger.debug(
-            "group %s: assigned %s",
-            self._consumer.group,
-            sorted(_from_kafka(tp) for tp in assigned),
+        return KafkaConsumer(
+            self.consumer_kwargs(group),
+            self._ensure_known,
+            group,
+            topics,
+            on_revoke=on_revoke,
         )
-
-
-class KafkaConsumer(Consumer):
-    """A member of a Kafka consumer group (aiokafka, explicit commits only)."""
-
-    def __init__(
-        self,
-        transport: KafkaTransport,
-        group: str,
-        topics: Sequence[str],
-        *,
-        on_revoke: RevokeCallback | None = None,
-    ) -> None:
-        self.transport = transport
-        self.group = group
-        self.topics = tuple(dict.fromkeys(topics))
-        self.on_revoke = on_revoke
-        self._consumer: Any = None
-
-    async def start(self) -> None:
-        if self._consumer is not None:
-            return
-        # Like the memory broker: subscribing creates missing topics (with our partition
-        # count, not the broker's num.partitions).
-        await self.transport._ensure_known(self.topics)
-        consumer = AIOKafkaConsumer(**self.transport.consumer_kwargs(self.group))
-        consumer.subscribe(list(self.topics), listener=_RevokeListener(self, self.on_revoke))
-        try:
-            await consumer.start()
-        except _TRANSIENT as exc:
-            await _quietly(consumer.stop())
-            raise TransportError(f"consumer of group {self.group!r} cannot start: {exc}") from exc
-        except BaseException:
-            await _quietly(consumer.stop())
-            raise
-        self._consumer = consumer
-
-    async def stop(self) -> None:
-        """Leave the group without committing (auto-commit is off)."""
-        consumer, self._consumer = self._consumer, None
-        if consumer is not None:
-            await consumer.stop()
-
-    def _require(self) -> Any:
-        if self._consumer is None:
-            raise TransportError("consumer is not started")
-        return self._consumer
-
-    async def getmany(
-        self, timeout: float = 0.2, max_records: int = 500
-    ) -> Mapping[TopicPartition, Sequence[Record]]:
-        consumer = self._require()
-        try:
-            batch = await consumer.getmany(
-                timeout_ms=max(0, int(timeout * 1000)), max_records=max_records
-            )
-        except ConsumerStoppedError as exc:
-            raise TransportError("consumer is not started") from exc
-        except _TRANSIENT as exc:
-            raise TransportError(f"Kafka fetch failed: {exc}") from exc
-        return {
-            _from_kafka(tp): [_to_record(message) for message in messages]
-            for tp, messages in batch.items()
-            if messages
-        }
-
-    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
-        """Commit ``next offset to read`` per partition. Partitions this member no longer
-        owns are skipped, and a commit refused because the group rebalanced meanwhile is
-        logged, not raised: the new owner reads those records again (at-least-once)."""
-        consumer = self._require()
-        owned = self.assignment()
-        mine = {_to_kafka(tp): offset for tp, offset in offsets.items() if tp in owned}
-        lost = sorted(tp for tp in offsets if tp not in owned)
-        if lost:
-            logger.warning(
-                "group %s: not committing %s, no longer assigned (they will be redelivered)",
-                self.group,
-                ", ".join(map(str, lost)),
-            )
-        if not mine:
-            return
-        try:
-            await consumer.commit(mine)
-        except (CommitFailedError, IllegalStateError) as exc:
-            logger.warning(
-                "group %s: commit of %s failed after a rebalance (records will be "
-                "redelivered to the new owner): %s",
-                self.group,
-                ", ".join(str(_from_kafka(tp)) for tp in mine),
-                exc,
-            )
-        except _TRANSIENT as exc:
-            raise TransportError(f"Kafka commit failed: {exc}") from exc
-
-    def pause(self, tps: Sequence[TopicPartition]) -> None:
-        self._flow(tps, pause=True)
-
-    def resume(self, tps: Sequence[TopicPartition]) -> None:
-        self._flow(tps, pause=False)
-
-    def _flow(self, tps: Sequence[TopicPartition], *, pause: bool) -> None:
-        if self._consumer is None:
-            return
-        # aiokafka refuses partitions it no longer owns; a rebalance clears pauses anyway.
-        owned = self._consumer.assignment()
-        mine = [kt for kt in map(_to_kafka, tps) if kt in owned]
-        if mine:
-            (self._consumer.pause if pause else self._consumer.resume)(*mine)
-
-    def assignment(self) -> frozenset[TopicPartition]:
-        if self._consumer is None:
-            return frozenset()
-        return frozenset(_from_kafka(tp) for tp in self._consumer.assignment())
-
-    async def committed(self, tp: TopicPartition) -> int | None:
-        consumer = self._require()
-        try:
-            offset = await consumer.committed(_to_kafka(tp))
-        except _TRANSIENT as exc:
-            raise TransportError(f"cannot read committed offset of {tp}: {exc}") from exc
-        return None if offset is None else int(offset)
-
-    async def end_offsets(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
-        if not tps:
-            return {}
-        consumer = self._require()
-        try:
-            offsets = await consumer.end_offsets([_to_kafka(tp) for tp in tps])
-        except _TRANSIENT as exc:
-            raise TransportError(f"cannot read end offsets: {exc}") from exc
-        return {_from_kafka(tp): int(offset) for tp, offset in offsets.items()}
-
-
-async def _quietly(closing: Any) -> None:
-    """Await a client's stop/close during cleanup, logging instead of masking the cause."""
-    try:
-        await closing
-    except Exception:
-        logger.debug("error while closing a Kafka client", exc_info=True)

@@ -1,0 +1,46 @@
+"""What the Kafka transport's modules share: error classes, conversions, quiet closing.
+With ``kafka.py`` and ``kafka_consumer.py``, the only modules that import aiokafka."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiokafka.errors import KafkaError
+from aiokafka.structs import TopicPartition as KafkaTopicPartition
+
+from choreo.transport.base import Record, TopicPartition
+
+logger = logging.getLogger("choreo.transport.kafka")
+
+#: Errors of the network or the broker; anything else (TypeError...) is a bug, not retried.
+TRANSIENT: tuple[type[BaseException], ...] = (KafkaError, OSError, TimeoutError)
+
+
+def to_kafka(tp: TopicPartition) -> Any:
+    return KafkaTopicPartition(tp.topic, tp.partition)
+
+
+def from_kafka(tp: Any) -> TopicPartition:
+    return TopicPartition(str(tp.topic), int(tp.partition))
+
+
+def to_record(message: Any) -> Record:
+    headers = tuple((str(key), bytes(value or b"")) for key, value in (message.headers or ()))
+    return Record(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key,
+        value=message.value if message.value is not None else b"",
+        headers=headers,
+        timestamp_ms=int(message.timestamp or 0),
+    )
+
+
+async def quietly(closing: Any) -> None:
+    """Await a client's stop/close during cleanup, logging instead of masking the cause."""
+    try:
+        await closing
+    except Exception:
+        logger.debug("error while closing a Kafka client", exc_info=True)
