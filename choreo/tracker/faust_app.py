@@ -38,13 +38,11 @@ import contextlib
 import logging
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import faust
-from aiokafka.errors import KafkaError
-from faust.exceptions import FaustError
 
 from choreo import codec
 from choreo.deadletter import DLQ_TOPIC
@@ -52,11 +50,11 @@ from choreo.errors import ConfigurationError, TransportError
 from choreo.saga.contract import SagaContract
 from choreo.saga.state import SagaState
 from choreo.tracker.core import TrackerCore
+from choreo.tracker.faust_io import faust_credentials, faust_errors, to_record
 from choreo.tracker.pipeline import Stopping, TrackerPipeline
 from choreo.tracker.view import StatesView
 from choreo.transport.base import Record, TopicPartition
 from choreo.transport.kafka import KafkaTransport
-from choreo.transport.kafka_config import security_options
 from choreo.transport.partitioner import partition_for
 
 log = logging.getLogger("choreo.tracker")
@@ -68,49 +66,6 @@ DEFAULT_APP_ID = "choreo-tracker"
 _TIMESTAMP_SLACK = 0.002
 # The longest deadlines wait, after a rebalance, for the agent to read the backlog.
 _BACKLOG_WAIT = 30.0
-
-
-def faust_credentials(security: Mapping[str, Any]) -> Any:
-    """faust's spelling of choreo's ``security`` options (None: plaintext)."""
-    options = security_options(security)
-    context = options.get("ssl_context")
-    if options.get("sasl_mechanism"):
-        return faust.SASLCredentials(
-            username=options.get("sasl_plain_username"),
-            password=options.get("sasl_plain_password"),
-            mechanism=options["sasl_mechanism"],
-            ssl_context=context,
-        )
-    if context is not None:
-        return faust.SSLCredentials(context)
-    return None
-
-
-def to_record(message: Any) -> Record:
-    """A faust ``ConsumerMessage`` (raw key and value) as a choreo ``Record``."""
-    headers = message.headers or ()
-    if isinstance(headers, dict):
-        headers = headers.items()
-    timestamp = message.timestamp
-    return Record(
-        topic=str(message.topic),
-        partition=int(message.partition),
-        offset=int(message.offset),
-        key=message.key,
-        value=message.value if message.value is not None else b"",
-        headers=tuple((str(k), bytes(v or b"")) for k, v in headers),
-        timestamp_ms=round(timestamp * 1000) if timestamp and timestamp > 0 else 0,
-    )
-
-
-@contextlib.contextmanager
-def faust_errors(what: str) -> Iterator[None]:
-    """faust's own producer (the table's changelog) raises aiokafka's and faust's errors;
-    they mean the broker did not answer, which the rest of choreo calls TransportError."""
-    try:
-        yield
-    except (KafkaError, FaustError, OSError, TimeoutError) as exc:
-        raise TransportError(f"{what}: {exc}") from exc
 
 
 class FaustTracker:
