@@ -26,7 +26,8 @@ class RetryPolicy:
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        ceiling = min(self.backoff * 2.0 ** (attempt - 1), self.backoff_max)
+        # The exponent is capped so a long-running retry loop never overflows a float.
+        ceiling = min(self.backoff * 2.0 ** min(max(attempt - 1, 0), 64), self.backoff_max)
         if not self.jitter:
             return ceiling
         if rng is None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from choreo.errors import ContractError
 from choreo.events import Event
+from choreo.retry import RetryPolicy
 from choreo.system_events import SYSTEM_EVENTS
 
 EventTypes = type[Event] | Iterable[type[Event]]
@@ -279,9 +280,11 @@ class SagaContract:
         return tuple(found)
 
     def retry_delay(self, attempts: int) -> float:
-        """Capped exponential backoff after the ``attempts``-th compensation attempt."""
-        exponent = min(max(attempts - 1, 0), 64)
-        return float(min(self.retry_backoff * 2.0**exponent, self.retry_backoff_max))
+        """Capped exponential backoff after the ``attempts``-th compensation attempt;
+        no jitter: the state machine is pure, and replaying the log must reproduce it."""
+        policy = RetryPolicy(backoff=self.retry_backoff, backoff_max=self.retry_backoff_max,
+                             jitter=False)  # fmt: skip
+        return policy.delay(max(attempts, 1))
 
     def event_types(self) -> tuple[type[Event], ...]:
         """Every event class the contract mentions, plus the system events it relies on."""

@@ -19,6 +19,7 @@ from aiokafka.errors import TopicAlreadyExistsError, for_code
 from aiokafka.structs import TopicPartition as KafkaTopicPartition
 
 from choreo.errors import ConfigurationError, TransportError
+from choreo.retry import Backoff, RetryPolicy
 from choreo.transport.base import (
     Consumer,
     Delivered,
@@ -32,6 +33,9 @@ from choreo.transport.kafka_config import parse_kafka_url, security_options
 from choreo.transport.kafka_consumer import KafkaConsumer
 
 __all__ = ["KafkaConsumer", "KafkaTransport"]
+
+# How often a freshly created topic is looked for until every partition has a leader.
+_TOPIC_POLL = RetryPolicy(backoff=0.05, backoff_max=0.5, jitter=False)
 
 
 class KafkaTransport(Transport):
@@ -263,7 +267,7 @@ class KafkaTransport(Transport):
 
     async def _wait_for_topics(self, topics: Sequence[str]) -> None:
         deadline = time.monotonic() + self.topic_ready_timeout
-        delay = 0.05
+        backoff = Backoff(_TOPIC_POLL)
         while True:
             existing = await self._topic_partitions()
             if all(topic in existing for topic in topics):
@@ -273,8 +277,7 @@ class KafkaTransport(Transport):
                 raise TransportError(
                     f"Kafka topics {pending} not ready after {self.topic_ready_timeout:.0f}s"
                 )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
+            await backoff.wait()
 
     async def partitions_for(self, topic: str) -> int:
         return (await self._topic_partitions()).get(topic, 0)
