@@ -78,13 +78,22 @@ class TrackerCore:
     def ignores(self, state: SagaState | None, message: Message) -> bool:
         return self.contract_for(message, state) is None
 
+    def transition(
+        self, state: SagaState | None, message: Message, now: float
+    ) -> Transition | None:
+        """What the machine decides on ``message``: the new state and its actions; None
+        when no contract of this tracker knows the message (see ``ignores``)."""
+        contract = self.contract_for(message, state)
+        if contract is None:
+            return None
+        return apply(contract, state, message, now)
+
     def fold(
         self, state: SagaState | None, message: Message, now: float
     ) -> tuple[SagaState | None, list[OutgoingRecord]]:
-        contract = self.contract_for(message, state)
-        if contract is None:
+        transition = self.transition(state, message, now)
+        if transition is None:
             return state, []
-        transition = apply(contract, state, message, now)
         return transition.state, self.records(transition, cause=message.envelope)
 
     def fire(self, state: SagaState, now: float) -> tuple[SagaState, list[OutgoingRecord]]:

@@ -3,8 +3,9 @@
 A record goes: decode (an event type no contract knows is skipped, poison is
 dead-lettered) -> load the saga's state -> fold it (``TrackerCore``) -> publish the fold's
 records, retrying until they are acknowledged -> save the new state -> track its
-deadlines -> count it in the metrics. The deadline timer's step is here too: pop the due
-sagas, send their ``DeadlineCheck`` records, track them again when the send fails.
+deadlines -> count the transition's actions in the metrics. The deadline timer's step is
+here too: pop the due sagas, send their ``DeadlineCheck`` records, track them again when
+the send fails.
 
 The shells supply only I/O: how a record's outputs are sent, how a state is loaded and
 saved, the clock, and an event set when the process stops (a retry then gives the record
@@ -98,18 +99,18 @@ class TrackerPipeline:
         except ValueError as exc:
             await self.dead_letter(record, "failed", f"stored state unreadable: {exc}")
             return
-        if self.core.ignores(before, message):
-            return
-        after, out = self.core.fold(before, message, now)
-        await self.publish(out)
+        transition = self.core.transition(before, message, now)
+        if transition is None:
+            return  # no contract of this tracker knows it
+        after = transition.state
+        await self.publish(self.core.records(transition, cause=message.envelope))
         sent_at = self.clock()
-        if after is not None and after is not before:
+        if after is not before:
             self.states[after.gid] = after
             if self._save is not None:
                 await self._save(after, record)
-        if after is not None:
-            self.deadlines.track(after)
-        self.metrics.observe(before, after, out, sent_at)
+        self.deadlines.track(after)
+        self.metrics.observe(before, after, transition.actions, sent_at)
 
     async def dead_letter(self, record: Record, kind: str, reason: str) -> None:
         log.warning("dead-lettering %s[%d]@%d: %s", record.topic, record.partition,

@@ -1,7 +1,8 @@
 """What the state API reads: saga states and the tracker's counters.
 
-Both tracker shells feed ``TrackerMetrics`` the same way (``observe`` after each fold)
-and expose their states through ``StatesView``, so the API cannot tell them apart.
+Both tracker shells feed ``TrackerMetrics`` the same way (``TrackerPipeline`` observes
+each fold's transition) and expose their states through ``StatesView``, so the API
+cannot tell them apart.
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from choreo.codec import H_OP, H_STEP
+from choreo.saga.machine import Publish
 from choreo.saga.state import SagaState, SagaStatus, StepStatus
-from choreo.transport.base import OutgoingRecord
 
 QUANTILES = (0.5, 0.9, 0.99)
 
@@ -54,10 +54,6 @@ class Summary:
         return {q: quantile(ordered, q) for q in QUANTILES}
 
 
-def _header(record: OutgoingRecord, name: str) -> str:
-    return next((v.decode() for k, v in record.headers if k == name), "")
-
-
 @dataclass
 class TrackerMetrics:
     compensations_issued: int = 0
@@ -67,14 +63,15 @@ class TrackerMetrics:
     def observe(
         self,
         before: SagaState | None,
-        after: SagaState | None,
-        sent: Sequence[OutgoingRecord],
+        after: SagaState,
+        actions: Sequence[Publish],
         sent_at: float,
     ) -> None:
-        """Count what one fold did, once its records are acknowledged at ``sent_at``."""
-        compensated = {_header(r, H_STEP) for r in sent if _header(r, H_OP) == "compensate"}
-        self.compensations_issued += sum(_header(r, H_OP) == "compensate" for r in sent)
-        if before is None or after is None or before.status != SagaStatus.RUNNING:
+        """Count what one fold decided (the transition's ``actions``), once the records
+        they became are acknowledged at ``sent_at``."""
+        compensated = {a.step for a in actions if a.op == "compensate"}
+        self.compensations_issued += sum(a.op == "compensate" for a in actions)
+        if before is None or before.status != SagaStatus.RUNNING:
             return
         if after.status == SagaStatus.RUNNING or "timed out" not in after.reason:
             return
