@@ -82,6 +82,8 @@ class FaustTracker:
         data_dir: Path | str | None = None,
         tick: float = 0.1,
         commit_interval: float = 1.0,
+        batch_size: int = 500,
+        batch_within: float = 0.005,
         replication_factor: int = 1,
         limits: codec.Limits | None = None,
         security: Mapping[str, Any] | None = None,
@@ -95,6 +97,10 @@ class FaustTracker:
         self.data_dir = Path(data_dir or Path(tempfile.gettempdir()) / "choreo-tracker")
         self.tick = tick
         self.commit_interval = commit_interval
+        # At most this many events per fold batch; a batch is taken when it is full or
+        # ``batch_within`` seconds after its first event (a latency bound at low load).
+        self.batch_size = batch_size
+        self.batch_within = batch_within
         self.replication_factor = replication_factor
         self.transport = KafkaTransport(
             broker,
@@ -174,11 +180,15 @@ class FaustTracker:
         topic = app.topic(*self.core.topics(), key_serializer="raw", value_serializer="raw")
 
         async def fold(stream: Any) -> None:
-            # Manual acks: an event is acked only once its outputs and its new state are
-            # durable, and never when the agent is cancelled half-way through it.
-            async for event in stream.noack().events():
-                await self.handle(event)
-                await stream.ack(event)
+            # Batches of what arrived together; manual acks: an event is acked only once
+            # its outputs and its new state are durable, and never when the agent is
+            # cancelled half-way through its batch. (Table writes go through
+            # ``send_changelog`` with the source partition, so they need no current event,
+            # which faust does not have inside ``noack_take``.)
+            async for events in stream.noack_take(self.batch_size, within=self.batch_within):
+                await self.handle_batch(events)
+                for event in events:
+                    await stream.ack(event)
 
         app.agent(topic, name=f"{self.app_id}.fold")(fold)
         app.timer(self.tick, name=f"{self.app_id}.deadlines")(self._on_tick)
@@ -191,16 +201,23 @@ class FaustTracker:
 
     # -- stream processing -------------------------------------------------------------
     async def handle(self, event: Any) -> None:
-        """Fold one record (``TrackerPipeline.handle``) with the record's timestamp as
-        ``now``; returns once its outputs and state are durable. When the worker stops
-        first, the agent is cancelled without acking it, so it is read again."""
-        record = to_record(event.message)
-        self._read[record.tp] = record.offset + 1
-        now = record.timestamp_ms / 1000 if record.timestamp_ms > 0 else time.time()
+        await self.handle_batch([event])
+
+    async def handle_batch(self, events: Sequence[Any]) -> None:
+        """Fold records (``TrackerPipeline.handle_batch``), each with its timestamp as
+        ``now``; returns once their outputs and states are durable. When the worker stops
+        first, the agent is cancelled without acking them, so they are read again."""
+        items = []
+        for event in events:
+            record = to_record(event.message)
+            now = record.timestamp_ms / 1000 if record.timestamp_ms > 0 else time.time()
+            items.append((record, now))
         try:
-            await self.pipeline.handle(record, now)
+            await self.pipeline.handle_batch(items)
         except Stopping as exc:
             raise asyncio.CancelledError(str(exc)) from None
+        for record, _now in items:
+            self._read[record.tp] = record.offset + 1
 
     def _load(self, gid: str) -> SagaState | None:
         raw = self._table.data.get(gid.encode())
@@ -209,18 +226,24 @@ class FaustTracker:
         cached = self.states.get(gid)
         return cached if cached is not None else SagaState.model_validate_json(raw)
 
-    async def _save(self, state: SagaState, record: Record) -> None:
-        """The table's ``__setitem__`` without its fire-and-forget changelog send: the
-        changelog record goes to the source record's partition and is awaited."""
-        key = state.gid.encode()
-        value = codec.dumps(state.model_dump(mode="json"))
-        self._table.data[key] = value
+    async def _save(self, changed: Sequence[tuple[SagaState, Record]]) -> None:
+        """The table's ``__setitem__`` without its fire-and-forget changelog send: each
+        changelog record goes to its source record's partition, and all of them are
+        awaited together."""
+        writes = []
+        for state, record in changed:
+            key = state.gid.encode()
+            value = codec.dumps(state.model_dump(mode="json"))
+            self._table.data[key] = value
+            writes.append((record.partition, key, value))
 
         async def send() -> None:
-            with faust_errors(f"changelog write of {state.gid}"):
-                await self._table.send_changelog(record.partition, key, value)
+            with faust_errors(f"changelog write of {len(writes)} states"):
+                await asyncio.gather(
+                    *(self._table.send_changelog(p, key, value) for p, key, value in writes)
+                )
 
-        await self.pipeline.retry(send, f"the changelog write of {state.gid}")
+        await self.pipeline.retry(send, f"the changelog write of {len(writes)} states")
 
     async def _watch_stop(self, *_: Any) -> None:
         """Tell the pipeline's retries when the worker stops (they give the record up)."""

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 from choreo import codec
 from choreo.deadletter import DLQ_TOPIC
+from choreo.errors import TransportError
 from choreo.events import EventRegistry
 from choreo.saga.contract import SagaContract
 from choreo.saga.state import SagaState
@@ -28,7 +29,7 @@ from choreo.store.base import Store
 from choreo.tracker.core import TRACKER_SOURCE, TrackerCore
 from choreo.tracker.pipeline import Stopping, TrackerPipeline
 from choreo.tracker.view import StatesView
-from choreo.transport.base import Consumer, OutgoingRecord, TopicPartition, Transport
+from choreo.transport.base import Consumer, OutgoingRecord, Transport
 from choreo.urls import open_transport
 
 log = logging.getLogger("choreo.tracker")
@@ -124,18 +125,23 @@ class MemoryTracker:
         await self.transport.send_many(records)
 
     async def _consume(self, consumer: Consumer, stopping: asyncio.Event) -> None:
-        """Records are folded one at a time, in order: states are one dict, and a fold is
-        cheap next to the sends it waits for."""
+        """What a poll returned is folded as one batch (one wait for its outputs), then
+        its offsets are committed."""
         while not stopping.is_set():
             batch = await consumer.getmany(timeout=0.1)
-            offsets: dict[TopicPartition, int] = {}
-            with contextlib.suppress(Stopping):  # an unfinished record is read again
-                for tp, records in batch.items():
-                    for record in records:
-                        await self.pipeline.handle(record, self.clock())
-                        offsets[tp] = record.offset + 1
-            if offsets:
+            if not batch:
+                continue
+            now = self.clock()
+            items = [(record, now) for records in batch.values() for record in records]
+            try:
+                await self.pipeline.handle_batch(items)
+            except Stopping:
+                continue  # an unfinished batch is read again
+            offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
+            try:
                 await consumer.commit(offsets)
+            except TransportError as exc:  # redelivered and folded again: harmless
+                log.warning("tracker: offset commit failed: %s", exc)
 
     async def _timer(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():

@@ -17,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 
 from choreo import codec
 from choreo.deadletter import DLQ_TOPIC, DeadLetter, dead_letter_record
 from choreo.errors import PoisonEvent, TransportError, UnknownEventType
 from choreo.retry import INFRASTRUCTURE_RETRY, Backoff
 from choreo.saga.state import SagaState
+from choreo.saga.transition import Publish
 from choreo.tracker.core import TRACKER_SOURCE, DeadlineIndex, TrackerCore
 from choreo.tracker.view import TrackerMetrics
 from choreo.transport.base import OutgoingRecord, Record
@@ -31,7 +33,21 @@ log = logging.getLogger("choreo.tracker")
 
 Send = Callable[[Sequence[OutgoingRecord]], Awaitable[object]]
 Load = Callable[[str], SagaState | None]
-Save = Callable[[SagaState, Record], Awaitable[None]]
+Save = Callable[[Sequence[tuple[SagaState, Record]]], Awaitable[None]]
+"""Make new states durable: each with the record whose fold produced it (its partition is
+the changelog record's)."""
+
+
+@dataclass
+class _Batch:
+    """What folding a batch produced, before anything of it is durable."""
+
+    out: list[OutgoingRecord] = field(default_factory=list)
+    states: dict[str, SagaState] = field(default_factory=dict)  # the batch's view of states
+    changed: dict[str, tuple[SagaState, Record]] = field(default_factory=dict)
+    observed: list[tuple[SagaState | None, SagaState, Sequence[Publish]]] = field(
+        default_factory=list
+    )
 
 
 class Stopping(Exception):
@@ -74,49 +90,71 @@ class TrackerPipeline:
         self._save = save
 
     async def handle(self, record: Record, now: float) -> None:
-        """Fold one record at time ``now``. Raises only ``Stopping``: a poison record,
-        an unreadable state or a failing fold is dead-lettered with its reason."""
-        self.processed += 1
-        try:
-            await self._fold(record, now)
-        except Stopping:
-            raise
-        except Exception as exc:  # a bug must not stop every other saga
-            log.exception("tracker cannot handle %s[%d]@%d", record.topic, record.partition,
-                          record.offset)  # fmt: skip
-            await self.dead_letter(record, "failed", f"{type(exc).__name__}: {exc}")
+        """Fold one record at time ``now`` (see ``handle_batch``)."""
+        await self.handle_batch([(record, now)])
 
-    async def _fold(self, record: Record, now: float) -> None:
+    async def handle_batch(self, items: Sequence[tuple[Record, float]]) -> None:
+        """Fold records in order, each at its own time; returns once the outputs of all
+        of them are acknowledged and then their new states saved, so one round trip
+        to the broker (and one changelog write per saga) serves the whole batch.
+
+        Outputs go first: a state saved before its outputs were durable would, after a
+        crash, make the redelivered record look already seen and its outputs would be
+        lost. Raises only ``Stopping`` (nothing of the batch then reaches ``states``);
+        a poison record, an unreadable state or a failing fold is dead-lettered with its
+        reason and the batch goes on."""
+        batch = _Batch()
+        for record, now in items:
+            self.processed += 1
+            try:
+                self._fold(batch, record, now)
+            except Exception as exc:  # a bug must not stop every other saga
+                log.exception("tracker cannot handle %s[%d]@%d", record.topic,
+                              record.partition, record.offset)  # fmt: skip
+                batch.out.append(
+                    self._dead_letter(record, "failed", f"{type(exc).__name__}: {exc}")
+                )
+        await self.publish(batch.out)
+        sent_at = self.clock()
+        if self._save is not None and batch.changed:
+            await self._save(list(batch.changed.values()))
+        self.states.update(batch.states)
+        for state in batch.states.values():
+            self.deadlines.track(state)
+        for before, after, actions in batch.observed:
+            self.metrics.observe(before, after, actions, sent_at)
+
+    def _fold(self, batch: _Batch, record: Record, now: float) -> None:
         try:
             message = codec.decode(record, self.core.registry, self.limits)
         except UnknownEventType:
             return  # another app's event on a shared topic; its own consumers judge it
         except PoisonEvent as exc:
-            await self.dead_letter(record, "poison", exc.reason)
+            batch.out.append(self._dead_letter(record, "poison", exc.reason))
             return
+        gid = message.gid
         try:
-            before = self._load(message.gid)
+            before = batch.states[gid] if gid in batch.states else self._load(gid)
         except ValueError as exc:
-            await self.dead_letter(record, "failed", f"stored state unreadable: {exc}")
+            batch.out.append(self._dead_letter(record, "failed", f"stored state unreadable: {exc}"))
             return
         transition = self.core.transition(before, message, now)
         if transition is None:
             return  # no contract of this tracker knows it
         after = transition.state
-        await self.publish(self.core.records(transition, cause=message.envelope))
-        sent_at = self.clock()
+        batch.out += self.core.records(transition, cause=message.envelope)
+        batch.states[gid] = after
         if after is not before:
-            self.states[after.gid] = after
-            if self._save is not None:
-                await self._save(after, record)
-        self.deadlines.track(after)
-        self.metrics.observe(before, after, transition.actions, sent_at)
+            batch.changed[gid] = (after, record)  # the saga's last version is what is saved
+        batch.observed.append((before, after, transition.actions))
 
-    async def dead_letter(self, record: Record, kind: str, reason: str) -> None:
+    def _dead_letter(self, record: Record, kind: str, reason: str) -> OutgoingRecord:
         log.warning("dead-lettering %s[%d]@%d: %s", record.topic, record.partition,
                     record.offset, reason)  # fmt: skip
-        letter = DeadLetter(kind, reason, TRACKER_SOURCE)
-        await self.publish([dead_letter_record(record, letter, self.dlq_topic)])
+        return dead_letter_record(record, DeadLetter(kind, reason, TRACKER_SOURCE), self.dlq_topic)
+
+    async def dead_letter(self, record: Record, kind: str, reason: str) -> None:
+        await self.publish([self._dead_letter(record, kind, reason)])
 
     async def publish(self, records: Sequence[OutgoingRecord]) -> None:
         """Send or keep trying: a record must not be acknowledged past unsent outputs."""
