@@ -1,42 +1,76 @@
-"""A service process SIGKILLed between its effect and its offset commit loses nothing
-and applies nothing twice (real Kafka, real Redis, a real subprocess)."""
+"""A service process SIGKILLed in the middle of a batch loses nothing and applies nothing
+twice (real Kafka, real Redis, a real subprocess).
+
+Twenty orders wait on the topic before the service starts, so its partitions' records
+arrive as batches of several. The service stalls at one point of a batch (see
+tests/procs/crashy.py), is SIGKILLed there, and restarted without stalling:
+
+- ``before-store-commit``: the handlers ran, nothing is recorded;
+- ``after-store-commit``: effects and outboxes are recorded, nothing is sent;
+- ``after-handle``: outgoing events are acknowledged, the offsets are not committed.
+
+Afterwards every order's effect is applied exactly once, every order's output is
+published, a re-published output keeps its event id, and the offsets are committed.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
 from choreo import codec
+from choreo.errors import TransportError
 from choreo.events import Envelope, Message
 from choreo.store.base import Put
 from choreo.store.redis import RedisStore
+from choreo.transport.base import TopicPartition, Transport
 from choreo.transport.kafka import KafkaTransport
-from tests.scenarios.shop import OrderPlaced, StockReserved
+from choreo.transport.partitioner import partition_for
+from tests.procs.crashy import CrashyOrder
 
 ROOT = Path(__file__).resolve().parent.parent
+PARTITIONS = 4
+PER_PARTITION = 5
+ORDERS = PARTITIONS * PER_PARTITION
+STOCK = 100
 
 
 def start_service(
-    broker: str, store: str, group: str, pause_file: Path | None, log: Path
+    broker: str,
+    redis_url: str,
+    *,
+    group: str,
+    topic: str,
+    stall: str,
+    pause_file: Path | None,
+    log: Path,
 ) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "CRASHY_GROUP": group, "PYTHONPATH": str(ROOT)}
-    env.pop("CRASHY_PAUSE_FILE", None)
+    """``choreo run tests.procs.crashy:app``. The store stalls of crashy are in its own
+    store (CRASHY_STORE_URL, no --store); the after-handle stall runs on --store."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CRASHY_GROUP": group,
+           "CRASHY_TOPIC": topic, "CRASHY_STALL": stall}  # fmt: skip
+    for name in ("CRASHY_PAUSE_FILE", "CRASHY_STORE_URL", "CHOREO_STORE", "CHOREO_BROKER"):
+        env.pop(name, None)
     if pause_file is not None:
         env["CRASHY_PAUSE_FILE"] = str(pause_file)
+    command = [sys.executable, "-m", "choreo.cli.main", "run", "tests.procs.crashy:app",
+               "--broker", broker]  # fmt: skip
+    if stall == "after-handle":
+        command += ["--store", redis_url]
+    else:
+        env["CRASHY_STORE_URL"] = redis_url
     with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "choreo.cli.main", "run", "tests.procs.crashy:app",
-             "--broker", broker, "--store", store],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
 async def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
@@ -48,50 +82,131 @@ async def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignor
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def balanced_gids() -> list[str]:
+    """Fresh gids, PER_PARTITION of them landing on each partition (Kafka's default
+    partitioner, which ``partition_for`` mirrors), so every partition has a batch."""
+    by_partition: dict[int, list[str]] = defaultdict(list)
+    while min((len(by_partition[p]) for p in range(PARTITIONS)), default=0) < PER_PARTITION:
+        gid = str(uuid.uuid4())
+        bucket = by_partition[partition_for(gid.encode(), PARTITIONS)]
+        if len(bucket) < PER_PARTITION:
+            bucket.append(gid)
+    return [gid for p in range(PARTITIONS) for gid in by_partition[p]]
+
+
+async def committed(transport: Transport, group: str) -> dict[TopicPartition, int]:
+    try:
+        return await transport.group_offsets(group)
+    except TransportError:  # the group coordinator is not there yet
+        return {}
+
+
+async def outputs(transport: Transport, topic: str, group: str) -> dict[str, list[str]]:
+    """Every output on ``topic`` so far: event ids by gid, in the order read."""
+    tps = await transport.topic_partitions([topic])
+    ends = await transport.end_offsets(tps)
+    found: dict[str, list[str]] = defaultdict(list)
+    if not any(ends.values()):
+        return found
+    consumer = transport.consumer(f"{group}-probe-{uuid.uuid4().hex[:6]}", [topic])
+    await consumer.start()
+    try:
+        seen: dict[TopicPartition, int] = {}
+        deadline = time.monotonic() + 30
+        while any(seen.get(tp, 0) < end for tp, end in ends.items()):
+            assert time.monotonic() < deadline, f"could not read {topic} to its end"
+            batch = await consumer.getmany(timeout=0.5)
+            for tp, records in batch.items():
+                for record in records:
+                    assert record.header(codec.H_TYPE) == b"CrashyReserved"
+                    envelope = codec.decode_envelope(record)
+                    found[envelope.gid].append(envelope.event_id)
+                    seen[tp] = record.offset + 1
+    finally:
+        await consumer.stop()
+    return found
+
+
 @pytest.mark.kafka
 @pytest.mark.redis
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-async def test_sigkill_between_effect_and_commit(
-    kafka_bootstrap: str, redis_url: str, tmp_path: Path
+@pytest.mark.parametrize("stall", ["before-store-commit", "after-store-commit", "after-handle"])
+async def test_sigkill_inside_a_batch(
+    stall: str, kafka_bootstrap: str, redis_url: str, tmp_path: Path
 ) -> None:
     broker = f"kafka://{kafka_bootstrap}"
-    group = f"crashy-{uuid.uuid4().hex[:8]}"
-    sku = f"sku-{uuid.uuid4().hex[:8]}"
+    run = uuid.uuid4().hex[:8]
+    group, topic, sku = f"crashy-{run}", f"test.crashy.{run}", f"sku-{run}"
+    out_topic = f"{topic}.out"
+    stock = f"stock:{sku}"
     pause = tmp_path / "paused"
-    orders = [OrderPlaced(order_id=f"o{i}", sku=sku, qty=1, amount=1) for i in range(5)]
-    gids = [str(uuid.uuid4()) for _ in orders]
+    gids = balanced_gids()
 
     async with KafkaTransport(broker) as transport, RedisStore(redis_url) as store:
-        await transport.ensure_topics([OrderPlaced.topic, "choreo.dlq"], 4)
-        assert await store.apply([Put(f"stock:{sku}", "100")]) == ""
-        for gid, placed in zip(gids, orders, strict=True):
-            envelope = Envelope(event_type="OrderPlaced", gid=gid, source="test")
-            await transport.send(codec.encode(Message(envelope, placed, placed.topic)))
+        await transport.ensure_topics([topic, out_topic, "choreo.dlq"], PARTITIONS)
+        in_tps = await transport.topic_partitions([topic])
+        out_tps = await transport.topic_partitions([out_topic])
+        assert len(in_tps) == PARTITIONS
+        assert await store.apply([Put(stock, str(STOCK))]) == ""
+        for n, gid in enumerate(gids):
+            order = CrashyOrder(order_id=f"o{n}", sku=sku, qty=1)
+            envelope = Envelope.first(order, gid=gid, source="test")
+            delivered = await transport.send(codec.encode(Message(envelope, order, topic)))
+            assert delivered.partition == partition_for(gid.encode(), PARTITIONS)
 
-        first = start_service(broker, redis_url, group, pause, tmp_path / "first.log")
+        first = start_service(broker, redis_url, group=group, topic=topic, stall=stall,
+                              pause_file=pause, log=tmp_path / "first.log")  # fmt: skip
         try:
-            await wait_for(lambda: _exists(pause), 60, "the handler's effect")
-            # The stalled delivery's effect is recorded (other partitions run on meanwhile)...
-            assert 95 <= await store.get_int(f"stock:{sku}") <= 99
-            first.send_signal(signal.SIGKILL)  # ...and the offset is not committed
+            await wait_for(lambda: _exists(pause), 60, f"the {stall} stall")
+            stalled = json.loads(pause.read_text())["gids"]
+            assert set(stalled) <= set(gids)
+            # What the process did up to the stall, seen from outside before the kill.
+            left = await store.get_int(stock)
+            sent = sum((await transport.end_offsets(out_tps)).values())
+            done = await committed(transport, group)
+            first.send_signal(signal.SIGKILL)
             first.wait(10)
         finally:
             if first.poll() is None:
                 first.kill()
                 first.wait(10)
         assert first.returncode == -signal.SIGKILL
-        killed_gid = pause.read_text().split()[0]
+        log = (tmp_path / "first.log").read_text()
 
-        second = start_service(broker, redis_url, group, None, tmp_path / "second.log")
-        consumer = transport.consumer(f"{group}-probe", [StockReserved.topic])
+        if stall == "before-store-commit":
+            # A batch of several records, its handlers run; no batch got to its commit.
+            assert len(stalled) > 1, log
+            assert left == STOCK
+            assert sent == 0
+            assert not any(done.values())
+            assert [await store.records(gid) for gid in gids] == [[] for _ in gids]
+        elif stall == "after-store-commit":
+            # The stalled batch's effects and outboxes are recorded; nothing was sent.
+            assert len(stalled) > 1, log
+            assert left <= STOCK - len(stalled)
+            assert sent == 0
+            assert not any(done.values())
+            for gid in stalled:
+                assert [(r.key.op, r.status) for r in await store.records(gid)] == [
+                    ("action", "done")
+                ]
+        else:
+            # The stalled batch's outputs are acknowledged; its offsets are not committed.
+            (killed,) = stalled
+            stalled_tp = TopicPartition(topic, partition_for(killed.encode(), PARTITIONS))
+            assert left <= STOCK - 1
+            assert sent >= 1
+            assert done.get(stalled_tp, 0) == 0
+
+        second = start_service(broker, redis_url, group=group, topic=topic, stall=stall,
+                               pause_file=None, log=tmp_path / "second.log")  # fmt: skip
         try:
 
             async def all_committed() -> bool:
-                tps = await transport.topic_partitions([OrderPlaced.topic])
-                ends = await transport.end_offsets(tps)
-                committed = await transport.group_offsets(group)
-                return all(committed.get(tp, 0) >= end for tp, end in ends.items())
+                ends = await transport.end_offsets(in_tps)
+                offsets = await committed(transport, group)
+                return all(offsets.get(tp, 0) >= end for tp, end in ends.items())
 
             await wait_for(all_committed, 60, "the restarted service to commit everything")
         finally:
@@ -101,25 +216,19 @@ async def test_sigkill_between_effect_and_commit(
         assert second.returncode == 0, output
         assert "stopped cleanly" in output
 
-        assert await store.get_int(f"stock:{sku}") == 95  # five orders, each applied once
-        reserved: dict[str, set[str]] = {}
-        await consumer.start()
-        try:
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and len(reserved) < len(gids):
-                batch = await consumer.getmany(timeout=0.5)
-                for records in batch.values():
-                    for record in records:
-                        if record.header("choreo-type") == b"StockReserved":
-                            env = codec.decode_envelope(record)
-                            if env.gid in gids:
-                                reserved.setdefault(env.gid, set()).add(env.event_id)
-        finally:
-            await consumer.stop()
-        assert set(reserved) == set(gids)  # no event lost
-        # The killed delivery was redelivered and its outbox re-sent under the same id.
-        assert all(len(ids) == 1 for ids in reserved.values()), reserved
-        assert killed_gid in reserved
+        assert await store.get_int(stock) == STOCK - ORDERS  # each order applied once
+        for gid in gids:
+            assert [(r.key.op, r.status) for r in await store.records(gid)] == [("action", "done")]
+        published = await outputs(transport, out_topic, group)
+        assert set(published) == set(gids)  # no output lost
+        # One outcome per order, one event id: re-publications repeat the first id.
+        assert all(len(set(ids)) == 1 for ids in published.values()), published
+        if stall == "after-handle":
+            # Sent before the kill, then re-sent from the outbox when redelivered.
+            assert len(published[killed]) >= 2
+        elif stall == "after-store-commit":
+            # Recorded before the kill; the restart sent the stored outbox, once.
+            assert all(len(published[gid]) == 1 for gid in stalled)
 
 
 async def _exists(path: Path) -> bool:
