@@ -39,6 +39,8 @@ async def relay(args: argparse.Namespace) -> None:
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         client_id=f"{args.group}.consumer",
+        # The same fetch wait as choreo's consumers, so latencies compare like for like.
+        fetch_max_wait_ms=args.fetch_max_wait_ms,
     )
     await producer.start()
     await consumer.start()
@@ -70,6 +72,7 @@ def main() -> None:
     parser.add_argument("--group", required=True)
     parser.add_argument("--linger-ms", type=int, default=0)
     parser.add_argument("--max-records", type=int, default=500)
+    parser.add_argument("--fetch-max-wait-ms", type=int, default=20)
     asyncio.run(relay(parser.parse_args()))
 
 

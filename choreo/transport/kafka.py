@@ -84,6 +84,7 @@ class KafkaTransport(Transport):
         heartbeat_interval_ms: int = 1_000,
         max_poll_records: int = 500,
         linger_ms: int = 5,
+        fetch_max_wait_ms: int = 20,
         topic_ready_timeout: float = 30.0,
         producer_options: Mapping[str, Any] | None = None,
         consumer_options: Mapping[str, Any] | None = None,
@@ -102,6 +103,11 @@ class KafkaTransport(Transport):
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.max_poll_records = max_poll_records
         self.linger_ms = linger_ms
+        # aiokafka keeps one fetch in flight per broker, and a partition whose records
+        # were just returned is left out of it: its next records wait until that fetch
+        # ends, up to this long. Kafka's 500 ms default would add that to every hop of a
+        # saga whose consumer reads several partitions; 20 ms costs a few idle fetches.
+        self.fetch_max_wait_ms = fetch_max_wait_ms
         self.topic_ready_timeout = topic_ready_timeout
         self._security = security_options(security)
         self._producer_options = dict(producer_options or {})
@@ -132,6 +138,7 @@ class KafkaTransport(Transport):
             "session_timeout_ms": self.session_timeout_ms,
             "heartbeat_interval_ms": self.heartbeat_interval_ms,
             "max_poll_records": self.max_poll_records,
+            "fetch_max_wait_ms": self.fetch_max_wait_ms,
             **self._consumer_options,
         }
 
