@@ -338,13 +338,6 @@ async def test_a_stored_value_that_is_no_integer_dead_letters_only_its_record(
 
 
 @pytest.mark.redis
-@pytest.mark.xfail(
-    strict=True,
-    reason="WRONGTYPE from the commit script (choreo/store/redis_scripts.py:45) escapes "
-    "RedisStore.commit_many as redis.exceptions.ResponseError (choreo/store/redis.py:94), "
-    "neither INVALID nor TransportError: handle_batch raises, the lane's task fails and "
-    "the worker (and Service.serve) ends, on every redelivery of the batch",
-)
 async def test_a_stored_value_of_another_redis_type_dead_letters_only_its_record(
     redis_url: str,
 ) -> None:

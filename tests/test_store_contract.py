@@ -571,17 +571,8 @@ async def test_commit_many_invalid_effects_write_nothing_and_the_batch_goes_on(
 
 @pytest.mark.parametrize("raw", ["", "1_0", "\u0663"], ids=["empty", "underscore", "arabic"])
 async def test_an_incr_of_text_that_redis_refuses_is_invalid_on_every_store(
-    store: Store, backend: Backend, ns: str, raw: str, request: pytest.FixtureRequest
+    store: Store, ns: str, raw: str
 ) -> None:
-    if backend.kind == "memory":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="MemoryStore._plan (choreo/store/memory.py:85) reads a stored value "
-                "with int(seen or '0'): '' counts as 0, and int() also takes '1_0' and "
-                "non-ASCII digits, which the Redis script refuses as INVALID",
-            )
-        )
     key = f"{ns}:text"
     await store.apply([Put(key, raw)])
 
@@ -593,13 +584,6 @@ async def test_an_incr_of_text_that_redis_refuses_is_invalid_on_every_store(
 
 
 @pytest.mark.redis
-@pytest.mark.xfail(
-    strict=True,
-    reason="a key of another Redis type makes the script's GET fail with WRONGTYPE "
-    "(choreo/store/redis_scripts.py:45, redis.call, not pcall); _store_errors "
-    "(choreo/store/redis.py:94) re-raises the ResponseError, so commit_many raises instead "
-    "of answering INVALID, after the script already wrote the commits before it",
-)
 async def test_redis_effects_on_a_key_of_another_type_are_invalid(
     redis_store: RedisStore, ns: str
 ) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import abc
 import enum
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -120,6 +121,25 @@ class Transaction:
 
     def delete(self, key: str) -> None:
         self.effects.append(Delete(key))
+
+
+# The integers every store can hold exactly: Redis's scripts compute in doubles.
+SAFE_INTEGER = 2**53 - 1
+_STORED_INT = re.compile(r"\s*[+-]?[0-9]+\s*", re.ASCII)
+
+
+def stored_int(key: str, raw: str | None) -> int:
+    """A stored value read as an ``Incr`` reads it, the same on every store: absent is 0;
+    otherwise optional spaces, a sign and ASCII digits, within +-SAFE_INTEGER.
+    Anything else raises ``ValueError`` naming the key and the value."""
+    if raw is None:
+        return 0
+    if not _STORED_INT.fullmatch(raw):
+        raise ValueError(f"invalid literal for int(): {key} holds {raw}")
+    value = int(raw)
+    if abs(value) > SAFE_INTEGER:
+        raise ValueError(f"{key} holds {raw}, outside the store's safe integer range")
+    return value
 
 
 def guard_failure(effect: Incr, current: int) -> str:

@@ -20,6 +20,7 @@ from choreo.store.base import (
     Status,
     Store,
     guard_failure,
+    stored_int,
 )
 
 
@@ -82,7 +83,7 @@ class MemoryStore(Store):
         for effect in effects:
             if isinstance(effect, Incr):
                 seen = planned[effect.key] if effect.key in planned else self._data.get(effect.key)
-                current = int(seen or "0")
+                current = stored_int(effect.key, seen)
                 reason = guard_failure(effect, current)
                 if reason:
                     return reason

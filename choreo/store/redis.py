@@ -30,6 +30,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from choreo.errors import ConfigurationError, TransportError
 from choreo.store.base import (
     DEFAULT_RETENTION_SECONDS,
+    SAFE_INTEGER,
     BarrierKey,
     BarrierOp,
     BarrierRecord,
@@ -46,7 +47,6 @@ from choreo.store.base import (
 from choreo.store.redis_scripts import APPLY_LUA, CHECK_MANY_LUA, COMMIT_MANY_LUA, VALUE_ERROR
 
 CONNECT_TIMEOUT_SECONDS = 5.0
-_SAFE_INTEGER = 2**53 - 1
 
 
 def _sibling_op(op: BarrierOp) -> BarrierOp:
@@ -60,7 +60,7 @@ def _encode_effects(effects: Sequence[Effect]) -> tuple[list[str], list[str | in
         keys.append(effect.key)
         if isinstance(effect, Incr):
             for number in (effect.delta, effect.minimum, effect.maximum):
-                if number is not None and abs(number) > _SAFE_INTEGER:
+                if number is not None and abs(number) > SAFE_INTEGER:
                     raise ValueError(
                         f"{effect.key}: {number} is outside the store's safe integer range"
                     )
@@ -91,7 +91,9 @@ def _store_errors(url: str) -> Iterator[None]:
         message = str(exc)
         if VALUE_ERROR in message:
             raise ValueError(message.split(VALUE_ERROR, 1)[1].strip()) from exc
-        raise
+        # Any other refusal (out of memory, a busy script, a read-only replica) is the
+        # server's state, not the record's: retriable, like a connection failure.
+        raise TransportError(f"redis store {url} refused: {exc}") from exc
 
 
 class RedisStore(Store):

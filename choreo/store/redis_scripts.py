@@ -42,7 +42,13 @@ local function plan_effects(keys_at, argv_at, count)
     local kind = ARGV[base]
     local key = KEYS[keys_at + i - 1]
     if values[key] == nil then
-      values[key] = redis.call('GET', key) or false
+      -- pcall: a key of another type (a list...) must make this commit INVALID, not
+      -- abort the script half-way through a batch.
+      local got = redis.pcall('GET', key)
+      if type(got) == 'table' and got.err then
+        return nil, nil, nil, fail(key .. ' cannot be read as a value: ' .. got.err)
+      end
+      values[key] = got or false
       table.insert(order, key)
     end
     if kind == 'incr' then
