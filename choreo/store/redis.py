@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import msgpack
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -53,30 +54,32 @@ def _sibling_op(op: BarrierOp) -> BarrierOp:
     return "compensate" if op == "action" else "action"
 
 
-def _encode_effects(effects: Sequence[Effect]) -> tuple[list[str], list[str | int]]:
-    keys: list[str] = []
-    args: list[str | int] = []
+def _encode_effects(effects: Sequence[Effect]) -> list[list[str | int]]:
+    """Effects as the scripts take them: ``[kind, key, a, b, c]`` each."""
+    encoded: list[list[str | int]] = []
     for effect in effects:
-        keys.append(effect.key)
         if isinstance(effect, Incr):
             for number in (effect.delta, effect.minimum, effect.maximum):
                 if number is not None and abs(number) > SAFE_INTEGER:
                     raise ValueError(
                         f"{effect.key}: {number} is outside the store's safe integer range"
                     )
-            args += [
-                "incr",
-                effect.delta,
-                "" if effect.minimum is None else effect.minimum,
-                "" if effect.maximum is None else effect.maximum,
-            ]
+            encoded.append(
+                [
+                    "incr",
+                    effect.key,
+                    effect.delta,
+                    "" if effect.minimum is None else effect.minimum,
+                    "" if effect.maximum is None else effect.maximum,
+                ]
+            )
         elif isinstance(effect, Put):
-            args += ["put", effect.value, "", ""]
+            encoded.append(["put", effect.key, effect.value, "", ""])
         elif isinstance(effect, Delete):
-            args += ["del", "", "", ""]
+            encoded.append(["del", effect.key, "", "", ""])
         else:  # pragma: no cover - Effect is a closed union
             raise TypeError(f"unknown effect {effect!r}")
-    return keys, args
+    return encoded
 
 
 @contextmanager
@@ -170,11 +173,9 @@ class RedisStore(Store):
         if not keys:
             return []
         script = self._script(self._check_script)
-        redis_keys: list[str] = []
-        for key in keys:
-            redis_keys += [self.barrier_key(key), self._sibling_key(key)]
+        checks = [[self.barrier_key(key), self._sibling_key(key), key.op] for key in keys]
         with _store_errors(self.url):
-            reply = _reply(await script(keys=redis_keys, args=[key.op for key in keys]))
+            reply = _unpack(await script(args=[_pack(checks)]))
         return [
             BarrierResult(Decision(reply[2 * i].decode()), reply[2 * i + 1])
             for i in range(len(keys))
@@ -184,40 +185,41 @@ class RedisStore(Store):
         if not commits:
             return []
         script = self._script(self._commit_script)
-        keys: list[str] = []
-        args: list[str | int | bytes] = [self.retention_seconds, len(commits)]
         # Effects that cannot even be encoded are INVALID without a round trip; the
         # others still go in one call, their order kept.
         invalid: dict[int, str] = {}
         sent: list[int] = []
+        batch: list[list[object]] = []
         for index, commit in enumerate(commits):
             try:
-                effect_keys, effect_args = _encode_effects(commit.effects)
+                effects = _encode_effects(commit.effects)
             except ValueError as exc:
                 invalid[index] = str(exc)
                 continue
             sent.append(index)
             key = commit.key
-            keys += [self.barrier_key(key), self._sibling_key(key), self.index_key(key.gid)]
-            keys += effect_keys
-            args += [
-                key.op,
-                commit.status,
-                commit.outputs,
-                commit.null_outputs,
-                "1" if commit.handler_ran else "0",
-                f"{key.step}:{key.op}",
-                len(commit.effects),
-                *effect_args,
-            ]
+            batch.append(
+                [
+                    self.barrier_key(key),
+                    self._sibling_key(key),
+                    self.index_key(key.gid),
+                    f"{key.step}:{key.op}",
+                    key.op,
+                    commit.status,
+                    commit.outputs,
+                    commit.null_outputs,
+                    1 if commit.handler_ran else 0,
+                    effects,
+                ]
+            )
         results: list[BarrierResult] = [
             BarrierResult(Decision.INVALID, detail=invalid.get(i, "")) for i in range(len(commits))
         ]
         if not sent:
             return results
-        args[1] = len(sent)
+        packed = _pack([self.retention_seconds, batch])
         with _store_errors(self.url):
-            reply = _reply(await script(keys=keys, args=args))
+            reply = _unpack(await script(args=[packed]))
         for n, index in enumerate(sent):
             results[index] = _commit_result(commits[index], reply[3 * n : 3 * n + 3])
         return results
@@ -253,9 +255,9 @@ class RedisStore(Store):
 
     async def apply(self, effects: Sequence[Effect]) -> str:
         script = self._script(self._apply_script)
-        keys, args = _encode_effects(effects)
+        packed = _pack(_encode_effects(effects))
         with _store_errors(self.url):
-            reply = _reply(await script(keys=keys, args=[len(effects), *args]))
+            reply = _reply(await script(args=[packed]))
         if reply[0] == b"rejected":
             return _refusal(effects, reply[2], reply[3])
         return ""
@@ -264,6 +266,19 @@ class RedisStore(Store):
 def _text(value: bytes | str) -> str:
     # decode_responses is off, so redis-py hands back bytes; its types also allow str.
     return value if isinstance(value, str) else value.decode()
+
+
+def _pack(data: object) -> bytes:
+    # Redis's cmsgpack knows no "bin" type: bytes travel as msgpack raw strings, which
+    # are binary-safe all the same.
+    return msgpack.packb(data, use_bin_type=False)  # type: ignore[no-any-return]
+
+
+def _unpack(reply: Any) -> list[bytes]:
+    """A batch script's reply: one MessagePack array of strings."""
+    if not isinstance(reply, bytes):
+        raise TransportError(f"unexpected reply from a choreo redis script: {reply!r}")
+    return _reply(msgpack.unpackb(reply, raw=True))
 
 
 def _reply(reply: Any) -> list[bytes]:
