@@ -103,13 +103,15 @@ def check_depth(value: bytes, limit: int) -> None:
 def _header_text(headers: Headers) -> dict[str, str]:
     try:
         return {name: value.decode() for name, value in headers}
-    except UnicodeDecodeError:
+    except (UnicodeDecodeError, AttributeError):
+        # The slow path names the header; a null value (None from the client) is empty.
+        text: dict[str, str] = {}
         for name, value in headers:
             try:
-                value.decode()
+                text[name] = value.decode() if value is not None else ""
             except UnicodeDecodeError as exc:
                 raise UndecodableEvent(f"header {name!r} is not UTF-8") from exc
-        raise
+        return text
 
 
 def decode_envelope(record: Record) -> Envelope:

@@ -26,15 +26,18 @@ def from_kafka(tp: Any) -> TopicPartition:
 
 
 def to_record(message: Any) -> Record:
-    headers = tuple((str(key), bytes(value or b"")) for key, value in (message.headers or ()))
+    # aiokafka hands headers as (str, bytes) pairs already: no per-header copy here (a
+    # null header value stays None; the codec reads it as empty).
+    headers = message.headers
+    value = message.value
     return Record(
-        topic=message.topic,
-        partition=message.partition,
-        offset=message.offset,
-        key=message.key,
-        value=message.value if message.value is not None else b"",
-        headers=headers,
-        timestamp_ms=int(message.timestamp or 0),
+        message.topic,
+        message.partition,
+        message.offset,
+        message.key,
+        value if value is not None else b"",
+        tuple(headers) if headers else (),
+        message.timestamp or 0,
     )
 
 
