@@ -219,11 +219,15 @@ class Service(Router):
         """Run until ``stopping`` is set (``choreo run`` sets it on SIGTERM/SIGINT)."""
         async with self.running():
             log.info("%s consuming %s as group %s", self.name, self.subscribed_topics(), self.group)
-            waiting = asyncio.create_task(stopping.wait())
-            watched = [waiting] + ([self._worker_task] if self._worker_task is not None else [])
-            try:
-                # A worker that stops on its own has failed: leave (its error is raised on
-                # exit), so the process ends and an orchestrator restarts it.
-                await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                waiting.cancel()
+            await self.until_stopped(stopping)
+
+    async def until_stopped(self, stopping: asyncio.Event) -> None:
+        """Inside ``running()``: wait for ``stopping``, or for the worker to end on its
+        own, which only a failure does; its error is then raised when ``running()``
+        exits, so the process ends non-zero and an orchestrator restarts it."""
+        waiting = asyncio.create_task(stopping.wait())
+        watched = [waiting] + ([self._worker_task] if self._worker_task is not None else [])
+        try:
+            await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()

@@ -38,8 +38,22 @@ _OUTCOMES: frozenset[str] = frozenset({"done", "failed", "skipped", ""})
 
 @dataclass(frozen=True, slots=True)
 class Limits:
+    """``max_bytes``: an incoming payload; ``max_depth``: its nesting; ``max_record_bytes``:
+    an outgoing record (key, value and headers), kept under Kafka's default 1 MiB message
+    size with room for the record's framing."""
+
     max_bytes: int = 1_048_576
     max_depth: int = 32
+    max_record_bytes: int = 1_000_000
+
+
+def record_bytes(record: OutgoingRecord) -> int:
+    """What a record weighs on the wire, framing aside."""
+    return (
+        len(record.key or b"")
+        + len(record.value)
+        + sum(len(name) + len(value) for name, value in record.headers)
+    )
 
 
 def encode_payload(event: Event) -> bytes:

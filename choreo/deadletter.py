@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 
@@ -17,9 +18,26 @@ H_TOPIC = "choreo-dlq-topic"
 H_PARTITION = "choreo-dlq-partition"
 H_OFFSET = "choreo-dlq-offset"
 H_AT = "choreo-dlq-at"
+H_DROPPED = "choreo-dlq-dropped"
 DLQ_HEADERS = frozenset(
-    {H_REASON, H_KIND, H_SERVICE, H_HANDLER, H_ATTEMPTS, H_TOPIC, H_PARTITION, H_OFFSET, H_AT}
+    {
+        H_REASON,
+        H_KIND,
+        H_SERVICE,
+        H_HANDLER,
+        H_ATTEMPTS,
+        H_TOPIC,
+        H_PARTITION,
+        H_OFFSET,
+        H_AT,
+        H_DROPPED,
+    }
 )
+# A dead letter must always fit the broker, or the record it stands for blocks its
+# partition: past this size its value (and any header over _HEADER_KEPT bytes) is left
+# out, and H_DROPPED says what was dropped, with the value's size and SHA-256.
+MAX_DEAD_LETTER_BYTES = 1_000_000
+_HEADER_KEPT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +67,19 @@ def dead_letter_record(
         (H_AT, str(round(time.time() * 1000))),
     )
     headers = kept + tuple((k, v.encode()) for k, v in extra)
-    return OutgoingRecord(topic=topic, key=record.key, value=record.value, headers=headers)
+    key, value = record.key, record.value
+    size = len(key or b"") + len(value) + sum(len(k) + len(v) for k, v in headers)
+    if size > MAX_DEAD_LETTER_BYTES:
+        digest = hashlib.sha256(value).hexdigest()
+        dropped = [f"value ({len(value)} bytes, sha256 {digest})"]
+        dropped += [f"header {k[:64]!r} ({len(v)} bytes)" for k, v in kept if len(v) > _HEADER_KEPT]
+        if key is not None and len(key) > _HEADER_KEPT:
+            dropped.append(f"key ({len(key)} bytes)")
+            key = key[:_HEADER_KEPT]
+        headers = tuple((k, v) for k, v in headers if len(v) <= _HEADER_KEPT or k == H_REASON)
+        headers += ((H_DROPPED, "; ".join(dropped).encode()),)
+        value = b""
+    return OutgoingRecord(topic=topic, key=key, value=value, headers=headers)
 
 
 def original_record(dead: Record) -> OutgoingRecord:

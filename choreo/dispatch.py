@@ -218,6 +218,12 @@ class Dispatcher:
             self._prepare_null(job)
             outcome: Outcome = "done" if job.ran.status == "done" else "failed"
             job.pending = self._outgoing(job, outcome, job.ran.events)
+            too_big = self._oversized(job.pending)
+            if too_big:
+                # Refused before the commit: nothing applied, nothing that could never be
+                # published stored in the outbox to block the partition on every replay.
+                job.dead = DeadLetter("failed", too_big, self.service, route.handler.name, 1)
+                return None
             blob = codec.pack_outbox(job.pending)
             return Commit(job.key, job.ran.status, blob, job.ran.effects, job.null_blob)
         name = route.handler.name
@@ -234,6 +240,18 @@ class Dispatcher:
             job, "failed", [StepFailed(step=route.step, reason=result.detail)]
         )
         return Commit(job.key, "failed", codec.pack_outbox(job.pending), (), job.null_blob)
+
+    def _oversized(self, records: Sequence[OutgoingRecord]) -> str:
+        limit = self.limits.max_record_bytes
+        for record in records:
+            size = codec.record_bytes(record)
+            if size > limit:
+                kind = dict(record.headers).get(codec.H_TYPE, b"?").decode(errors="replace")
+                return (
+                    f"an outgoing {kind[:100]} record would be "
+                    f"{size} bytes, over the {limit} byte limit"
+                )
+        return ""
 
     def _prepare_null(self, job: _Job) -> None:
         """A compensation's outputs in case its action never ran (null compensation)."""

@@ -45,5 +45,5 @@ async def serve(app: Service, broker: str | None, store: str | None) -> None:
         log.info("%s is running (broker %s); Ctrl-C stops it", app.name, broker or app.broker)
         print(f"choreo: {app.name} running; consuming {', '.join(app.subscribed_topics())}",
               flush=True)  # fmt: skip
-        await stopping.wait()
+        await app.until_stopped(stopping)
     print(f"choreo: {app.name} stopped cleanly", flush=True)
