@@ -45,6 +45,8 @@ class Limits:
     max_bytes: int = 1_048_576
     max_depth: int = 32
     max_record_bytes: int = 1_000_000
+    max_gid_chars: int = 200
+    max_header_bytes: int = 1024  # any one header value
 
 
 def record_bytes(record: OutgoingRecord) -> int:
@@ -128,27 +130,72 @@ def _header_text(headers: Headers) -> dict[str, str]:
         return text
 
 
-def decode_envelope(record: Record) -> Envelope:
-    """Read the envelope from headers only; raises UndecodableEvent on bad headers."""
+# Numeric headers are milliseconds or small counters: more digits than this is an attack
+# (int() of thousands of digits is slow, and a float of it overflows).
+_MAX_NUMBER_DIGITS = 16
+_DEFAULT_LIMITS = Limits()
+
+
+def _number(raw: str | None, default: int, name: str) -> int:
+    if not raw:
+        return default
+    if len(raw) > _MAX_NUMBER_DIGITS:
+        raise UndecodableEvent(f"header {name!r} has {len(raw)} characters, not a number")
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise UndecodableEvent(f"header {name!r} is not a number: {raw!r}") from exc
+
+
+def _strict_checks(record: Record, raw: dict[str, str], limits: Limits) -> None:
+    """The slow path, taken only when a quick look found something odd: say which rule
+    the record breaks."""
+    seen: set[str] = set()
+    for name, value in record.headers:
+        if name in seen and (name.startswith("choreo-") or name == H_TRACEPARENT):
+            raise UndecodableEvent(f"header {name!r} appears more than once")
+        seen.add(name)
+        if value is not None and len(value) > limits.max_header_bytes:
+            raise UndecodableEvent(
+                f"header {name[:64]!r} is {len(value)} bytes, over the "
+                f"{limits.max_header_bytes} byte limit"
+            )
+
+
+def decode_envelope(record: Record, limits: Limits = _DEFAULT_LIMITS) -> Envelope:
+    """Read the envelope from headers only; raises UndecodableEvent on bad headers: not
+    UTF-8, a repeated envelope header, a header over the size limit, a gid that is
+    missing, too long, or differs from the record key, a non-numeric number."""
     raw = _header_text(record.headers)
+    if len(raw) != len(record.headers) or any(
+        len(value) > limits.max_header_bytes for value in raw.values()
+    ):
+        _strict_checks(record, raw, limits)
     get = raw.get
     event_type = get(H_TYPE, "")
     if not event_type:
         raise UndecodableEvent(f"missing {H_TYPE!r} header")
-    gid = get(H_GID) or (record.key.decode(errors="replace") if record.key else "")
+    key = record.key
+    try:
+        key_text = key.decode() if key else ""
+    except UnicodeDecodeError as exc:
+        raise UndecodableEvent("the record key is not UTF-8") from exc
+    gid = get(H_GID) or key_text
     if not gid:
         raise UndecodableEvent(f"missing {H_GID!r} header and record key")
+    if key_text and gid != key_text:
+        # The key decides the partition, the header the saga: they must name one saga.
+        raise UndecodableEvent(f"the record key and the {H_GID!r} header name different gids")
+    if len(gid) > limits.max_gid_chars:
+        raise UndecodableEvent(f"the gid is {len(gid)} characters, over {limits.max_gid_chars}")
     op, outcome = get(H_OP, ""), get(H_OUTCOME, "")
     if op not in _OPS:
-        raise UndecodableEvent(f"header {H_OP!r} has unknown value {op!r}")
+        raise UndecodableEvent(f"header {H_OP!r} has unknown value {op[:64]!r}")
     if outcome not in _OUTCOMES:
-        raise UndecodableEvent(f"header {H_OUTCOME!r} has unknown value {outcome!r}")
-    try:
-        occurred = int(get(H_OCCURRED) or record.timestamp_ms) / 1000
-        version = int(get(H_VERSION) or 1)
-        attempt = int(get(H_ATTEMPT) or 1)
-    except ValueError as exc:
-        raise UndecodableEvent(f"a numeric header is not a number: {exc}") from exc
+        raise UndecodableEvent(f"header {H_OUTCOME!r} has unknown value {outcome[:64]!r}")
+    occurred = _number(get(H_OCCURRED), record.timestamp_ms, H_OCCURRED) / 1000
+    version = _number(get(H_VERSION), 1, H_VERSION)
+    attempt = _number(get(H_ATTEMPT), 1, H_ATTEMPT)
     return Envelope(
         event_type,
         gid,
@@ -191,11 +238,19 @@ def decode(
 ) -> Message:
     """Turn a record into a typed message, or raise a PoisonEvent saying why not.
     ``envelope`` saves decoding the headers again when the caller already has."""
-    envelope = envelope or decode_envelope(record)
+    limits = limits or _DEFAULT_LIMITS
+    envelope = envelope or decode_envelope(record, limits)
     cls = registry.get(envelope.event_type)
     if cls is None:
         raise UnknownEventType(f"no event class is registered for type {envelope.event_type!r}")
-    data = parse_payload(record.value, limits or Limits())
+    data = parse_payload(record.value, limits)
+    if envelope.schema_version != cls.schema_version:
+        if envelope.schema_version > cls.schema_version:
+            raise SchemaViolation(
+                f"{envelope.event_type} version {envelope.schema_version} is newer than "
+                f"this service knows ({cls.schema_version}); deploy the newer event class"
+            )
+        data = cls.upcast(data, envelope.schema_version)
     try:
         event = cls.model_validate(data)
     except ValidationError as exc:

@@ -152,7 +152,7 @@ class Dispatcher:
     def _plan(self, record: Record) -> _Slot:
         slot = _Slot(record)
         try:
-            envelope = codec.decode_envelope(record)
+            envelope = codec.decode_envelope(record, self.limits)
         except PoisonEvent as exc:
             slot.dead = DeadLetter("poison", exc.reason, self.service)
             return slot

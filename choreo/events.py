@@ -62,6 +62,13 @@ class Event(BaseModel):
             cls.topic = DEFAULT_TOPIC_PREFIX + cls.event_type
 
     @classmethod
+    def upcast(cls, data: dict[str, Any], version: int) -> dict[str, Any]:
+        """Turn the payload of an older ``version`` of this event into the current shape
+        before it is validated. Override it when you raise ``version=``; the default
+        passes the payload through (fields added with defaults need nothing more)."""
+        return data
+
+    @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         # The wire keywords were consumed by __init_subclass__; pydantic must not see them.
         super().__pydantic_init_subclass__()

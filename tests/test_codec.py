@@ -105,3 +105,36 @@ def test_no_input_escapes_as_anything_but_poison(
     except PoisonEvent:
         return
     assert isinstance(message.event, Parcel)
+
+
+def test_a_key_that_is_not_utf8_is_poison_instead_of_a_replacement_gid() -> None:
+    env = Envelope(event_type="Parcel", gid="g")
+    good = as_record(Message(env, Parcel(parcel_id="p", weight=1), "parcels"))
+    headers = tuple((k, v) for k, v in good.headers if k != codec.H_GID)
+    for key in (b"\xff\xfe", b"\xff\xfd"):  # both would have decoded to the same gid
+        record = Record("parcels", 0, 0, key, good.value, headers, 1)
+        with pytest.raises(UndecodableEvent, match="key is not UTF-8"):
+            codec.decode(record, registry())
+
+
+class Weighed(Event, topic="parcels", version=2):
+    parcel_id: str
+    grams: int
+
+    @classmethod
+    def upcast(cls, data: dict[str, object], version: int) -> dict[str, object]:
+        if version == 1:  # version 1 said "kilos"
+            data = {"parcel_id": data["parcel_id"], "grams": int(str(data["kilos"])) * 1000}
+        return data
+
+
+def test_older_versions_are_upcast_and_newer_ones_refused() -> None:
+    reg = EventRegistry()
+    reg.add(Weighed)
+    headers = (("choreo-type", b"Weighed"), ("choreo-gid", b"g"), ("choreo-version", b"1"))
+    old = Record("parcels", 0, 0, b"g", b'{"parcel_id": "p", "kilos": 2}', headers, 1)
+    assert codec.decode(old, reg).event == Weighed(parcel_id="p", grams=2000)
+    newer = Record("parcels", 0, 1, b"g", b'{"parcel_id": "p", "grams": 1}',
+                   (*headers[:2], ("choreo-version", b"3")), 1)  # fmt: skip
+    with pytest.raises(SchemaViolation, match="version 3 is newer than this service knows"):
+        codec.decode(newer, reg)

@@ -227,3 +227,37 @@ async def test_non_retriable_error_dead_letters_at_once(harness: Harness, shop: 
 def test_unused_imports_are_real() -> None:
     assert StockReleased.event_type == "StockReleased"
     assert PaymentDeclined.topic == StockReserved.topic == "test.shop"
+
+
+def _header_poison(gid: str) -> dict[str, tuple[list[tuple[str, bytes]], str]]:
+    placed = orjson.dumps(order().model_dump())
+    base = _headers("OrderPlaced", gid)
+    return {
+        "key and gid disagree": (
+            [*base[:1], ("choreo-gid", b"another-saga"), *base[2:]],
+            "name different gids",
+        ),
+        "repeated envelope header": ([*base, ("choreo-type", b"OrderPlaced")], "more than once"),
+        "huge header": ([*base, ("traceparent", b"0" * 5000)], "over the 1024 byte limit"),
+        "400-digit time": ([*base, ("choreo-occurred-at", b"9" * 400)], "not a number"),
+        "newer schema": ([*base, ("choreo-version", b"7")], "is newer than this service"),
+    } | {"_value": ([], placed.decode())}
+
+
+async def test_bad_envelopes_are_dead_lettered_and_the_partition_flows(harness: Harness) -> None:
+    """Strict headers: a record whose envelope could let it pass for another saga, or cost
+    the consumer out of proportion, is poison; the partition keeps flowing."""
+    gid = str(uuid.uuid4())
+    cases = _header_poison(gid)
+    value = cases.pop("_value")[1].encode()
+    for headers, _ in cases.values():
+        await harness.send_raw("test.shop", value, headers, gid.encode())
+    placed = order()
+    await seed(harness, placed.sku, 10)
+    await harness.publish(placed, gid=gid)
+    await harness.drain()
+    reasons = [dict(d.headers)[H_REASON].decode() for d in harness.dead_letters(gid)]
+    for name, (_, expected) in cases.items():
+        assert sum(expected in r for r in reasons) >= 1, f"{name}: {expected!r} not in {reasons}"
+    assert harness.types(gid)[-2:] == ["StockReserved", "PaymentCharged"]
+    assert await stock(harness, placed.sku) == 8  # none of the poison was applied
