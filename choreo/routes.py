@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from choreo.errors import ConfigurationError
 from choreo.handlers import Handler, HandlerOp
 from choreo.store.base import BarrierKey
 
@@ -21,29 +22,43 @@ def default_step(service: str, handler: Handler) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """A handler with its barrier step and op settled."""
+    """A handler with its barrier step and op settled.
+
+    Its barrier records live under ``<service>/<step>``: two services that both name a
+    step ``reserve`` keep apart (neither service names nor steps may contain ``/``)."""
 
     handler: Handler
     step: str
     op: HandlerOp
+    service: str = ""
 
     def key(self, gid: str) -> BarrierKey:
-        return BarrierKey(gid, self.step, self.op)
+        return BarrierKey(gid, f"{self.service}/{self.step}" if self.service else self.step,
+                          self.op)  # fmt: skip
 
 
 def resolve(service: str, handler: Handler, contracts: Sequence[SagaContract]) -> Route:
     """``step=`` when the handler gave one; else the contract step whose trigger (action)
-    or compensation event (compensate) it handles; else ``default_step``."""
+    or compensation event (compensate) it handles; else ``default_step``, which a
+    compensation may not take: it would never meet its action's barrier record."""
     if handler.step is not None:
-        return Route(handler, handler.step, handler.op)
-    step, op = default_step(service, handler), handler.op
+        return Route(handler, handler.step, handler.op, service)
+    step, op, placed = default_step(service, handler), handler.op, False
     for contract in contracts:
         for s in contract.steps:
             if handler.event is s.on:
-                step, op = s.name, "action"
+                step, op, placed = s.name, "action", True
             elif handler.event is s.compensation:
-                step, op = s.name, "compensate"
-    return Route(handler.with_step(step, op), step, op)
+                step, op, placed = s.name, "compensate", True
+    if op == "compensate" and not placed:
+        raise ConfigurationError(
+            f"{service}: {handler.name}, the compensation for {handler.event.__qualname__}, "
+            f"names no step= and no saga contract of the service places it, so its barrier "
+            f"step would be {step!r}, apart from its action's: an action arriving after it "
+            "would still run. Give it and its action the same step= (e.g. "
+            'step="stock" on both), or give the service the saga\'s contract'
+        )
+    return Route(handler.with_step(step, op), step, op, service)
 
 
 @dataclass(frozen=True)

@@ -158,7 +158,10 @@ class Harness:
         raise TimeoutError(f"not idle after {timeout}s; records behind per group: {lag}")
 
     def history(self, gid: str) -> list[Message]:
-        return [m for m in self.messages if m.gid == gid]
+        """A saga's messages in causal order: each after the event that caused it, else
+        by the time it occurred. (The harness reads several topics at once, so arrival
+        order across topics means nothing.)"""
+        return causal_order([m for m in self.messages if m.gid == gid])
 
     def published(self, event: type[Event] | None = None) -> list[Message]:
         if event is None:
@@ -179,3 +182,25 @@ class Harness:
     ) -> None:
         """Put arbitrary bytes on a topic, for poison-event tests."""
         await self.transport.send(OutgoingRecord(topic, key, value, tuple(headers)))
+
+
+def causal_order(messages: Sequence[Message]) -> list[Message]:
+    timed = sorted(range(len(messages)), key=lambda i: messages[i].envelope.occurred_at)
+    first_with_id: dict[str, int] = {}
+    for index in timed:
+        first_with_id.setdefault(messages[index].envelope.event_id, index)
+    ordered: list[Message] = []
+    placed: set[int] = set()
+
+    def place(index: int, depth: int = 0) -> None:
+        if index in placed:
+            return
+        placed.add(index)
+        cause = first_with_id.get(messages[index].envelope.causation_id)
+        if cause is not None and depth < 1000:
+            place(cause, depth + 1)
+        ordered.append(messages[index])
+
+    for index in timed:
+        place(index)
+    return ordered

@@ -239,7 +239,7 @@ async def test_the_same_action_twice_in_a_batch_runs_once_and_republishes(runs: 
     assert first == second  # the duplicate re-published the stored output, same id
     assert first[0] == "Reserved"
     assert [p[3] for p in run.published(Reserved.topic)].count(g1) == 2
-    assert await run.barrier(g1) == [("stock", "action", "done")]
+    assert await run.barrier(g1) == [("batches/stock", "action", "done")]
 
 
 async def test_action_then_its_compensation_in_a_batch(runs: Runs) -> None:
@@ -250,7 +250,7 @@ async def test_action_then_its_compensation_in_a_batch(runs: Runs) -> None:
     assert await run.value("a") == "5"  # applied, then undone
     assert run.runs == {("reserve", g1): 1, ("release", g1): 1}
     assert [t for t, _ in run.types(g1)] == ["Reserved", "Released"]
-    assert await run.barrier(g1) == [("stock", "action", "done"), ("stock", "compensate", "done")]
+    assert await run.barrier(g1) == [("batches/stock", "action", "done"), ("batches/stock", "compensate", "done")]
 
 
 async def test_compensation_then_its_action_in_a_batch(runs: Runs) -> None:
@@ -261,7 +261,7 @@ async def test_compensation_then_its_action_in_a_batch(runs: Runs) -> None:
     assert await run.value("a") == "5"  # null compensation; the late action hangs
     assert run.runs == {}  # neither handler ran
     assert [t for t, _ in run.types(g1)] == [CompensationSkipped.event_type]
-    assert await run.barrier(g1) == [("stock", "compensate", "done")]
+    assert await run.barrier(g1) == [("batches/stock", "compensate", "done")]
 
 
 async def test_action_compensation_and_the_action_again_in_a_batch(runs: Runs) -> None:
@@ -299,7 +299,7 @@ async def test_guard_refusal_inside_a_batch(runs: Runs) -> None:
     assert [t for t, _ in run.types(g4)] == ["Reserved"]
     failed = [p for p in run.published(SYSTEM_TOPIC) if p[3] == g2]
     assert b"below its minimum 0" in failed[0][8]  # type: ignore[operator]
-    assert await run.barrier(g2) == [("stock", "action", "failed")]
+    assert await run.barrier(g2) == [("batches/stock", "action", "failed")]
     assert run.dead() == []
 
 
