@@ -18,10 +18,9 @@ made familiar: a business failure compensates, an infrastructure failure retries
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
-if TYPE_CHECKING:
-    from choreo.events import Event
+from pydantic import BaseModel
 
 
 class ChoreoError(Exception):
@@ -46,7 +45,9 @@ class BusinessFailure(ChoreoError):
     and ``event`` is published, or a ``StepFailed`` system event when it is None.
     """
 
-    def __init__(self, reason: str, event: Event | None = None) -> None:
+    # Typed as pydantic's BaseModel, not choreo.Event: events import this module, and
+    # the error tree imports nothing of choreo's (the dispatcher checks it is an Event).
+    def __init__(self, reason: str, event: BaseModel | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.event = event

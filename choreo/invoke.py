@@ -73,7 +73,8 @@ class Invoker:
                     result = await handler.func(message.event)
                 return Ran("done", as_events(result) + ctx.outbox, ctx.tx.effects)
             except BusinessFailure as exc:
-                failure = self._failure(route, attempt, exc.reason, exc.event)
+                event = exc.event if isinstance(exc.event, Event) else None
+                failure = self._failure(route, attempt, exc.reason, event)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
