@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING, Any
 from choreo import codec
 from choreo.deadletter import DLQ_TOPIC
 from choreo.dispatch import Dispatcher
-from choreo.errors import ConfigurationError
+from choreo.errors import ConfigurationError, StoreLost
 from choreo.events import Envelope, Event, EventRegistry, Message
 from choreo.handlers import Handler
 from choreo.middleware import Middleware
+from choreo.redact import redact_url
 from choreo.router import Router
-from choreo.routes import RouteTable
+from choreo.routes import RouteTable, resolve
 from choreo.store.base import Store
 from choreo.system_events import SYSTEM_EVENTS
 from choreo.transport.base import Transport
@@ -98,6 +99,10 @@ class Service(Router):
     def __repr__(self) -> str:
         return f"Service({self.name!r}, handlers={len(self.handlers)})"
 
+    def add_handler(self, handler: Handler) -> None:
+        resolve(self.name, handler, self.contracts)  # refuse now what start-up would refuse
+        super().add_handler(handler)
+
     def register_events(self, *events: type[Event]) -> None:
         """Declare events this service only sees on shared topics, so they are skipped
         instead of dead-lettered as unknown."""
@@ -165,6 +170,7 @@ class Service(Router):
             try:
                 self._transport, self._store = transport, kv
                 await transport.ensure_topics(self.known_topics(), self.partitions)
+                await self._check_store_remembers(transport, kv)
                 if self.lifespan is not None:
                     await stack.enter_async_context(self.lifespan(self))
                 if self.handlers:
@@ -202,6 +208,21 @@ class Service(Router):
         finally:
             if owns_transport:
                 await transport.stop()
+
+    async def _check_store_remembers(self, transport: Transport, store: Store) -> None:
+        """An empty store under a group that has consumed before means the barrier records
+        are gone (Redis restarted without persistence): redeliveries would run twice."""
+        if not (store.fresh and self.handlers) or store.accept_empty:
+            return
+        committed = await transport.group_offsets(self.group)
+        if any(offset > 0 for offset in committed.values()):
+            raise StoreLost(
+                f"{self.name}: the store at {redact_url(store.url)} is empty, but consumer group "
+                f"{self.group!r} has committed offsets: the barrier records it relied on are "
+                "lost. Restore the store from its persistence files, or start with "
+                "store_options={'accept_empty': True} if you emptied it on purpose "
+                "(docs/delivery.md, 'The store must not forget')"
+            )
 
     async def publish(
         self, event: Event, *, gid: str | None = None, saga: str | None = None

@@ -9,6 +9,7 @@ made familiar: a business failure compensates, an infrastructure failure retries
     ├── BusinessFailure           the step cannot succeed: compensate, never retry
     ├── RetriableError            transient: retry with backoff, then dead-letter
     │   └── TransportError        the broker or the store did not answer
+    ├── StoreLost                 the store forgot its barrier records: stop, never guess
     ├── PoisonEvent               the bytes can never be handled: dead-letter at once
     │   ├── UndecodableEvent      not UTF-8, not JSON, over a size or depth limit
     │   ├── SchemaViolation       JSON that does not fit the event's model
@@ -61,6 +62,12 @@ class RetriableError(ChoreoError):
 
 class TransportError(RetriableError):
     """The broker or the store failed or timed out."""
+
+
+class StoreLost(ChoreoError):
+    """The store was emptied or replaced under a running service (a Redis restarted
+    without persistence, a failover to an empty replica): its barrier records are gone,
+    so a redelivery would run twice. The service stops instead of guessing."""
 
 
 class PoisonEvent(ChoreoError):

@@ -77,7 +77,7 @@ def kafka_bootstrap(kafka_broker: KafkaBroker) -> str:
 @pytest.fixture(scope="session")
 def redis_url(_local_servers_dir: Path) -> Iterator[str]:
     """`redis://host:port/0` of a real, non-persistent Redis server shared by the session."""
-    server = RedisServer(_local_servers_dir / "redis", die_with_parent=True)
+    server = RedisServer(_local_servers_dir / "redis", die_with_parent=True, persist=False)
     url = _start(server)
     yield url
     server.stop()

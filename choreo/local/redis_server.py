@@ -67,7 +67,9 @@ def _apt_install() -> None:
 
 
 class RedisServer(LocalServer):
-    """A Redis server bound to `host` on a free port; in-memory unless `persist=True`."""
+    """A Redis server bound to `host` on a free port. With ``persist`` (the default) it
+    keeps an append-only file fsynced every second, the setting choreo's barrier needs
+    (docs/delivery.md, "The store must not forget"); ``persist=False`` is for tests."""
 
     name = "redis"
     stop_timeout = 10.0
@@ -78,7 +80,7 @@ class RedisServer(LocalServer):
         host: str = "127.0.0.1",
         *,
         die_with_parent: bool = False,
-        persist: bool = False,
+        persist: bool = True,
     ) -> None:
         super().__init__(run_dir, die_with_parent=die_with_parent)
         self.host = host
@@ -107,7 +109,7 @@ class RedisServer(LocalServer):
         data = self.run_dir / "data"
         data.mkdir(exist_ok=True)
         durability = (
-            ["appendonly yes", "save 3600 1 300 100 60 10000"]
+            ["appendonly yes", "appendfsync everysec", "save 3600 1 300 100 60 10000"]
             if self.persist
             else ["appendonly no", 'save ""']
         )
@@ -119,6 +121,8 @@ class RedisServer(LocalServer):
             f'dir "{data}"',
             'logfile ""',
             *durability,
+            # Evicting a barrier record (or the epoch key) would be silent data loss.
+            "maxmemory-policy noeviction",
             # Redis overwrites its argv with a title; keep the config path in it so that
             # /proc/<pid>/cmdline still tells our server apart from any other redis.
             'proc-title-template "{title} {listen-addr} {server-mode} {config-file}"',

@@ -156,6 +156,10 @@ class Store(abc.ABC):
 
     url: str
     retention_seconds: int
+    # True when the store, once started, found itself empty of choreo's bookkeeping: new,
+    # or emptied (see Service.running). ``accept_empty`` allows starting on it anyway.
+    fresh: bool = False
+    accept_empty: bool = False
 
     @abc.abstractmethod
     async def start(self) -> None: ...

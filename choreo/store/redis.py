@@ -17,6 +17,7 @@ nothing written. A value that is not an integer also raises ``ValueError``, as i
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -28,7 +29,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from choreo.errors import ConfigurationError, TransportError
+from choreo.errors import ConfigurationError, StoreLost, TransportError
+from choreo.redact import redact_url
 from choreo.store.base import (
     DEFAULT_RETENTION_SECONDS,
     SAFE_INTEGER,
@@ -45,7 +47,13 @@ from choreo.store.base import (
     Store,
     guard_failure,
 )
-from choreo.store.redis_scripts import APPLY_LUA, CHECK_MANY_LUA, COMMIT_MANY_LUA, VALUE_ERROR
+from choreo.store.redis_scripts import (
+    APPLY_LUA,
+    CHECK_MANY_LUA,
+    COMMIT_MANY_LUA,
+    EPOCH_ERROR,
+    VALUE_ERROR,
+)
 
 CONNECT_TIMEOUT_SECONDS = 5.0
 
@@ -89,14 +97,20 @@ def _store_errors(url: str) -> Iterator[None]:
     try:
         yield
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-        raise TransportError(f"redis store {url} did not answer: {exc}") from exc
+        raise TransportError(f"redis store {redact_url(url)} did not answer: {exc}") from exc
     except ResponseError as exc:
         message = str(exc)
         if VALUE_ERROR in message:
             raise ValueError(message.split(VALUE_ERROR, 1)[1].strip()) from exc
+        if EPOCH_ERROR in message:
+            raise StoreLost(
+                f"redis store {redact_url(url)}: {message.split(EPOCH_ERROR, 1)[1].strip()}; "
+                "its barrier records are lost, so redelivered records would run again. "
+                "Restore it from its AOF/RDB files (docs/delivery.md, 'The store must not forget')"
+            ) from exc
         # Any other refusal (out of memory, a busy script, a read-only replica) is the
         # server's state, not the record's: retriable, like a connection failure.
-        raise TransportError(f"redis store {url} refused: {exc}") from exc
+        raise TransportError(f"redis store {redact_url(url)} refused: {exc}") from exc
 
 
 class RedisStore(Store):
@@ -105,16 +119,24 @@ class RedisStore(Store):
         url: str,
         retention_seconds: int = DEFAULT_RETENTION_SECONDS,
         key_prefix: str = "choreo",
+        accept_empty: bool = False,
     ) -> None:
+        """``accept_empty``: start even when the store is empty while the service's consumer
+        group has already committed offsets (you emptied it on purpose)."""
         if retention_seconds < 1:
             raise ConfigurationError("retention_seconds must be at least 1 on Redis")
         self.url = url
         self.retention_seconds = retention_seconds
         self.key_prefix = key_prefix
+        self.accept_empty = accept_empty
         self._redis: aioredis.Redis | None = None
         self._commit_script: AsyncScript | None = None
         self._apply_script: AsyncScript | None = None
         self._check_script: AsyncScript | None = None
+        # The store's epoch: written once into an empty store and checked by every
+        # commit, so a store that forgot everything is noticed instead of trusted.
+        self.epoch = ""
+        self.fresh = False  # True when this client found no epoch: a new (or emptied) store
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -128,10 +150,20 @@ class RedisStore(Store):
             await client.ping()
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             await client.aclose()
-            raise TransportError(f"cannot reach the redis store at {self.url}: {exc}") from exc
+            raise TransportError(
+                f"cannot reach the redis store at {redact_url(self.url)}: {exc}"
+            ) from exc
         except BaseException:
             await client.aclose()
             raise
+        try:
+            self.fresh = bool(await client.set(self.epoch_key, uuid.uuid4().hex, nx=True))
+            self.epoch = _text(await client.get(self.epoch_key) or b"")
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            await client.aclose()
+            raise TransportError(
+                f"cannot reach the redis store at {redact_url(self.url)}: {exc}"
+            ) from exc
         self._redis = client
         self._commit_script = client.register_script(COMMIT_MANY_LUA)
         self._apply_script = client.register_script(APPLY_LUA)
@@ -157,6 +189,10 @@ class RedisStore(Store):
         return script
 
     # -- keys ------------------------------------------------------------------------
+
+    @property
+    def epoch_key(self) -> str:
+        return f"{self.key_prefix}:epoch"
 
     def barrier_key(self, key: BarrierKey) -> str:
         return f"{self.key_prefix}:barrier:{{{key.gid}}}:{key.step}:{key.op}"
@@ -217,7 +253,7 @@ class RedisStore(Store):
         ]
         if not sent:
             return results
-        packed = _pack([self.retention_seconds, batch])
+        packed = _pack([self.retention_seconds, batch, self.epoch_key, self.epoch])
         with _store_errors(self.url):
             reply = _unpack(await script(args=[packed]))
         for n, index in enumerate(sent):

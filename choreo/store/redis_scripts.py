@@ -16,6 +16,7 @@ Errors a script raises on purpose start with ``VALUE_ERROR`` (they become ValueE
 from __future__ import annotations
 
 VALUE_ERROR = "CHOREO_VALUE"
+EPOCH_ERROR = "CHOREO_EPOCH"
 
 # Shared by the scripts. ``plan_effects`` replays effects once on a local overlay (guards
 # see the running value, bad integers fail before any write); ``write_values`` then stores
@@ -88,7 +89,9 @@ end
 """
 
 # A batch of commits, applied in order, each as if alone (a later commit sees what an
-# earlier one wrote). ARGV[1]: msgpack of {ttl, commits}, a commit being {own key,
+# earlier one wrote). ARGV[1]: msgpack of {ttl, commits, epoch key, epoch}; nothing is
+# written unless the epoch key still holds the epoch this client found at start. A
+# commit is {own key,
 # sibling key, index key, index member, op, status, outputs, null_outputs, handler_ran
 # (1/0), effects}. Replies msgpack of 3 strings per commit: decision, then for duplicate
 # the stored outputs, for invalid the reason, for rejected the refusing effect's index and
@@ -97,8 +100,12 @@ COMMIT_MANY_LUA = (
     EFFECTS_LUA
     + """
 local batch = cmsgpack.unpack(ARGV[1])
-local ttl, commits = batch[1], batch[2]
+local ttl, commits, epoch_key, epoch = batch[1], batch[2], batch[3], batch[4]
 local reply = {}
+if redis.call('GET', epoch_key) ~= epoch then
+  return redis.error_reply('CHOREO_EPOCH the epoch key ' .. epoch_key ..
+    ' no longer holds ' .. epoch .. ': the store was emptied or replaced')
+end
 
 local function commit_one(c)
   local own_key, sibling_key, index_key, member = c[1], c[2], c[3], c[4]
