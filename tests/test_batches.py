@@ -250,7 +250,10 @@ async def test_action_then_its_compensation_in_a_batch(runs: Runs) -> None:
     assert await run.value("a") == "5"  # applied, then undone
     assert run.runs == {("reserve", g1): 1, ("release", g1): 1}
     assert [t for t, _ in run.types(g1)] == ["Reserved", "Released"]
-    assert await run.barrier(g1) == [("batches/stock", "action", "done"), ("batches/stock", "compensate", "done")]
+    assert await run.barrier(g1) == [
+        ("batches/stock", "action", "done"),
+        ("batches/stock", "compensate", "done"),
+    ]
 
 
 async def test_compensation_then_its_action_in_a_batch(runs: Runs) -> None:
