@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING, Any
 from choreo import codec
 from choreo.deadletter import DLQ_TOPIC
 from choreo.dispatch import Dispatcher
-from choreo.errors import ConfigurationError, StoreLost
+from choreo.errors import ConfigurationError, StoreLost, TransportError
 from choreo.events import Envelope, Event, EventRegistry, Message
 from choreo.handlers import Handler
 from choreo.middleware import Middleware
 from choreo.redact import redact_url
+from choreo.retry import Backoff, RetryPolicy
 from choreo.router import Router
 from choreo.routes import RouteTable, resolve
 from choreo.store.base import Store
@@ -214,7 +215,15 @@ class Service(Router):
         are gone (Redis restarted without persistence): redeliveries would run twice."""
         if not (store.fresh and self.handlers) or store.accept_empty:
             return
-        committed = await transport.group_offsets(self.group)
+        backoff = Backoff(RetryPolicy(backoff=0.1, backoff_max=2.0))
+        while True:
+            try:  # a broker just started may not have a group coordinator yet
+                committed = await transport.group_offsets(self.group)
+                break
+            except TransportError:
+                if backoff.attempt >= 20:
+                    raise
+                await backoff.wait()
         if any(offset > 0 for offset in committed.values()):
             raise StoreLost(
                 f"{self.name}: the store at {redact_url(store.url)} is empty, but consumer group "
