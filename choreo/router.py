@@ -49,7 +49,9 @@ class Router:
         """Register an async handler for ``event``.
 
         ``step``/``op`` name the barrier record (DTM's branch and op); when omitted they
-        come from the service's saga contracts, else ``<service>.<function>``/action.
+        come from the service's saga contracts, else ``<service>.<function>``/action. A
+        compensation (``op="compensate"``) that no contract places must name its action's
+        ``step``: the barrier pairs the two by step, so it is refused without one.
         ``throws`` lists exceptions that mean business failure (compensate, no retry);
         any other exception is retried per ``retry`` and then dead-lettered.
         """

@@ -5,9 +5,10 @@
     compensation: ReleaseStock -> StockReleased, RefundPayment -> PaymentRefunded,
                   CancelShipment -> ShipmentCancelled (run newest first by the tracker)
 
-The tracker builds a compensation from the payloads the saga has seen so far, so each
-compensation event carries only fields that events before its step's dispatch carry
-(``choreo lint`` would flag one that needs the step's own reply).
+The tracker builds each compensation from its own step's trigger and done event only:
+ReleaseStock and CancelShipment by copying fields by name (the contract is refused if one
+cannot be filled), RefundPayment with ``compensate_with``, because both StockReserved and
+PaymentDeducted carry an ``amount`` and the refund must say which it means.
 """
 
 from __future__ import annotations
@@ -111,6 +112,12 @@ order_saga = SagaContract(
             compensated=PaymentRefunded,
             deadline=STEP_DEADLINE,
             service="payment",
+            # Refund what was deducted; after a timeout (no reply) what was asked for.
+            compensate_with=lambda reserved, deducted: RefundPayment(
+                order_id=reserved.order_id,
+                customer=reserved.customer,
+                amount=deducted.amount if deducted else reserved.amount,
+            ),
         ),
         Step(
             "shipping",

@@ -142,3 +142,31 @@ async def ship(event: Charged) -> Shipped:
 @shipping.on_event(Shipped)
 async def notify(event: Shipped) -> Notified:
     return Notified(order_id=event.order_id)
+
+
+# -- compensation data the lint reports: a field only the done event carries (none if the
+# step times out) and one that both the trigger and the done event carry (which wins).
+
+
+class Pack(OrderEvent):
+    parcels: int
+
+
+class Packed(OrderEvent):
+    parcels: int
+    label: str
+
+
+class Unpack(OrderEvent):
+    parcels: int
+    label: str
+
+
+class Unpacked(OrderEvent): ...
+
+
+parcels = SagaContract(
+    "parcels",
+    start=Pack,
+    steps=[Step("pack", on=Pack, done=Packed, compensation=Unpack, compensated=Unpacked)],
+)

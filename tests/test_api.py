@@ -158,6 +158,55 @@ def test_bad_options_are_refused() -> None:
         Service("has space")
 
 
+def test_a_compensation_must_share_its_actions_step() -> None:
+    """Without step= and a contract, the action and its compensation would get barrier
+    steps ``svc.ping`` and ``svc.unping``: a late action would still run."""
+    app = Service("svc")
+
+    @app.on_event(Ping)
+    async def ping(event: Ping) -> Pong:
+        return Pong(n=event.n)
+
+    async def unping(event: Pong) -> None:
+        return None
+
+    with pytest.raises(ConfigurationError) as refused:
+        app.on_event(Pong, op="compensate")(unping)
+    assert str(refused.value) == (
+        "svc: unping, the compensation for Pong, names no step= and no saga contract of the "
+        "service places it, so its barrier step would be 'svc.unping', apart from its "
+        "action's: an action arriving after it would still run. Give it and its action the "
+        'same step= (e.g. step="stock" on both), or give the service the saga\'s contract'
+    )
+    # Through a router the refusal comes when the service includes it (or builds routes).
+    router = Router()
+    router.on_event(Pong, op="compensate")(unping)
+    with pytest.raises(ConfigurationError, match="names no step="):
+        Service("other").include_router(router)
+    # Named, it pairs with its action; placed by a contract, it needs no name.
+    app.on_event(Pong, step="svc.ping", op="compensate")(unping)
+    assert [(h.step, h.op) for h in app.resolved_handlers()] == [
+        ("svc.ping", "action"),
+        ("svc.ping", "compensate"),
+    ]
+    from choreo.saga import SagaContract, Step
+
+    class Undo(Event):
+        n: int
+
+    contract = SagaContract(
+        "ping", start=Ping, steps=[Step("ping", on=Ping, done=Pong, compensation=Undo)]
+    )
+    placed = Service("placed", contracts=[contract])
+
+    @placed.on_event(Undo, op="compensate")
+    async def undo(event: Undo) -> None:
+        return None
+
+    [handler] = placed.resolved_handlers()
+    assert (handler.step, handler.op) == ("ping", "compensate")
+
+
 def test_router_splits_handlers_across_modules() -> None:
     router = Router()
 

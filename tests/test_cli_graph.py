@@ -109,3 +109,22 @@ def test_exit_code_in_a_subprocess() -> None:
     assert done.returncode == 1
     assert done.stdout.splitlines()[-1] == "3 error(s), 3 warning(s)"
     assert done.stderr == ""
+
+
+def test_lint_reports_where_compensation_fields_come_from(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, _ = choreo(capsys, "graph", "--contract", "tests.graph_apps:parcels", "--lint")
+    assert code == 0
+    assert out.splitlines()[1:] == [
+        "warning: saga 'parcels': step 'pack': Unpack takes parcels from its done event "
+        "Packed, or from its trigger Pack if it times out; if they mean different things "
+        "there, build it with compensate_with=",
+        "warning: saga 'parcels': step 'pack': its compensation needs label, which only its "
+        "done event Packed carries, not its trigger Pack; if it times out it cannot be "
+        "compensated",
+        "0 error(s), 3 warning(s)",
+    ]
+    code, _, _ = choreo(capsys, "graph", "--contract", "tests.graph_apps:parcels", "--lint",
+                        "--strict")  # fmt: skip
+    assert code == 1

@@ -271,6 +271,119 @@ def test_lint_warns_when_a_compensation_needs_what_only_the_step_knows() -> None
     assert contract.lint() == [
         "step 'hold' declares no compensated event: only CompensationSkipped can confirm its "
         "compensation, so the tracker may retry it until STUCK",
-        "step 'hold': its compensation needs room, which no event before its dispatch "
-        "carries; if it times out it cannot be compensated",
+        "step 'hold': its compensation needs room, which only its done event HoldRoom "
+        "carries, not its trigger StockReserved; if it times out it cannot be compensated",
     ]
+
+
+# -- where a compensation's fields come from --------------------------------------------
+
+
+class Hold(Shop):
+    order_id: str
+    qty: int
+
+
+class Held(Shop):
+    order_id: str
+    qty: int
+    slot: str
+
+
+class HeldPartly(Shop):
+    order_id: str
+    qty: int
+
+
+class Unhold(Shop):
+    order_id: str
+    qty: int
+    slot: str
+
+
+class UnholdSome(Shop):
+    order_id: str
+    qty: int
+    note: str = ""
+
+
+class HoldRoomOnly(Shop):
+    order_id: str
+    qty: str  # the same name for another thing
+
+
+def test_a_required_field_every_done_event_or_the_trigger_must_carry() -> None:
+    Step("hold", on=Hold, done=Held, compensation=Unhold)  # slot: from Held
+    with pytest.raises(ContractError) as refused:
+        Step("hold", on=Hold, done=(Held, HeldPartly), compensation=Unhold)
+    assert str(refused.value) == (
+        "step 'hold': Unhold.slot cannot be filled: neither its trigger Hold nor every done "
+        "event (HeldPartly lacks it) carries 'slot' (fields of other events of the saga are "
+        "never used); add it to one of them, give it a default, or build it with "
+        "Step(..., compensate_with=lambda trigger, done: Unhold(...))"
+    )
+    # A field with a default may stay unfilled.
+    Step("hold", on=Hold, done=HeldPartly, compensation=UnholdSome)
+
+
+def test_a_field_both_declare_with_different_types_is_ambiguous() -> None:
+    with pytest.raises(ContractError) as refused:
+        Step("hold", on=Hold, done=HoldRoomOnly, compensation=UnholdSome)
+    assert str(refused.value) == (
+        "step 'hold': UnholdSome.qty is ambiguous: its trigger Hold has qty: int and its done "
+        "event HoldRoomOnly has qty: str; build it with Step(..., compensate_with=lambda "
+        "trigger, done: UnholdSome(...)) to say which one it is"
+    )
+    # A builder settles it, and lifts the field checks.
+    Step(
+        "hold",
+        on=Hold,
+        done=HoldRoomOnly,
+        compensation=UnholdSome,
+        compensate_with=lambda hold, held: UnholdSome(order_id=hold.order_id, qty=hold.qty),
+    )
+    Step(
+        "hold",
+        on=OrderPlaced,
+        done=StockReserved,
+        compensation=Unhold,
+        compensate_with=lambda placed, _: Unhold(order_id=placed.order_id, qty=1, slot="?"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("builder", "options", "message"),
+    [
+        (lambda t, d: None, {"compensation": None, "compensated": ()}, "but no compensation"),
+        ("not callable", {}, "compensate_with must be callable"),
+        (lambda trigger: None, {}, "must take two arguments, the step's trigger and its done"),
+    ],
+)
+def test_compensate_with_is_checked(
+    builder: object, options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ContractError, match=message):
+        reserve(compensate_with=builder, **options)
+
+
+def test_lint_reports_fields_the_done_event_overrides_but_not_the_sagas_subject() -> None:
+    hold = Step("hold", on=Hold, done=HeldPartly, compensation=UnholdSome, service="h",
+                compensated=StockReleased)  # fmt: skip
+    start = Step("start", on=OrderPlaced, done=Hold, service="h")
+    contract = shop(start, hold)
+    # order_id is on every event of the saga: its subject, not reported.
+    assert contract.lint()[-1] == (
+        "step 'hold': UnholdSome takes qty from its done event HeldPartly, or from its "
+        "trigger Hold if it times out; if they mean different things there, build it with "
+        "compensate_with="
+    )
+    built = Step(
+        "hold",
+        on=Hold,
+        done=HeldPartly,
+        compensation=UnholdSome,
+        compensated=StockReleased,
+        service="h",
+        compensate_with=lambda hold, held: UnholdSome(order_id=hold.order_id, qty=1),
+    )
+    assert not any("takes" in w for w in shop(start, built).lint())

@@ -83,6 +83,11 @@ async def test_the_default_demo_shows_every_kind_of_ending() -> None:
     stalled = {o.order.order_id for o in run.audit.outcomes if run.knobs.stalls(o.order.order_id)}
     timed_out = {o.order.order_id for o in run.audit.outcomes if o.cause == TIMED_OUT}
     assert timed_out <= stalled
+    # A finished saga owes nothing, so the tracker keeps none of its events' payloads.
+    for outcome in run.audit.outcomes:
+        assert outcome.saga is not None
+        saga = outcome.saga
+        assert (saga.payloads, saga.replies, saga.compensations) == ({}, {}, {})
 
 
 @pytest.mark.timeout(60)

@@ -419,6 +419,12 @@ def test_machine_survives_hostile_schedules(
             assert cur is None or cur.status in SETTLED, (step.name, cur)
             assert applied == 0, step.name
 
+    # Every compensation could be built from its own step's events, and a completed saga
+    # keeps no payload (it owes no compensation).
+    assert not any("cannot build" in getattr(p.event, "reason", "") for p in alerts)
+    if state.status == SagaStatus.COMPLETED:
+        assert (state.payloads, state.replies, state.compensations) == ({}, {}, {})
+
     # (5) Replaying the same inputs into a fresh machine gives an equal state.
     replayed: SagaState | None = None
     for message, now in world.history:

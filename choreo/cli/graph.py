@@ -139,7 +139,8 @@ def text(graph: Choreography, findings: list[Finding]) -> str:
             undo = "no compensation"
             if step.compensation is not None:
                 confirmed = " | ".join(c.event_type for c in step.compensated) or "?"
-                undo = f"undo {step.compensation.event_type} -> {confirmed}"
+                built = " (compensate_with)" if step.compensate_with is not None else ""
+                undo = f"undo {step.compensation.event_type}{built} -> {confirmed}"
             lines.append(
                 f"  {n}. {step.name} by {step.service or '?'}: "
                 f"{step.on.event_type} -> {replies}; {undo}; deadline {step.deadline:g}s"

@@ -3,7 +3,7 @@ state machine that decides what the tracker publishes."""
 
 from __future__ import annotations
 
-from choreo.events import derived_event_id
+from choreo.events import Event, derived_event_id
 from choreo.saga.contract import Step
 from choreo.saga.state import SagaStatus, StepState, StepStatus
 from choreo.saga.transition import Run, compensation_event_id
@@ -66,7 +66,7 @@ def issue(run: Run, step: Step, cur: StepState) -> None:
     if cls is None:
         return
     try:
-        event = cls.model_validate({k: v for k, v in s.data.items() if k in cls.model_fields})
+        event = _compensation(run, step, cls)
     except Exception as exc:
         cur.status, cur.next_retry_at = StepStatus.COMPENSATING, None
         detail = " ".join(str(exc).split())[:300]
@@ -80,6 +80,60 @@ def issue(run: Run, step: Step, cur: StepState) -> None:
     event_id = compensation_event_id(s.gid, step.name, attempt, cur.compensation_round)
     note = f"compensation of {step.name} issued (attempt {attempt})"
     run.publish(event, step.name, "compensate", event_id, note)
+
+
+def _compensation(run: Run, step: Step, cls: type[Event]) -> Event:
+    """Built once from the step's own trigger and done event (``Step.build_compensation``),
+    then kept: every attempt re-publishes the same event."""
+    s = run.state
+    kept = s.compensations.get(step.name)
+    if kept is not None:
+        return cls.model_validate(kept)
+    done = s.replies.get(step.name)
+    reply = None if done is None or done not in s.payloads else (done, s.payloads[done])
+    event, notes = step.build_compensation(s.payloads.get(step.on.event_type), reply)
+    s.compensations[step.name] = event.model_dump(mode="json")
+    for note in notes:
+        run.log(note, step=step.name)
+    return event
+
+
+def forget(run: Run) -> None:
+    """Drop the payloads that no owed compensation or operator's retry can need any more
+    (``SagaState.payloads``/``replies``/``compensations``): a step needs its trigger's and
+    done event's while it is pending (a retry re-publishes the trigger; it may time out),
+    done with a compensation, not dispatched with one (a late success is undone), or
+    compensating before its compensation is built; a compensation is kept while it is
+    unconfirmed. A completed saga keeps nothing."""
+    s = run.state
+    if not (s.payloads or s.compensations):
+        return
+    if s.status == SagaStatus.COMPLETED:  # terminal, and never compensates
+        s.payloads, s.replies, s.compensations = {}, {}, {}
+        return
+    steps, replies, built = s.steps, s.replies, s.compensations
+    types: set[str] = set()
+    needy: set[str] = set()
+    owed: set[str] = set()
+    for step in run.contract.steps:
+        name, cur = step.name, steps.get(step.name)
+        status = None if cur is None else cur.status
+        if status == StepStatus.COMPENSATING:
+            owed.add(name)
+            if name in built:
+                continue
+        elif status != StepStatus.PENDING and (step.compensation is None or status in SETTLED):
+            continue
+        needy.add(name)
+        types.add(step.on.event_type)
+        if name in replies:
+            types.add(replies[name])
+    if not s.payloads.keys() <= types:
+        s.payloads = {t: p for t, p in s.payloads.items() if t in types}
+    if not replies.keys() <= needy:
+        s.replies = {name: t for name, t in replies.items() if name in needy}
+    if not built.keys() <= owed:
+        s.compensations = {name: p for name, p in built.items() if name in owed}
 
 
 def stuck(run: Run, name: str, cur: StepState, reason: str) -> None:
@@ -119,7 +173,7 @@ def _retry_triggers(run: Run) -> None:
     if not pending:
         run.note("ignored: no pending step to retry")
     for step in pending:
-        payload = s.events_by_type.get(step.on.event_type)
+        payload = s.payloads.get(step.on.event_type)
         try:
             event = step.on.model_validate(payload)
         except Exception:

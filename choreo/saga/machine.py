@@ -9,7 +9,7 @@ events the tracker must publish under the saga's gid, with the given event ids.
 from __future__ import annotations
 
 from choreo.events import Message
-from choreo.saga.compensation import SETTLED, admin, complete, issue, settle, stuck
+from choreo.saga.compensation import SETTLED, admin, complete, forget, issue, settle, stuck
 from choreo.saga.contract import SagaContract, Step
 from choreo.saga.state import SagaState, SagaStatus, StepState, StepStatus
 from choreo.saga.transition import Publish, Run, Transition, compensation_event_id
@@ -38,6 +38,7 @@ def apply(
     run.record(message)
     _route(run, message)
     settle(run)
+    forget(run)
     return run.finish()
 
 
@@ -77,6 +78,7 @@ def on_deadline(contract: SagaContract, state: SagaState, now: float) -> Transit
     settle(run)
     if not run.touched:
         return Transition(state)
+    forget(run)
     return run.finish()
 
 
@@ -115,6 +117,7 @@ def _route(run: Run, message: Message) -> None:
 
 def _triggered(run: Run, step: Step) -> None:
     s, name, now = run.state, step.name, run.now
+    run.keep_payload()  # the first one, which dispatched the step
     if name in s.steps:
         run.note(f"{name} already dispatched", name)
     elif s.status in (SagaStatus.RUNNING, SagaStatus.COMPENSATING):
@@ -139,6 +142,7 @@ def _done(run: Run, step: Step) -> None:
     elif cur is not None and cur.status in (StepStatus.COMPENSATING, StepStatus.COMPENSATED):
         run.note(f"late success of {name} after its compensation was issued: not applied", name)
     elif s.status in (SagaStatus.RUNNING, SagaStatus.COMPLETED):
+        _keep_reply(run, step)
         if cur is None:
             cur = s.steps[name] = StepState(status=StepStatus.DONE)
             run.note(f"{name} done before its trigger was seen", name)
@@ -146,11 +150,18 @@ def _done(run: Run, step: Step) -> None:
             run.note(f"{name} done", name)
         cur.status, cur.finished_at = StepStatus.DONE, run.now
     else:
+        _keep_reply(run, step)
         if cur is None:
             cur = s.steps[name] = StepState(status=StepStatus.PENDING)
         cur.finished_at, cur.outcome_note = run.now, "late success"
         undo = "it will be compensated" if step.compensation else "it has no compensation"
         run.note(f"late success of {name} while saga is {s.status}: not applied, {undo}", name)
+
+
+def _keep_reply(run: Run, step: Step) -> None:
+    """Keep the applied done event of a step that may have to be compensated."""
+    if step.compensation is not None and step.name not in run.state.replies:
+        run.state.replies[step.name] = run.keep_payload()
 
 
 def _failed(run: Run, name: str, reason: str) -> None:

@@ -13,9 +13,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from choreo.events import Message
-from choreo.system_events import SystemEvent
 
 SEEN_IDS_LIMIT = 512
+Payload = dict[str, Any]  # an event's fields as JSON
 TIMELINE_LIMIT = 1000
 
 
@@ -100,11 +100,15 @@ class SagaState(BaseModel):
     updated_at: float
     finished_at: float | None = None
     reason: str = ""
-    # Payloads of every business event seen, merged in arrival order: the source of the
-    # fields a compensation event needs.
-    data: dict[str, Any] = Field(default_factory=dict)
-    # The last payload per event type, so an operator's retry can re-publish a trigger.
-    events_by_type: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # Only what owed compensations and operators' retries need (docs/tracker.md): the
+    # payloads of steps' triggers and done events, by event type and each kept once (one
+    # step's done event is often the next one's trigger); the done event type applied to
+    # each step that may be compensated, by step; and by step, a compensation once built
+    # (every attempt re-publishes it as is). ``choreo.saga.compensation.forget`` drops
+    # what nothing can need any more: a completed saga keeps none of it.
+    payloads: dict[str, Payload] = Field(default_factory=dict)
+    replies: dict[str, str] = Field(default_factory=dict)
+    compensations: dict[str, Payload] = Field(default_factory=dict)
     seen_ids: list[str] = Field(default_factory=list)
     timeline: list[TimelineEntry] = Field(default_factory=list)
     resolved: bool = False
@@ -128,20 +132,17 @@ class SagaState(BaseModel):
         return self.model_copy(
             update={
                 "steps": {name: step.model_copy() for name, step in self.steps.items()},
-                "data": dict(self.data),
-                "events_by_type": dict(self.events_by_type),
+                "payloads": dict(self.payloads),
+                "replies": dict(self.replies),
+                "compensations": dict(self.compensations),
                 "seen_ids": list(self.seen_ids),
                 "timeline": list(self.timeline),
             }
         )
 
     def remember(self, message: Message) -> None:
-        """Note the event's id for dedupe and keep a business event's payload."""
+        """Note the event's id for dedupe."""
         self.seen_ids = [*self.seen_ids, message.envelope.event_id][-SEEN_IDS_LIMIT:]
-        if not isinstance(message.event, SystemEvent):
-            payload = message.event.model_dump(mode="json")
-            self.data.update(payload)
-            self.events_by_type[type(message.event).event_type] = payload
 
     def add_timeline(self, entries: list[TimelineEntry]) -> None:
         self.timeline = [*self.timeline, *entries][-TIMELINE_LIMIT:]

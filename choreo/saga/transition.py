@@ -53,6 +53,15 @@ class Run:
         self.message = message
         self.state.remember(message)
 
+    def keep_payload(self) -> str:
+        """Keep the fields of the business event being applied, unless an event of its
+        type was kept already (the first one counts); returns its event type."""
+        assert self.message is not None
+        event_type = type(self.message.event).event_type
+        if event_type not in self.state.payloads:
+            self.state.payloads[event_type] = self.message.event.model_dump(mode="json")
+        return event_type
+
     def note(self, text: str, step: str = "") -> None:
         """Explain what the message being applied did."""
         self.notes.append(text)
