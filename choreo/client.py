@@ -19,6 +19,7 @@ import urllib.request
 from typing import Any
 
 from choreo.errors import ChoreoError, UsageError
+from choreo.redact import redact_url
 
 __all__ = ["DEFAULT_TRACKER", "TrackerClient"]
 
@@ -31,7 +32,7 @@ class TrackerClient:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise UsageError(
-                f"{url!r} is not an http(s) URL",
+                f"{redact_url(url)!r} is not an http(s) URL",
                 hint=f"pass the tracker's API like --tracker {DEFAULT_TRACKER}",
             )
         self.url = url.rstrip("/")
@@ -67,14 +68,15 @@ class TrackerClient:
         except (TimeoutError, urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise UsageError(
-                f"cannot reach the tracker at {self.url} ({reason})",
+                f"cannot reach the tracker at {redact_url(self.url)} ({reason})",
                 hint="is `choreo tracker` running? pass --tracker URL or set CHOREO_TRACKER",
             ) from None
         try:
             return json.loads(raw)
         except ValueError:
             raise ChoreoError(
-                f"{self.url}{path} did not answer JSON; is {self.url} a choreo tracker's state API?"
+                f"{redact_url(self.url)}{path} did not answer JSON; is it a choreo tracker's "
+                "state API?"
             ) from None
 
     def _http_error(self, status: int, raw: bytes, path: str) -> ChoreoError:
@@ -95,7 +97,7 @@ class TrackerClient:
             return UsageError(f"no saga with gid {gid!r}", hint=UNKNOWN_GID_HINT)
         if status == 404 and not message:
             return UsageError(
-                f"the tracker at {self.url} does not serve {path.split('?')[0]}",
+                f"the tracker at {redact_url(self.url)} does not serve {path.split('?')[0]}",
                 hint="is it a choreo tracker of this version?",
             )
         if 400 <= status < 500:

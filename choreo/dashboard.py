@@ -6,6 +6,10 @@ deadline, or COMPENSATING) and the STUCK ones, each with its age and the step it
 on. ``fetch`` builds one from a tracker's state API, ``snapshot_of`` from a
 ``MemoryTracker`` running in this process; ``render`` is pure, so a program can print the
 same view the dashboard refreshes.
+
+Every string from the API reaches rich as a ``Text`` (never parsed as markup) after
+``choreo.cli.fmt.clean`` (no control characters): an actor named ``[/oops]`` or a reason
+holding an ANSI escape is shown as written, and cannot break or drive the terminal.
 """
 
 from __future__ import annotations
@@ -16,18 +20,20 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Group, RenderableType
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from choreo.cli.fmt import duration
+from choreo.cli.fmt import clean, duration
 from choreo.client import TrackerClient
+from choreo.redact import redact_url
 from choreo.saga.state import SagaStatus
 
 if TYPE_CHECKING:
     from choreo.tracker.memory import MemoryTracker
 
-__all__ = ["Snapshot", "fetch", "render", "snapshot_of"]
+__all__ = ["Snapshot", "fetch", "plain_text", "render", "snapshot_of"]
 
 STATUS_STYLE = {
     "RUNNING": "cyan",
@@ -70,7 +76,7 @@ def fetch(client: TrackerClient, previous: Snapshot | None = None) -> Snapshot:
     rows = client.get("/stalled", limit=MAX_ROWS)
     return Snapshot(
         now,
-        client.url,
+        redact_url(client.url),
         counts,
         latencies,
         rows["stalled"],
@@ -79,6 +85,12 @@ def fetch(client: TrackerClient, previous: Snapshot | None = None) -> Snapshot:
         rows.get("stalled_total", 0),
         rows.get("stuck_total", 0),
     )
+
+
+def plain_text(value: object, style: str = "") -> Text:
+    """A string from the API or from records as rich ``Text``: never parsed as markup,
+    control characters shown as escapes (``\\x1b``)."""
+    return Text(clean("" if value is None else value), style=style)
 
 
 def _finished(counts: dict[str, Any]) -> int:
@@ -107,19 +119,23 @@ def _latencies(snap: Snapshot) -> Table:
     for row in snap.latencies:
         qs = [row.get(q) for q in ("p50", "p90", "p99")]
         table.add_row(
-            row.get("saga", ""),
-            row.get("step", ""),
-            str(row.get("count", 0)),
-            *("-" if q is None or math.isnan(q) else f"{q:.3f}" for q in qs),
+            plain_text(row.get("saga", "")),
+            plain_text(row.get("step", "")),
+            plain_text(row.get("count", 0)),
+            *(plain_text(_seconds(q)) for q in qs),
         )
     return table
+
+
+def _seconds(q: object) -> str:
+    return f"{q:.3f}" if isinstance(q, int | float) and not math.isnan(q) else "-"
 
 
 def _waits(row: dict[str, Any]) -> str:
     waits = []
     for w in row.get("waiting", []):
-        tries = f" (attempt {w['attempts']})" if w["op"] == "compensate" else ""
-        waits.append(("undo " if w["op"] == "compensate" else "") + w["step"] + tries)
+        tries = f" (attempt {w.get('attempts')})" if w.get("op") == "compensate" else ""
+        waits.append(("undo " if w.get("op") == "compensate" else "") + str(w.get("step")) + tries)
     return ", ".join(waits) or "-"
 
 
@@ -139,12 +155,12 @@ def _sagas(snap: Snapshot, title: str, rows: list[dict[str, Any]], total: int) -
         age = duration(snap.at - row.get("started_at", snap.at))
         style = STATUS_STYLE.get(status, "")
         table.add_row(
-            row.get("gid", ""),
-            row.get("saga", ""),
-            Text(status, style=style),
-            age,
-            _waits(row),
-            note,
+            plain_text(row.get("gid", "")),
+            plain_text(row.get("saga", "")),
+            plain_text(status, style),
+            plain_text(age),
+            plain_text(_waits(row)),
+            plain_text(note),
         )
     if total > min(len(rows), MAX_ROWS):
         table.caption = f"... and {total - min(len(rows), MAX_ROWS)} more (`choreo sagas list`)"
@@ -154,12 +170,11 @@ def _sagas(snap: Snapshot, title: str, rows: list[dict[str, Any]], total: int) -
 def render(snap: Snapshot) -> RenderableType:
     stuck = sorted(snap.stuck, key=lambda s: (bool(s.get("resolved")), -s.get("updated_at", 0)))
     stalled = sorted(snap.stalled, key=lambda s: s.get("started_at", 0))
-    title = (
-        f"choreo dashboard  {snap.tracker}  {time.strftime('%H:%M:%S', time.localtime(snap.at))}"
-    )
+    at = time.strftime("%H:%M:%S", time.localtime(snap.at))
+    title = f"choreo dashboard  {escape(clean(snap.tracker))}  {at}"  # a title is markup
     parts: list[RenderableType] = [Panel(_counts(snap), title=title, title_align="left")]
     if snap.error:
-        parts.append(Text(f"refresh failed: {snap.error}", style="bold red"))
+        parts.append(Text(f"refresh failed: {clean(snap.error)}", style="bold red"))
     parts += [
         _latencies(snap),
         _sagas(snap, "stalled", stalled, max(snap.stalled_total, len(stalled))),

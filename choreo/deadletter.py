@@ -1,4 +1,11 @@
-"""Dead-letter records: the original bytes, untouched, plus headers saying why."""
+"""Dead-letter records: the original bytes, untouched, plus headers saying why.
+
+A dead letter records where its record came from (``choreo-dlq-topic``, ``-partition``,
+``-offset``) and which service gave up on it (``choreo-dlq-service``). A replay sends the
+record back to that topic only, with the event id it had: its ``choreo-id`` header, or,
+when it had none, the id a consumer gives such a record (``topic/partition/offset`` of
+where it was first read), so every replay of it is the same event.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,7 @@ import hashlib
 import time
 from dataclasses import dataclass
 
+from choreo.codec import H_ID
 from choreo.transport.base import OutgoingRecord, Record
 
 DLQ_TOPIC = "choreo.dlq"
@@ -82,8 +90,56 @@ def dead_letter_record(
     return OutgoingRecord(topic=topic, key=key, value=value, headers=headers)
 
 
+class NotReplayable(ValueError):
+    """A dead letter that cannot be sent back: choreo did not record where it came from,
+    or its value was dropped because it was too large to keep."""
+
+
+def _header_text(dead: Record, name: str) -> str:
+    raw = dead.header(name)
+    try:
+        return "" if raw is None else raw.decode()
+    except UnicodeDecodeError:
+        return ""
+
+
+def original_topic(dead: Record) -> str:
+    """The topic choreo recorded the dead letter's record was read from."""
+    topic = _header_text(dead, H_TOPIC)
+    if not topic:
+        raise NotReplayable(
+            f"dead letter {dead.partition}:{dead.offset} does not name its original topic "
+            f"(no {H_TOPIC} header): choreo did not write it"
+        )
+    return topic
+
+
+def original_event_id(dead: Record) -> str:
+    """The record's event id: its own header, else the id a consumer gave it when it was
+    first read (``topic/partition/offset``, as the codec derives it), else one derived
+    from the dead letter's own coordinates. The same on every replay."""
+    given = _header_text(dead, H_ID)
+    if given:
+        return given
+    topic = original_topic(dead)
+    partition, offset = _header_text(dead, H_PARTITION), _header_text(dead, H_OFFSET)
+    if partition.isascii() and partition.isdigit() and offset.isascii() and offset.isdigit():
+        return f"{topic}/{int(partition)}/{int(offset)}"
+    return f"{dead.topic}/{dead.partition}/{dead.offset}"
+
+
 def original_record(dead: Record) -> OutgoingRecord:
-    """The record as it was before it died, for replay after a fix."""
-    topic = (dead.header(H_TOPIC) or b"").decode() or dead.topic
+    """The record as it was before it died, for replay after a fix: its key, value and
+    headers, to the topic choreo recorded, with its event id (see ``original_event_id``).
+    NotReplayable (a ValueError) when that topic is not recorded or the value was dropped."""
+    topic = original_topic(dead)
+    dropped = dead.header(H_DROPPED)
+    if dropped is not None:
+        raise NotReplayable(
+            f"dead letter {dead.partition}:{dead.offset} was too large to keep whole "
+            f"({dropped.decode(errors='replace')[:200]}); it cannot be replayed"
+        )
     headers = tuple((k, v) for k, v in dead.headers if k not in DLQ_HEADERS)
+    if not _header_text(dead, H_ID):  # none (or an empty one): the id it was read with
+        headers = (*(h for h in headers if h[0] != H_ID), (H_ID, original_event_id(dead).encode()))
     return OutgoingRecord(topic=topic, key=dead.key, value=dead.value, headers=headers)

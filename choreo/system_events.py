@@ -3,11 +3,16 @@ in one place and services may subscribe to them like any other event."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
+
+from pydantic import StringConstraints
 
 from choreo.events import Event, EventRegistry
 
 SYSTEM_TOPIC = "choreo.system"
+# An operator's admin command is kept in the saga's timeline: who acted, and why, bounded.
+MAX_ACTOR_CHARS = 200
+MAX_NOTE_CHARS = 2000
 
 
 class SystemEvent(Event, topic=SYSTEM_TOPIC):
@@ -57,11 +62,13 @@ AdminAction = Literal["retry", "compensate", "resolve"]
 
 
 class AdminCommand(SystemEvent, type="choreo.AdminCommand"):
-    """An operator's audited request, carried out by the tracker."""
+    """An operator's audited request, carried out by the tracker. ``actor`` is at most
+    ``MAX_ACTOR_CHARS`` characters and ``note`` ``MAX_NOTE_CHARS``: a longer one is a
+    schema violation, dead-lettered, never stored."""
 
     action: AdminAction
-    actor: str
-    note: str = ""
+    actor: Annotated[str, StringConstraints(max_length=MAX_ACTOR_CHARS)]
+    note: Annotated[str, StringConstraints(max_length=MAX_NOTE_CHARS)] = ""
 
 
 SYSTEM_EVENTS: tuple[type[Event], ...] = (

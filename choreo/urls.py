@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from choreo.errors import ConfigurationError
+from choreo.redact import redact_url
 from choreo.store.base import Store
 from choreo.store.memory import MemoryStore
 from choreo.transport.base import Transport
@@ -16,7 +17,7 @@ def scheme(url: str) -> str:
     head, sep, _ = url.partition("://")
     if not sep:
         raise ConfigurationError(
-            f"{url!r} is not a URL; expected e.g. memory:// or kafka://host:9092"
+            f"{redact_url(url)!r} is not a URL; expected e.g. memory:// or kafka://host:9092"
         )
     return head
 
@@ -32,7 +33,7 @@ def open_transport(
 
         return KafkaTransport(url, partitions=partitions, **options)
     raise ConfigurationError(
-        f"unknown broker scheme {kind!r} in {url!r}; use memory:// or kafka://"
+        f"unknown broker scheme {kind!r} in {redact_url(url)!r}; use memory:// or kafka://"
     )
 
 
@@ -44,4 +45,6 @@ def open_store(url: str, **options: Any) -> Store:
         from choreo.store.redis import RedisStore
 
         return RedisStore(url, **options)
-    raise ConfigurationError(f"unknown store scheme {kind!r} in {url!r}; use memory:// or redis://")
+    raise ConfigurationError(
+        f"unknown store scheme {kind!r} in {redact_url(url)!r}; use memory:// or redis://"
+    )

@@ -14,8 +14,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from choreo import Transport
+from choreo.local import redact_url
 from choreo.testing import MemoryTracker
 from services_demo.embedded import DemoRun, Live, run_embedded
 from services_demo.report import progress_bar, summary
@@ -41,7 +43,8 @@ def run_demo(
     chosen = dataclasses.replace(demo_knobs(seed), **knobs)
     console = Console()
     console.print(
-        f"[bold]choreo demo[/]: {orders} orders on {broker} / {store}; "
+        f"[bold]choreo demo[/]: {orders} orders on {escape(redact_url(broker))} / "
+        f"{escape(redact_url(store))}; "
         f"card limit {chosen.decline_above}, random declines {chosen.failure_rate:.0%}, "
         f"unconfirmed shipments {chosen.stall_rate:.0%}"
     )

@@ -11,7 +11,8 @@ and ``choreo tracker services_demo.contract:order_saga`` for the tracker, config
 ``CHOREO_BROKER``/``CHOREO_STORE`` and the ``CHOREO_DEMO_*`` knobs as in production; the
 front desk places the orders and audits the books; every process started is stopped by
 its pid. ``--attach`` starts nothing: it places orders on a deployment already running
-(``docker compose run --rm shop``).
+(``docker compose run --rm shop``). The tracker's state API takes a bearer token: the one
+in ``CHOREO_TRACKER_TOKEN``, else (when the tracker is started here) a random one.
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
+import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from rich.console import Console
 
 from choreo.client import TrackerClient
-from choreo.local import KafkaBroker, RedisServer, cache_dir, free_port
+from choreo.local import KafkaBroker, RedisServer, cache_dir, free_port, redact_url
 from services_demo.embedded import SERVICES, DemoRun, OnProgress
 from services_demo.frontdesk import place_and_audit
 from services_demo.knobs import Knobs
@@ -51,23 +54,24 @@ def infrastructure(
             server = RedisServer(run_dir / "redis", die_with_parent=True)
             redis = server.start()
             stack.callback(server.stop)
-            say(f"redis {redis} started")
+            say(f"redis {redact_url(redis)} started")
         yield f"kafka://{kafka}", redis
 
 
 @contextlib.contextmanager
 def fleet(
-    broker: str, store: str, knobs: Knobs, engine: str, logs: Path, say: Say
+    broker: str, store: str, knobs: Knobs, engine: str, logs: Path, say: Say, token: str
 ) -> Iterator[str]:
-    """Start the tracker and the services; yields the tracker's API URL. On exit every
-    child is stopped, the services before the tracker."""
+    """Start the tracker (its API requiring ``token``) and the services; yields the
+    tracker's API URL. On exit every child is stopped, the services before the tracker."""
     env = {"CHOREO_BROKER": broker, "CHOREO_STORE": store, **knobs.to_env()}
+    tracker_env = {**env, "CHOREO_TRACKER_TOKEN": token}
     port = free_port()
     children: list[Child] = []
     try:
         tracker_args = ["tracker", "services_demo.contract:order_saga", "--broker", broker,
                         "--http", f"127.0.0.1:{port}", "--engine", engine]  # fmt: skip
-        children.append(spawn_choreo("tracker", tracker_args, env, logs))
+        children.append(spawn_choreo("tracker", tracker_args, tracker_env, logs))
         for module in SERVICES:
             name = module.__name__.rsplit(".", 1)[-1]
             children.append(spawn_choreo(name, ["run", f"{module.__name__}:app"], env, logs))
@@ -114,11 +118,14 @@ def run_multiprocess(
         deployment = contextlib.nullcontext((f"kafka://{kafka}", redis))
     else:
         deployment = infrastructure(run_dir, kafka, redis, say)
+    token = os.environ.get("CHOREO_TRACKER_TOKEN") or None
+    if attach is None:
+        token = token or secrets.token_urlsafe(24)
     with deployment as (broker, store), contextlib.ExitStack() as stack:
         api = attach or stack.enter_context(
-            fleet(broker, store, knobs, engine, run_dir / "logs", say)
+            fleet(broker, store, knobs, engine, run_dir / "logs", say, token or "")
         )
-        tracker = TrackerClient(api)
+        tracker = TrackerClient(api, token)
         return asyncio.run(
             place_and_audit(
                 workload, knobs, broker, store, tracker, timeout=timeout, on_progress=on_progress
@@ -146,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
 
     def say(line: str) -> None:
-        console.print(line, style="dim")
+        console.print(line, style="dim", markup=False)
 
     with progress_bar(console, args.orders) as on_progress:
         run = run_multiprocess(

@@ -34,13 +34,14 @@ def saga_table(result: Audit) -> Table:
     table.add_column("why", ratio=1)
     for outcome in result.outcomes:
         order, status = outcome.order, outcome.saga_status
-        table.add_row(
-            order.order_id,
-            order.customer,
-            f"{order.qty} {order.sku}",
+        reason = outcome.saga.reason.removeprefix("step ") if outcome.saga and outcome.cause else ""
+        table.add_row(  # what records say, as plain text: never markup, never escapes
+            dashboard.plain_text(order.order_id),
+            dashboard.plain_text(order.customer),
+            dashboard.plain_text(f"{order.qty} {order.sku}"),
             str(order.amount),
-            Text(status, style=STATUS_STYLE.get(status, "")),
-            outcome.saga.reason.removeprefix("step ") if outcome.saga and outcome.cause else "",
+            dashboard.plain_text(status, STATUS_STYLE.get(status, "")),
+            dashboard.plain_text(reason),
         )
     return table
 
@@ -54,7 +55,7 @@ def totals_table(result: Audit) -> Table:
         table.add_row(Text(status, style=STATUS_STYLE[status]), str(counts[status]))
         if status == "COMPENSATED":
             for cause, count in sorted(result.by_cause().items()):
-                table.add_row(f"  {cause}", str(count))
+                table.add_row(dashboard.plain_text(f"  {cause}"), str(count))
     table.add_row("compensations issued", str(result.compensations_issued()))
     return table
 
@@ -92,7 +93,8 @@ def summary(
     if result.ok:
         verdict = Text(f"every saga ended and the books balance ({elapsed:.1f}s)", "bold green")
     else:
-        verdict = Text("\n".join(["PROBLEMS:", *result.problems]), style="bold red")
+        problems = "\n".join(dashboard.plain_text(p).plain for p in result.problems)
+        verdict = Text(f"PROBLEMS:\n{problems}", style="bold red")
     parts.append(verdict)
     return Group(*parts)
 

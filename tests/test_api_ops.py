@@ -10,8 +10,12 @@ from typing import Any
 import pytest
 from aiohttp import test_utils
 
+from choreo import AdminCommand
+from choreo.deadletter import DLQ_TOPIC, H_TOPIC
+from choreo.system_events import MAX_ACTOR_CHARS, MAX_NOTE_CHARS, SYSTEM_TOPIC
 from choreo.tracker.api import build_app
 from choreo.tracker.api_ops import OpsContext, add_ops_routes
+from choreo.transport.base import OutgoingRecord
 from tests.procs.tracker_api import Seeded, seeded
 
 pytestmark = pytest.mark.timeout(120)
@@ -125,3 +129,61 @@ async def test_dlq_list_show_and_replay(
     await call(client, "POST", "/dlq/replay", 404, json={"ids": ["7:777"]})
     await call(client, "POST", "/dlq/replay", 400, json={"ids": []})
     await call(client, "POST", "/dlq/replay", 400, json={"ids": ["bad"]})
+
+
+async def test_admin_text_is_bounded_and_never_stored(
+    client: test_utils.TestClient[Any, Any], env: Seeded
+) -> None:
+    env.clock.frozen = None
+    gid = env.gids["stuck"]
+    path = f"/sagas/{gid}/commands"
+    too_long = [
+        {"action": "resolve", "actor": "a" * (MAX_ACTOR_CHARS + 1), "note": "fixed"},
+        {"action": "resolve", "actor": "ana", "note": "n" * (MAX_NOTE_CHARS + 1)},
+    ]
+    for body in too_long:
+        refused = await call(client, "POST", path, 413, json=body)
+        assert "limit" in refused["error"]
+    huge = {"action": "resolve", "actor": "ana", "note": "n" * 100_000}  # over the body limit
+    response = await client.post(path, headers=AUTH, json=huge)
+    assert response.status == 413
+    await env.h.drain()
+    assert env.h.published(AdminCommand) == []
+    state = await call(client, "GET", f"/sagas/{gid}", 200)
+    assert not state["resolved"]
+    ok = {"action": "resolve", "actor": "a" * MAX_ACTOR_CHARS, "note": "n" * MAX_NOTE_CHARS}
+    await call(client, "POST", path, 202, json=ok)
+
+
+async def test_replay_of_a_forged_dead_letter_is_400(
+    client: test_utils.TestClient[Any, Any], env: Seeded
+) -> None:
+    """A dead letter naming choreo.system (here an AdminCommand) is not replayed there."""
+    command = AdminCommand(action="resolve", actor="mallory", note="")
+    forged = OutgoingRecord(
+        DLQ_TOPIC,
+        env.gids["stuck"].encode(),
+        command.model_dump_json().encode(),
+        ((H_TOPIC, SYSTEM_TOPIC.encode()), ("choreo-type", b"choreo.AdminCommand")),
+    )
+    sent = await env.h.transport.send(forged)
+    before = len(env.h.transport.broker.records(SYSTEM_TOPIC))  # type: ignore[attr-defined]
+    refused = await call(
+        client, "POST", "/dlq/replay", 400, json={"ids": [f"{sent.partition}:{sent.offset}"]}
+    )
+    assert "came from topic 'choreo.system', which no saga contract" in refused["error"]
+    assert len(env.h.transport.broker.records(SYSTEM_TOPIC)) == before  # type: ignore[attr-defined]
+    many = {"partition": 0, "offsets": list(range(5000))}
+    await call(client, "POST", "/dlq/replay", 413, json=many)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/dlq?limit=" + "9" * 3000, "/dlq?gid=" + "g" * 300, "/dlq/1:" + "9" * 3000,
+     "/stalled?limit=" + "9" * 3000, "/sagas/" + "g" * 300 + "/why"],
+)  # fmt: skip
+async def test_ops_parameters_are_bounded(
+    client: test_utils.TestClient[Any, Any], path: str
+) -> None:
+    body = await call(client, "GET", path, 400)
+    assert len(body["error"]) < 200

@@ -8,11 +8,13 @@ import json
 import signal
 import subprocess
 import sys
+import urllib.error
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from choreo import ConfigurationError, open_store
 from choreo.local import pdeathsig_preexec
 from tests.cli_support import api, at, choreo
 from tests.procs.tracker_api import Served
@@ -21,6 +23,7 @@ pytestmark = pytest.mark.timeout(90)
 ROOT = Path(__file__).resolve().parent.parent
 ORDERS = 12
 URL_LINE = "choreo: demo tracker's state API on "
+TOKEN_LINE = "choreo: state API token (generated): "
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +46,12 @@ def demo() -> Iterator[Served]:
             raise AssertionError(f"demo exited with {proc.wait()}:\n{''.join(before)}")
         assert "every saga ended and the books balance" in "".join(before)
         url = line.removeprefix(URL_LINE).split()[0]
-        served = Served(url, {})
+        token_line = proc.stdout.readline()  # the demo's API needs the token it generated
+        assert token_line.startswith(TOKEN_LINE), token_line
+        token = token_line.removeprefix(TOKEN_LINE).strip()
+        served = Served(url, {}, token)
+        with pytest.raises(urllib.error.HTTPError, match="401"):
+            api(Served(url, {}), "/sagas")
         for item in api(served, f"/sagas?limit={ORDERS}")["items"]:
             served.gids.setdefault(item["status"], item["gid"])
         yield served
@@ -162,3 +170,31 @@ def test_serve_needs_host_and_port(capsys: pytest.CaptureFixture[str]) -> None:
     assert err == (
         "choreo: error: --serve '8088' is not HOST:PORT\n  hint: e.g. --serve 127.0.0.1:8088\n"
     )
+
+
+def test_serve_open_only_on_loopback(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--no-auth`` beyond loopback is refused before the demo runs anything."""
+    code, out, err = choreo(capsys, "demo", "--serve", "0.0.0.0:0", "--no-auth")
+    assert (code, out) == (2, "")
+    assert err.startswith("choreo: error: --no-auth is refused on 0.0.0.0")
+    code, _, err = choreo(capsys, "demo", "--serve", "127.0.0.1:0", "--token", "two words")
+    assert code == 2
+    assert "visible ASCII" in err
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(60)
+def test_redis_password_never_printed(capsys: pytest.CaptureFixture[str], redis_url: str) -> None:
+    """The demo's banner names the Redis URL without its password (this server takes
+    any: its default user has none), and so do the URL errors."""
+    host = redis_url.split("://", 1)[1].split("/", 1)[0]
+    secret_url = f"redis://:s3cret-pw@{host}/0"
+    code, out, err = choreo(
+        capsys, "demo", "--orders", "1", "--timeout", "10", "--no-table", "--store", secret_url
+    )
+    assert code == 0, err
+    assert f"orders on memory:// / redis://***@{host}/0" in out
+    assert "s3cret-pw" not in out + err
+    with pytest.raises(ConfigurationError) as caught:
+        open_store("rediss+bad://:s3cret-pw@h:1/0")
+    assert "s3cret-pw" not in str(caught.value)

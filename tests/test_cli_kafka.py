@@ -134,7 +134,7 @@ def live(
             gids = {name: gid for name, (gid, _) in started.items()}
             services.run(settled(tracker, gids.values(), timeout=60))
             trips = {name: trip for name, (_, trip) in started.items()}
-            yield Live(Served(tracker.url, gids), trips, tracker, services)
+            yield Live(Served(tracker.url, gids, tracker.token), trips, tracker, services)
     finally:
         code = tracker.stop()
         asyncio.run(drop_topics(kafka_bootstrap))

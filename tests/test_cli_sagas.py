@@ -201,3 +201,30 @@ def test_admin_actions_confirm_and_land_in_the_timeline(
     with pytest.raises(SystemExit):
         choreo(capsys, *at(fresh, "saga", "resolve", stuck, "--yes"))
     assert "the following arguments are required: --note" in capsys.readouterr().err
+
+
+def test_hostile_text_is_shown_not_obeyed(
+    capsys: pytest.CaptureFixture[str], fresh: Served
+) -> None:
+    """An actor that is rich markup and a note holding terminal escapes (both stored as
+    given) render as text: the dashboard does not crash, no escape reaches the terminal."""
+    stuck = fresh.gids["stuck"]
+    actor, note = "[/oops]", "refunded\x1b[2J\r\x1b]0;pwned\x07 by hand"
+    code, _, err = choreo(
+        capsys, *at(fresh, "saga", "resolve", stuck, "--actor", actor, "--note", note, "--yes")
+    )
+    assert (code, err) == (0, "")
+    eventually(lambda: api(fresh, f"/sagas/{stuck}")["resolved_by"] == actor)
+    outputs = []
+    for argv in (["saga", "show", stuck], ["dashboard", "--once"], ["sagas", "list"]):
+        code, out, err = choreo(capsys, *at(fresh, *argv))
+        assert (code, err) == (0, ""), argv
+        outputs.append(out)
+    show, dashboard, _ = outputs
+    for out in outputs:
+        assert not any(c in out for c in "\x1b\r\x07"), repr(out)
+    assert "resolved  by [/oops]: refunded\\x1b[2J\\x0d\\x1b]0;pwned\\x07 by hand" in show
+    assert "resolved by [/oops]" in dashboard
+    code, _, err = choreo(capsys, *at(fresh, "saga", "retry", stuck, "--actor", "a" * 201, "--yes"))
+    assert code == 2
+    assert "--actor is 201 characters; the tracker keeps at most 200" in err

@@ -115,6 +115,10 @@ def test_tracker_follows_the_saga_and_exposes_the_state_api(compose: dict[str, A
     ]
     assert _healthy_dependencies(tracker) == {"kafka"}
     assert tracker["ports"] == ["127.0.0.1:8088:8088"]
+    # Beyond loopback the API needs a token; the shop (attached) sends the same one.
+    token = _environment(tracker)["CHOREO_TRACKER_TOKEN"]
+    assert token.startswith("${CHOREO_TRACKER_TOKEN:-")
+    assert _environment(compose["services"]["shop"])["CHOREO_TRACKER_TOKEN"] == token
     assert "/healthz" in " ".join(tracker["healthcheck"]["test"])
 
 

@@ -87,6 +87,7 @@ class TrackerProcess:
         self.env = dict(env)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.token = f"ft-{uuid.uuid4().hex}"  # the state API needs one
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -102,6 +103,7 @@ class TrackerProcess:
             "PYTHONPATH": str(ROOT),
             "CHOREO_TRACKER_ID": self.app_id,
             "CHOREO_TRACKER_DATA_DIR": str(self.workdir / "data"),
+            "CHOREO_TRACKER_TOKEN": self.token,
         }
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
@@ -134,7 +136,9 @@ class TrackerProcess:
             time.sleep(0.2)
 
     def _get(self, path: str) -> bytes:
-        with urllib.request.urlopen(self.url + path, timeout=10) as response:
+        request = urllib.request.Request(self.url + path)
+        request.add_header("Authorization", f"Bearer {self.token}")
+        with urllib.request.urlopen(request, timeout=10) as response:
             body: bytes = response.read()
             return body
 

@@ -3,15 +3,21 @@ SASL_PLAINTEXT listener (PLAIN), and a wrong password is a clear, retriable erro
 
 from __future__ import annotations
 
+import logging
+import ssl
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from choreo import Context, Event, Service, TransportError
+from choreo.cli.main import configure_logging
 from choreo.local.kafka_broker import KafkaBroker
+from choreo.redact import PROTOCOL_LOGGERS, quiet_protocol_loggers
+from choreo.transport.base import OutgoingRecord
 from choreo.transport.kafka import KafkaTransport
 from tests.conftest import KAFKA_SASL_USERS
 from tests.test_faust_tracker import TrackerProcess, services, settled, start, tracker_env
@@ -109,3 +115,59 @@ async def test_faust_tracker_over_sasl(
         assert states[gid]["status"] == "COMPLETED", tracker.output()
     finally:
         tracker.stop()
+
+
+@pytest.fixture
+def protocol_loggers() -> Iterator[None]:
+    """Put the protocol loggers' levels back as they were after the test."""
+    levels = {name: logging.getLogger(name).level for name in PROTOCOL_LOGGERS}
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
+async def sasl_round(url: str, user: str, password: str) -> None:
+    async with KafkaTransport(url, security=security(user, password)) as transport:
+        await transport.send(OutgoingRecord("test.sasl.logs", b"k", b"v"))
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(90)
+@pytest.mark.usefixtures("protocol_loggers")
+async def test_sasl_password_stays_out_of_debug_logs(
+    kafka_broker: KafkaBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``choreo -v`` logs at DEBUG, but aiokafka's request dumps (the SASL handshake with
+    the password among them) only when CHOREO_LOG_PROTOCOL names aiokafka."""
+    url = f"kafka://{kafka_broker.sasl_address()}"
+    [(user, password)] = KAFKA_SASL_USERS.items()
+    configure_logging(verbose=True, environ={})
+    caplog.set_level(logging.DEBUG)
+    assert logging.getLogger("choreo").getEffectiveLevel() == logging.DEBUG
+    assert logging.getLogger("aiokafka.conn").getEffectiveLevel() == logging.WARNING
+    await sasl_round(url, user, password)
+    assert not [r for r in caplog.records if password in r.getMessage()]
+    assert not [r for r in caplog.records if r.name.startswith("aiokafka") and r.levelno < 30]
+
+    caplog.clear()
+    assert quiet_protocol_loggers({"CHOREO_LOG_PROTOCOL": "aiokafka"}) == ["faust", "mode"]
+    await sasl_round(url, user, password)
+    dumps = [r for r in caplog.records if r.name.startswith("aiokafka") and r.levelno < 30]
+    assert dumps  # asked for by name: the protocol's own debug output is back
+
+
+def test_faust_keeps_sasl_ssl_without_a_ca_file() -> None:
+    """SASL_SSL with no CA file stays SASL_SSL for faust (the system's default, verifying
+    context), instead of silently becoming SASL_PLAINTEXT."""
+    from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
+
+    from choreo.tracker.faust_io import faust_credentials
+
+    options = {**security("alice", "pw"), "security_protocol": "SASL_SSL"}
+    auth = credentials_to_aiokafka_auth(faust_credentials(options))
+    assert auth["security_protocol"] == "SASL_SSL"
+    assert isinstance(auth["ssl_context"], ssl.SSLContext)
+    assert auth["ssl_context"].verify_mode == ssl.CERT_REQUIRED
+    plain = credentials_to_aiokafka_auth(faust_credentials(security("alice", "pw")))
+    assert (plain["security_protocol"], plain["ssl_context"]) == ("SASL_PLAINTEXT", None)
+    assert faust_credentials({"security_protocol": "SSL"}).protocol.value == "SSL"

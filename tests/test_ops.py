@@ -4,16 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 
 from choreo import AdminCommand, codec
+from choreo.deadletter import (
+    DLQ_TOPIC,
+    H_OFFSET,
+    H_PARTITION,
+    H_SERVICE,
+    H_TOPIC,
+    DeadLetter,
+    dead_letter_record,
+)
 from choreo.saga import SagaState, SagaStatus
-from choreo.system_events import SYSTEM_TOPIC
+from choreo.system_events import MAX_ACTOR_CHARS, MAX_NOTE_CHARS, SYSTEM_TOPIC
 from choreo.tracker import ops
-from choreo.tracker.deadletters import DeadLetterReader, parse_dead_letter_id
-from choreo.transport.base import OutgoingRecord
+from choreo.tracker.deadletters import (
+    HEADERS_PREVIEW,
+    VALUE_PREVIEW,
+    DeadLetterReader,
+    parse_dead_letter_id,
+)
+from choreo.transport.base import OutgoingRecord, Record
+from choreo.transport.kafka import KafkaTransport
 from choreo.transport.memory import MemoryTransport
 from tests.procs.tracker_api import Seeded, seeded
 
@@ -103,7 +119,7 @@ async def test_dead_letters_filter_and_reader_catches_up(env: Seeded) -> None:
         await reader.refresh()
         assert len(reader.records()) == len(every)
         first = reader.records()[0]
-        copy = OutgoingRecord(first.topic, first.key, first.value, first.headers)
+        copy = OutgoingRecord(DLQ_TOPIC, first.key, first.value, first.headers)
         await transport.send(copy)  # one more dead letter
         await reader.refresh()
         assert len(reader.records()) == len(every) + 1
@@ -114,7 +130,8 @@ async def test_replay_resends_the_original_record(env: Seeded) -> None:
     [dead, *_] = await ops.dead_letters(transport, env.gids["compensating"])
     partition, offset = parse_dead_letter_id(dead["id"])
     before = env.h.transport.broker.records(dead["topic"])  # type: ignore[attr-defined]
-    [sent] = await ops.replay(transport, [dead["id"]])
+    topics = ops.replay_topics([env.travel.contract])
+    [sent] = await ops.replay(transport, [dead["id"]], topics=topics)
     assert sent["id"] == dead["id"]
     assert sent["topic"] == dead["topic"] == "test.travel"
     after = env.h.transport.broker.records(dead["topic"])  # type: ignore[attr-defined]
@@ -125,9 +142,11 @@ async def test_replay_resends_the_original_record(env: Seeded) -> None:
     assert replayed.header(codec.H_ID) == dead["event_id"].encode()
     assert not any(name.startswith("choreo-dlq-") for name, _ in replayed.headers)
     with pytest.raises(LookupError, match="no dead letter with id 9:999"):
-        await ops.replay(transport, ["9:999"])
+        await ops.replay(transport, ["9:999"], topics=topics)
     with pytest.raises(ValueError, match="partition:offset"):
-        await ops.replay(transport, ["not-an-id"])
+        await ops.replay(transport, ["not-an-id"], topics=topics)
+    with pytest.raises(ValueError, match="partition:offset"):
+        await ops.replay(transport, ["1:" + "9" * 5000], topics=topics)
     assert (partition, offset) == parse_dead_letter_id(dead["id"])
 
 
@@ -173,3 +192,163 @@ async def test_command_and_refusal_validate() -> None:
         ops.refusal(running, "retry") == "no step is pending, so there is no trigger to re-publish"
     )
     assert ops.refusal(running, "compensate") is None
+
+
+def dead_letter(
+    topic: str = "test.travel",
+    value: bytes = b'{"trip_id": "t"}',
+    headers: tuple[tuple[str, bytes], ...] = (),
+    offset: int = 3,
+    service: str = "hotel",
+    dlq: str = DLQ_TOPIC,
+) -> OutgoingRecord:
+    """A dead letter as choreo's dispatcher writes it, of a record read at
+    ``topic``[0]@``offset``."""
+    record = Record(topic, 0, offset, b"g-1", value, (("choreo-gid", b"g-1"), *headers))
+    return dead_letter_record(record, DeadLetter("poison", "bad", service), dlq)
+
+
+def replayed(transport: MemoryTransport, topic: str, sent: dict[str, object]) -> Record:
+    return next(
+        r
+        for r in transport.broker.records(topic)
+        if (r.partition, r.offset) == (sent["partition"], sent["offset"])
+    )
+
+
+async def test_replay_goes_only_to_a_known_contract_topic() -> None:
+    """A forged dead letter naming choreo.system (an AdminCommand, say) or a topic no
+    contract uses is refused, and so is one that does not say where it came from."""
+    transport = MemoryTransport()
+    topics = frozenset({"test.travel"})
+    forged = await transport.send(dead_letter(SYSTEM_TOPIC))
+    unknown = await transport.send(dead_letter("payments.secret"))
+    bare = await transport.send(OutgoingRecord(DLQ_TOPIC, b"g-1", b"{}", ()))
+    for sent, match in (
+        (forged, "came from topic 'choreo.system', which no saga contract"),
+        (unknown, "came from topic 'payments.secret', which no saga contract"),
+        (bare, "does not name its original topic"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            await ops.replay(transport, [f"{sent.partition}:{sent.offset}"], topics=topics)
+    assert transport.broker.records(SYSTEM_TOPIC) == []
+    assert transport.broker.records("payments.secret") == []
+    assert ops.replay_topics([]) == frozenset()
+
+
+async def test_replay_keeps_the_event_id_it_was_read_with() -> None:
+    """A dead letter without choreo-id is replayed with the id a consumer gave the
+    record (topic/partition/offset where it was read), the same on every replay; one
+    without those coordinates gets an id from its own place on the DLQ."""
+    transport = MemoryTransport()
+    topics = {"test.travel"}
+    first = await transport.send(dead_letter(offset=41))
+    ids = []
+    for _ in range(2):
+        [sent] = await ops.replay(transport, [f"{first.partition}:{first.offset}"], topics=topics)
+        ids.append(replayed(transport, "test.travel", sent).header(codec.H_ID))
+        assert sent["event_id"] == "test.travel/0/41"
+    assert ids == [b"test.travel/0/41"] * 2
+    headers = ((H_TOPIC, b"test.travel"),)  # no partition or offset recorded
+    loose = await transport.send(OutgoingRecord(DLQ_TOPIC, b"g-1", b"{}", headers))
+    [sent] = await ops.replay(transport, [f"{loose.partition}:{loose.offset}"], topics=topics)
+    expected = f"{DLQ_TOPIC}/{loose.partition}/{loose.offset}".encode()
+    assert replayed(transport, "test.travel", sent).header(codec.H_ID) == expected
+    given = await transport.send(dead_letter(headers=((codec.H_ID, b"evt-7"),)))
+    [sent] = await ops.replay(transport, [f"{given.partition}:{given.offset}"], topics=topics)
+    assert replayed(transport, "test.travel", sent).header(codec.H_ID) == b"evt-7"
+
+
+async def test_dead_letters_of_one_record_are_replayed_once() -> None:
+    """Each consumer group that failed on a record on a shared topic dead-lettered it;
+    replaying their dead letters together sends the record once, and says who failed."""
+    transport = MemoryTransport()
+    a = await transport.send(dead_letter(service="hotel"))
+    b = await transport.send(dead_letter(service="rental"))
+    ids = [f"{a.partition}:{a.offset}", f"{b.partition}:{b.offset}"]
+    done = await ops.replay(transport, ids, topics={"test.travel"})
+    assert [d["service"] for d in done] == ["hotel", "rental"]
+    assert done[1]["same_as"] == ids[0]
+    assert done[1]["offset"] == done[0]["offset"]
+    assert len(transport.broker.records("test.travel")) == 1
+    with pytest.raises(ValueError, match="at most 100"):
+        await ops.replay(transport, [f"0:{n}" for n in range(101)], topics={"test.travel"})
+
+
+async def test_reader_keeps_previews_and_replay_reads_the_whole_record() -> None:
+    """The reader holds bounded previews (not 10,000 whole records); a replay of a dead
+    letter larger than its preview reads it again and sends every byte."""
+    transport = MemoryTransport()
+    value = b'{"trip_id": "' + b"x" * 600_000 + b'"}'
+    big_headers = tuple((f"x-extra-{n}", b"h" * 3000) for n in range(10))
+    sent = await transport.send(dead_letter(value=value, headers=big_headers))
+    dead_id = f"{sent.partition}:{sent.offset}"
+    async with DeadLetterReader(transport) as reader:
+        await reader.refresh()
+        preview = reader.get(dead_id)
+        assert preview is not None
+        assert (len(preview.value), preview.size, preview.cut) == (VALUE_PREVIEW, len(value), True)
+        kept = [(k, v) for k, v in preview.headers if not k.startswith("choreo-dlq-")]
+        assert sum(len(k) + len(v) for k, v in kept) <= HEADERS_PREVIEW + 1024
+        assert preview.header(H_SERVICE) == b"hotel"  # choreo's own headers always kept
+        assert preview.header(H_TOPIC) == b"test.travel"
+        [done] = await ops.replay(transport, [dead_id], topics={"test.travel"}, reader=reader)
+    out = replayed(transport, "test.travel", done)
+    assert out.value == value
+    assert [(k, v) for k, v in out.headers if k.startswith("x-extra-")] == list(big_headers)
+    assert not any(k in (H_TOPIC, H_PARTITION, H_OFFSET) for k, _ in out.headers)
+
+
+async def test_replay_refuses_a_dead_letter_that_lost_its_value() -> None:
+    transport = MemoryTransport()
+    sent = await transport.send(dead_letter(value=b"x" * 1_200_000))  # value dropped
+    with pytest.raises(ValueError, match="too large to keep whole"):
+        await ops.replay(transport, [f"{sent.partition}:{sent.offset}"], topics={"test.travel"})
+    assert transport.broker.records("test.travel") == []
+
+
+async def test_command_text_is_bounded() -> None:
+    transport = MemoryTransport()
+    with pytest.raises(ValueError, match="at most 200 characters"):
+        await ops.command(transport, "g", "trip", "retry", "a" * (MAX_ACTOR_CHARS + 1))
+    with pytest.raises(ValueError, match="note at most 2000"):
+        await ops.command(transport, "g", "trip", "retry", "ana", "n" * (MAX_NOTE_CHARS + 1))
+    assert transport.broker.records(SYSTEM_TOPIC) == []
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(120)
+async def test_replay_on_kafka(kafka_bootstrap: str) -> None:
+    """On a real DLQ topic: the reader keeps a preview of a 300 kB dead letter, a replay
+    reads it again and sends it whole, twice with the same event id, to its own topic;
+    a dead letter naming choreo.system is refused before anything is sent."""
+    suffix = uuid.uuid4().hex[:8]
+    dlq, origin = f"test.dlq.{suffix}", f"test.origin.{suffix}"
+    value = b'{"trip_id": "' + b"x" * 300_000 + b'"}'
+    async with KafkaTransport(f"kafka://{kafka_bootstrap}") as transport:
+        await transport.ensure_topics([dlq, origin])
+        big = await transport.send(dead_letter(origin, value, offset=41, dlq=dlq))
+        forged = await transport.send(dead_letter(SYSTEM_TOPIC, offset=1, dlq=dlq))
+        async with DeadLetterReader(transport, topic=dlq) as reader:
+            await reader.refresh(timeout=30)
+            big_id = f"{big.partition}:{big.offset}"
+            preview = reader.get(big_id)
+            assert preview is not None
+            assert (len(preview.value), preview.size) == (VALUE_PREVIEW, len(value))
+            for _ in range(2):
+                await ops.replay(transport, [big_id], topics={origin}, reader=reader)
+            forged_id = f"{forged.partition}:{forged.offset}"
+            with pytest.raises(ValueError, match=r"came from topic 'choreo\.system'"):
+                await ops.replay(transport, [forged_id], topics={origin}, reader=reader)
+        consumer = transport.consumer(f"test.replayed.{suffix}", [origin])
+        await consumer.start()
+        try:
+            got: list[Record] = []
+            limit = time.monotonic() + 30
+            while len(got) < 2 and time.monotonic() < limit:
+                for records in (await consumer.getmany(timeout=0.5)).values():
+                    got += records
+        finally:
+            await consumer.stop()
+    assert [r.value == value for r in got] == [True, True]
+    assert [r.header(codec.H_ID) for r in got] == [f"{origin}/0/41".encode()] * 2

@@ -13,11 +13,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from choreo.errors import UsageError
+from choreo.errors import ConfigurationError, UsageError
 from choreo.testing import Harness
-from choreo.tracker.api import serve_api
+from choreo.tracker.api import MAX_BODY_BYTES, build_app, is_loopback, serve_api
 from choreo.tracker.memory import MemoryTracker
-from choreo.tracker.view import Summary
+from choreo.tracker.view import StateView, Summary
 from tests.scenarios.trip import Plan, TripBooked, build_travel
 
 TOKEN = "s3cret"
@@ -181,3 +181,94 @@ def test_cli_http_address_and_engine_checks() -> None:
     contract = "tests.scenarios.trip:TOPIC"  # not a contract: refused before anything runs
     assert main(["tracker", contract]) == 2
     assert main(["tracker", "services_demo.contract:order_saga", "--engine", "faust"]) == 2
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/sagas?limit=" + "9" * 3000,
+        "/sagas?offset=" + "9" * 3000,
+        "/sagas?since=" + "1" * 3000,
+        "/sagas?limit=%C2%B2",  # a superscript two: a digit to str.isdigit, not to int()
+        "/sagas?saga=" + "s" * 300,
+        "/sagas?status=" + "x" * 300,
+        "/sagas/" + "g" * 300,
+    ],
+)
+async def test_huge_and_odd_parameters_are_400_not_500(api: Api, path: str) -> None:
+    status, body = await api.get(path)
+    assert status == 400, body
+    assert set(body) == {"error"}
+    assert len(body["error"]) < 200  # the input is not echoed back
+
+
+async def test_a_large_limit_is_capped(api: Api) -> None:
+    status, page = await api.get("/sagas?limit=100000&offset=999999999")
+    assert (status, page["items"], page["total"]) == (200, [], len(PLANS))
+    status, _ = await api.get("/sagas?limit=" + "9" * 5000)  # past the request line's limit
+    assert status == 400
+
+
+async def raw_request(port: int, request: bytes, wait: float = 5.0) -> bytes:
+    """Send ``request`` as is on a new connection; everything the server answers until
+    it closes the connection (or ``wait`` seconds pass)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        async with asyncio.timeout(wait):
+            return await reader.read()
+    finally:
+        writer.close()
+
+
+async def test_non_utf8_authorization_header_is_400(api: Api) -> None:
+    port = int(api.base.rsplit(":", 1)[1])
+    request = (
+        b"GET /sagas HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\n"
+        b"Connection: close\r\n\r\n"
+    )
+    answer = await raw_request(port, request)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert b"not UTF-8" in answer
+
+
+@pytest.fixture
+def idle_view() -> StateView:
+    travel = build_travel(f"t{uuid.uuid4().hex[:8]}")
+    return MemoryTracker([travel.contract]).view()
+
+
+async def test_the_api_needs_a_token_unless_opened_on_loopback(idle_view: StateView) -> None:
+    with pytest.raises(ConfigurationError, match="needs a bearer token"):
+        build_app(idle_view)
+    with pytest.raises(ConfigurationError, match="only a loopback address"):
+        async with serve_api(idle_view, "0.0.0.0", 0, None, open_access=True):
+            pass
+    with pytest.raises(ConfigurationError, match="visible ASCII"):
+        build_app(idle_view, "two words")
+    assert all(map(is_loopback, ["127.0.0.2", "::1", "[::1]", "localhost"]))
+    assert not any(map(is_loopback, ["0.0.0.0", "10.0.0.1", "example.com"]))
+    async with (
+        serve_api(idle_view, "127.0.0.1", 0, None, open_access=True) as port,
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}/counts") as response,
+    ):
+        assert response.status == 200
+
+
+async def test_slow_and_oversized_requests_are_cut_off(idle_view: StateView) -> None:
+    async with serve_api(idle_view, "127.0.0.1", 0, TOKEN, header_timeout=0.5) as port:
+        began = time.monotonic()
+        answer = await raw_request(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n", wait=10)
+        assert answer == b""  # the headers never ended: closed without an answer
+        assert time.monotonic() - began < 5
+        huge = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 5000 + b"\r\n\r\n"
+        assert b" 400 " in (await raw_request(port, huge)).split(b"\r\n")[0]
+        body = b"{" + b" " * (MAX_BODY_BYTES + 10) + b"}"
+        headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"http://127.0.0.1:{port}/sagas", data=body, headers=headers) as resp,
+        ):
+            assert resp.status in (405, 413)  # no POST route here; the size is checked first

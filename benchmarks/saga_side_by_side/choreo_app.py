@@ -3,7 +3,7 @@
     BENCH_SBS_PREFIX=<prefix> choreo run benchmarks.saga_side_by_side.choreo_app:step1 \\
         --broker kafka://HOST:PORT --store redis://HOST:PORT/0
     BENCH_SBS_PREFIX=<prefix> choreo tracker benchmarks.saga_side_by_side.choreo_app:saga \\
-        --broker kafka://HOST:PORT --http 127.0.0.1:0 --app-id <prefix>.tracker
+        --broker kafka://HOST:PORT --http 127.0.0.1:0 --no-auth --app-id <prefix>.tracker
 
 Each step is its own process and consumer group; each handler does one ``ctx.tx.incr``
 (applied atomically with the Redis barrier record) and returns the next event. The topic

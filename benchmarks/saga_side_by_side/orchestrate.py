@@ -448,6 +448,7 @@ def run_round(
                 f"kafka://{backend.bootstrap}",
                 "--http",
                 "127.0.0.1:0",
+                "--no-auth",  # loopback only; the driver reads /counts without a token
                 "--app-id",
                 f"{prefix}.tracker",
             ]

@@ -16,8 +16,9 @@ import sys
 import time
 
 from choreo.cli.client import add_client_arguments, client_from
-from choreo.cli.fmt import waiting_on
+from choreo.cli.fmt import clean, waiting_on
 from choreo.errors import UsageError
+from choreo.system_events import MAX_ACTOR_CHARS, MAX_NOTE_CHARS
 
 EFFECTS = {
     "retry": "re-publish the trigger of each pending step (RUNNING), or re-issue each "
@@ -35,10 +36,12 @@ def register(saga_commands: argparse._SubParsersAction[argparse.ArgumentParser])
             "--note",
             required=action == "resolve",
             default="",
-            help="why (kept in the saga's timeline)"
+            help=f"why (kept in the saga's timeline; at most {MAX_NOTE_CHARS} characters)"
             + ("; required: say what was fixed by hand" if action == "resolve" else ""),
         )
-        parser.add_argument("--actor", help="who is acting (default $USER@hostname)")
+        parser.add_argument(
+            "--actor", help=f"who is acting (default $USER@hostname; {MAX_ACTOR_CHARS} chars)"
+        )
         parser.add_argument("-y", "--yes", action="store_true", help="do not ask to confirm")
         add_client_arguments(parser, json_flag=False)
         parser.set_defaults(func=command, action=action)
@@ -74,16 +77,20 @@ def command(args: argparse.Namespace) -> int:
         raise UsageError(
             "resolve needs a note", hint='say what was fixed: --note "refunded by hand"'
         )
+    actor = args.actor or default_actor()
+    bounds = {"--actor": (actor, MAX_ACTOR_CHARS), "--note": (args.note, MAX_NOTE_CHARS)}
+    for name, (value, most) in bounds.items():
+        if len(value) > most:
+            raise UsageError(f"{name} is {len(value)} characters; the tracker keeps at most {most}")
     client = client_from(args)
     state = client.get(client.saga_path(args.gid))
-    actor = args.actor or default_actor()
     waits, _ = waiting_on(state, time.time())
     print(
-        f"saga {state['saga']} {state['gid']} is {state['status']}"
-        + (f", waiting on {waits}" if waits else "")
+        f"saga {clean(state['saga'])} {clean(state['gid'])} is {clean(state['status'])}"
+        + (f", waiting on {clean(waits)}" if waits else "")
     )
     print(f"{action} will {EFFECTS[action]}.")
-    if not confirm(args.yes, f"{action} this saga as {actor}?"):
+    if not confirm(args.yes, f"{action} this saga as {clean(actor)}?"):
         print("cancelled; nothing was sent")
         return 1
     sent = client.post(
@@ -91,7 +98,7 @@ def command(args: argparse.Namespace) -> int:
         {"action": action, "actor": actor, "note": args.note},
     )
     print(
-        f"{action} sent as command {sent['event_id']}; the tracker records it in the "
-        f"saga's timeline: choreo saga show {args.gid}"
+        f"{action} sent as command {clean(sent['event_id'])}; the tracker records it in the "
+        f"saga's timeline: choreo saga show {clean(args.gid)}"
     )
     return 0

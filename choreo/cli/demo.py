@@ -4,6 +4,8 @@ orders, and a closing audit of every saga and every unit of stock and money.
 With ``--serve HOST:PORT`` the services and the tracker keep running after the audit and
 the tracker's state API (ops routes included) is served until SIGINT or SIGTERM, so
 ``choreo dashboard``, ``choreo sagas list``, ``choreo saga why`` work against the demo.
+Like ``choreo tracker`` it needs a token (``--token``, ``CHOREO_TRACKER_TOKEN``, or a
+generated one it prints); ``--no-auth`` serves it open on a loopback address.
 """
 
 from __future__ import annotations
@@ -12,13 +14,12 @@ import argparse
 import asyncio
 import contextlib
 import signal
-import sys
 import types
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from choreo.cli.loading import load_object
-from choreo.cli.tracker import LOOPBACK, parse_http
+from choreo.cli.tracker import add_token_arguments, announce_token, api_token, parse_http
 from choreo.errors import UsageError
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="after the batch, keep running and serve the tracker's state API there "
         "(port 0: any free one) until Ctrl-C, for `choreo dashboard`, `choreo sagas list`...",
     )
+    add_token_arguments(parser)
     parser.set_defaults(func=command)
 
 
@@ -62,13 +64,14 @@ def command(args: argparse.Namespace) -> int:
     if args.orders < 1:
         raise UsageError("--orders must be at least 1")
     serve = None if args.serve is None else parse_http(args.serve, "--serve")
+    token, generated = (None, False) if serve is None else api_token(args, serve[0], "--serve")
     run_demo = load_object(DEMO, types.FunctionType, "demo")
 
     async def serving(
         tracker: MemoryTracker, transport: Transport, groups: Mapping[str, str]
     ) -> None:
         assert serve is not None
-        await serve_until_signalled(tracker, transport, groups, *serve)
+        await serve_until_signalled(tracker, transport, groups, *serve, token, generated)
 
     return int(
         run_demo(
@@ -85,17 +88,19 @@ def command(args: argparse.Namespace) -> int:
 
 
 async def serve_until_signalled(
-    tracker: MemoryTracker, transport: Transport, groups: Mapping[str, str], host: str, port: int
+    tracker: MemoryTracker,
+    transport: Transport,
+    groups: Mapping[str, str],
+    host: str,
+    port: int,
+    token: str | None,
+    generated: bool = False,
 ) -> None:
-    """The embedded tracker's state API with the ops routes, until SIGINT or SIGTERM."""
+    """The embedded tracker's state API with the ops routes, until SIGINT or SIGTERM;
+    ``token`` None serves it open (``--no-auth``: loopback only)."""
     from choreo.tracker.api import serve_api
     from choreo.tracker.api_ops import OpsContext
 
-    if host not in LOOPBACK:
-        print(
-            f"choreo: warning: the state API on {host} is open to anyone who can reach it",
-            file=sys.stderr,
-        )
     view = tracker.view()
     contracts = list(tracker.core.contracts.values())
     ops = OpsContext(view, transport, contracts, groups)
@@ -103,7 +108,9 @@ async def serve_until_signalled(
     loop = asyncio.get_running_loop()
     async with contextlib.AsyncExitStack() as stack:
         try:
-            bound = await stack.enter_async_context(serve_api(view, host, port, None, ops))
+            bound = await stack.enter_async_context(
+                serve_api(view, host, port, token, ops, open_access=token is None)
+            )
         except OSError as exc:
             raise UsageError(f"cannot serve the state API on {host}:{port} ({exc})") from None
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -114,5 +121,6 @@ async def serve_until_signalled(
             f"choreo: demo tracker's state API on http://{shown}:{bound} (Ctrl-C to stop)",
             flush=True,
         )
+        announce_token(token, generated)
         await stopping.wait()
     print("choreo: demo stopped", flush=True)

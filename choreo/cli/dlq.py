@@ -1,9 +1,11 @@
 """``choreo dlq list|show|replay``: the dead-letter topic, through the tracker's API.
 
 A dead letter's id is ``partition:offset`` on the DLQ topic, e.g. ``2:17``. Replaying
-re-sends the original record (bytes and headers as they were) to its original topic,
-after a fix; handlers are idempotent, so a replay of something already handled is a
-no-op for the barrier.
+re-sends the original record (bytes and headers as they were, its event id kept) to the
+topic choreo recorded it came from, after a fix; the tracker refuses a topic that none of
+its contracts uses, ``choreo.system`` included. Every consumer group of that topic gets
+the record, not only the failed service's: handlers are idempotent, so for a service
+that had handled it the replay is a duplicate its barrier recognises.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import urllib.parse
 
 from choreo.cli.admin import confirm
 from choreo.cli.client import add_client_arguments, client_from, print_json
-from choreo.cli.fmt import clock, table
+from choreo.cli.fmt import clean, clock, table
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -59,7 +61,7 @@ def list_command(args: argparse.Namespace) -> int:
     ]
     if rows:
         print(table(["ID", "AT", "GID", "SERVICE", "EVENT", "KIND", "REASON"], rows))
-    print(f"{len(rows)} dead letter(s)" + (f" of saga {args.gid}" if args.gid else ""))
+    print(f"{len(rows)} dead letter(s)" + (f" of saga {clean(args.gid)}" if args.gid else ""))
     return 0
 
 
@@ -83,13 +85,20 @@ def show_command(args: argparse.Namespace) -> int:
         "attempts",
         "reason",
     ]
-    lines = [f"{name:<11} {dead.get(name, '')}" for name in fields]
+    lines = [f"{name:<11} {clean(dead.get(name, ''))}" for name in fields]
     lines.append(f"{'dead at':<11} {clock(dead['dead_at'], date=True)}")
-    lines.append(f"{'from':<11} {dead['topic']}[{dead['partition']}]@{dead['offset']}")
-    lines += ["", "headers"] + [f"  {k}: {v}" for k, v in dead.get("headers", {}).items()]
-    cut = " (truncated)" if dead.get("payload_truncated") else ""
-    lines += ["", f"payload, {dead['size']} bytes{cut}", dead.get("payload", "")]
-    print("\n".join(lines))
+    lines.append(f"{'from':<11} {clean(dead['topic'])}[{dead['partition']}]@{dead['offset']}")
+    if dead.get("dropped"):
+        lines.append(f"{'dropped':<11} {clean(dead['dropped'])}")
+    headers = dead.get("headers", {}).items()
+    lines += ["", "headers"] + [f"  {clean(k)}: {clean(v)}" for k, v in headers]
+    cut = (
+        f" (the first {len(dead.get('payload', '').encode())} shown)"
+        if dead.get("payload_truncated")
+        else ""
+    )
+    lines += ["", f"payload, {dead['size']} bytes{cut}", clean(dead.get("payload", ""), lines=True)]
+    print(clean("\n".join(lines), lines=True))
     return 0
 
 
@@ -99,13 +108,17 @@ def replay_command(args: argparse.Namespace) -> int:
     for dead_id in ids:
         dead = client.get(_path(dead_id))
         print(
-            f"{dead['id']}: {dead['event_type']} of saga {dead['gid']} to {dead['topic']} "
-            f"(dead-lettered by {dead['service']}: {dead['reason']})"
+            f"{clean(dead['id'])}: {clean(dead['event_type'])} of saga {clean(dead['gid'])} "
+            f"to {clean(dead['topic'] or '?')} (dead-lettered by {clean(dead['service'])}: "
+            f"{clean(dead['reason'])})"
         )
     if not confirm(args.yes, f"replay {len(ids)} dead letter(s)?"):
         print("cancelled; nothing was sent")
         return 1
     done = client.post("/dlq/replay", {"ids": ids})
     for sent in done["replayed"]:
-        print(f"replayed {sent['id']} to {sent['topic']}[{sent['partition']}]@{sent['offset']}")
+        where = f"{clean(sent['topic'])}[{sent['partition']}]@{sent['offset']}"
+        same = sent.get("same_as")
+        same = f" (the record of {clean(same)}, sent once)" if same else ""
+        print(f"replayed {clean(sent['id'])} to {where}{same}")
     return 0

@@ -1,5 +1,10 @@
 """Formatting shared by the CLI's read commands: durations, times, what a saga waits on,
-and plain aligned tables (greppable, and unchanged when piped)."""
+and plain aligned tables (greppable, and unchanged when piped).
+
+Every string from the tracker's API (and so from records anyone may have written) goes
+through ``clean`` before the terminal sees it: control characters (ANSI escapes, ``\r``,
+backspace...) and bidirectional overrides are shown as escapes (``\x1b``), never sent.
+``table`` cleans its cells; other lines are cleaned where they are built."""
 
 from __future__ import annotations
 
@@ -9,6 +14,21 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from choreo.errors import UsageError
+
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_UNSAFE_IN_TEXT = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _shown(match: re.Match[str]) -> str:
+    code = ord(match[0])
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def clean(value: object, *, lines: bool = False) -> str:
+    """``value`` as text that cannot drive the terminal: control characters shown as
+    escapes. With ``lines`` newlines and tabs are kept (a payload, a multi-line note)."""
+    return (_UNSAFE_IN_TEXT if lines else _UNSAFE).sub(_shown, str(value))
+
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
@@ -67,7 +87,7 @@ def waiting_on(state: Mapping[str, Any], now: float) -> tuple[str, float | None]
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]], indent: str = "") -> str:
-    cells = [[str(c) for c in headers], *([str(c) for c in row] for row in rows)]
+    cells = [[clean(c) for c in headers], *([clean(c) for c in row] for row in rows)]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = [
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells

@@ -4,43 +4,59 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from choreo.cli import dashboard, demo, dev, dlq, graph, run, sagas, tracker
+from choreo.cli.fmt import clean
 from choreo.errors import ChoreoError, UsageError
+from choreo.redact import PROTOCOL_ENV, quiet_protocol_loggers
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="choreo", description="Choreographed sagas over Kafka: services, tracker, dashboard."
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help=f"log at debug level (the Kafka clients' own logs too only if {PROTOCOL_ENV} "
+        "names them: they hold SASL credentials)",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in (run, dev, demo, tracker, sagas, dashboard, dlq, graph):
         module.register(commands)
     return parser
 
 
+def configure_logging(verbose: bool, environ: Mapping[str, str] = os.environ) -> None:
+    """Debug or warnings to stderr; aiokafka's, faust's and mode's loggers at WARNING
+    unless ``CHOREO_LOG_PROTOCOL`` names them (see ``choreo.redact``)."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    quiet_protocol_loggers(environ)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.verbose)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
     try:
         return int(args.func(args))
-    except UsageError as exc:
-        print(f"choreo: error: {exc.message}", file=sys.stderr)
+    except UsageError as exc:  # messages may quote the tracker's answers: cleaned
+        print(f"choreo: error: {clean(exc.message)}", file=sys.stderr)
         if exc.hint:
-            print(f"  hint: {exc.hint}", file=sys.stderr)
+            print(f"  hint: {clean(exc.hint)}", file=sys.stderr)
         return 2
     except ChoreoError as exc:
-        print(f"choreo: error: {exc}", file=sys.stderr)
+        print(f"choreo: error: {clean(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

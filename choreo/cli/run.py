@@ -10,6 +10,7 @@ import signal
 
 from choreo.app import Service
 from choreo.cli.loading import load_object
+from choreo.redact import redact_url
 from choreo.transport.kafka_config import security_from_env
 
 
@@ -42,7 +43,9 @@ async def serve(app: Service, broker: str | None, store: str | None) -> None:
         loop.add_signal_handler(sig, stopping.set)
     log = logging.getLogger("choreo.run")
     async with app.running(broker=broker, store=store):
-        log.info("%s is running (broker %s); Ctrl-C stops it", app.name, broker or app.broker)
+        given = broker or app.broker
+        shown = redact_url(given if isinstance(given, str) else given.url)
+        log.info("%s is running (broker %s); Ctrl-C stops it", app.name, shown)
         print(f"choreo: {app.name} running; consuming {', '.join(app.subscribed_topics())}",
               flush=True)  # fmt: skip
         await app.until_stopped(stopping)

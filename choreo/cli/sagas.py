@@ -12,7 +12,7 @@ from typing import Any
 
 from choreo.cli import admin
 from choreo.cli.client import add_client_arguments, client_from, print_json
-from choreo.cli.fmt import clock, duration, parse_duration, table, waiting_on
+from choreo.cli.fmt import clean, clock, duration, parse_duration, table, waiting_on
 
 STATES = ("RUNNING", "COMPLETED", "COMPENSATING", "COMPENSATED", "STUCK")
 
@@ -84,15 +84,16 @@ def show_command(args: argparse.Namespace) -> int:
     if args.json:
         print_json(state)
         return 0
-    print(describe(state, time.time()))
+    print(clean(describe(state, time.time()), lines=True))
     return 0
 
 
 def describe(state: dict[str, Any], now: float) -> str:
     waits, overdue = waiting_on(state, now)
     lines = [
-        f"saga {state['saga']}  {state['gid']}",
-        f"status    {state['status']}" + (f"  ({state['reason']})" if state.get("reason") else ""),
+        f"saga {clean(state['saga'])}  {clean(state['gid'])}",
+        f"status    {clean(state['status'])}"
+        + (f"  ({clean(state['reason'])})" if state.get("reason") else ""),
     ]
     lines.append(
         f"started   {clock(state['started_at'], date=True)}  "
@@ -102,9 +103,10 @@ def describe(state: dict[str, Any], now: float) -> str:
         lines.append(f"finished  {clock(state['finished_at'], date=True)}")
     if waits:
         late = f"  (deadline passed {duration(overdue)} ago)" if overdue is not None else ""
-        lines.append(f"waiting   {waits}{late}")
+        lines.append(f"waiting   {clean(waits)}{late}")
     if state.get("resolved"):
-        lines.append(f"resolved  by {state['resolved_by']}: {state.get('resolved_note', '')}")
+        by, note = clean(state["resolved_by"]), clean(state.get("resolved_note", ""))
+        lines.append(f"resolved  by {by}: {note}")
     steps = []
     for name, step in state.get("steps", {}).items():
         took = None
@@ -149,8 +151,8 @@ def why_command(args: argparse.Namespace) -> int:
         print_json(why)
         return 0
     lines = [
-        f"saga {why['saga']}  {why['gid']}",
-        f"{why['summary']}",
+        f"saga {clean(why['saga'])}  {clean(why['gid'])}",
+        clean(why["summary"]),
         f"age {duration(why['age_s'])}, last change {duration(why['idle_s'])} ago",
     ]
     for w in why["waiting"]:
@@ -158,20 +160,20 @@ def why_command(args: argparse.Namespace) -> int:
             "-"
             if w.get("partition") is None
             else (
-                f"{w['lag']} on {w['topic']}[{w['partition']}] (committed {w['committed']}, "
-                f"end {w['end_offset']})"
+                f"{w['lag']} on {clean(w['topic'])}[{w['partition']}] "
+                f"(committed {w['committed']}, end {w['end_offset']})"
             )
         )
         due = w["deadline_at"] if w["op"] == "action" else w["next_retry_at"]
         lines += [
             "",
-            f"step {w['step']}: waits for {w['service'] or '?'} to handle {w['event_type']}"
-            f" ({w['op']}), for {duration(w['waited_s'])}",
-            f"  group     {w['group'] or '-'}",
+            f"step {clean(w['step'])}: waits for {clean(w['service'] or '?')} to handle "
+            f"{clean(w['event_type'])} ({clean(w['op'])}), for {duration(w['waited_s'])}",
+            f"  group     {clean(w['group'] or '-')}",
             f"  lag       {lag}",
             f"  due       {clock(due)}"
             + (f" (overdue {duration(w['overdue_s'])})" if w.get("overdue_s") else ""),
-            f"  why       {w['diagnosis']}",
+            f"  why       {clean(w['diagnosis'])}",
         ]
     if why["dead_letters"]:
         rows = [
@@ -187,5 +189,5 @@ def why_command(args: argparse.Namespace) -> int:
         left = why["next_deadline_in_s"]
         when = f"in {duration(left)}" if left >= 0 else f"{duration(-left)} ago"
         lines += ["", f"next deadline {clock(why['next_deadline'])} ({when})"]
-    print("\n".join(lines))
+    print(clean("\n".join(lines), lines=True))
     return 0

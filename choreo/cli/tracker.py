@@ -3,6 +3,9 @@
 Two engines: ``faust`` (the durable one: states in a changelogged table, needs Kafka) and
 ``memory`` (states in this process only; any broker). The default follows the broker:
 faust for ``kafka://``, memory otherwise.
+
+The state API needs a bearer token: ``--token`` or ``CHOREO_TRACKER_TOKEN``, else one is
+generated and printed at start. ``--no-auth`` serves it open, on a loopback address only.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from choreo.cli.loading import load_object
-from choreo.errors import UsageError
+from choreo.errors import ConfigurationError, UsageError
+from choreo.redact import quiet_protocol_loggers, redact_url
 from choreo.saga.contract import SagaContract
 from choreo.tracker.view import StateView
 from choreo.transport.base import Transport
@@ -26,7 +30,7 @@ from choreo.transport.kafka_config import security_from_env
 from choreo.urls import open_transport
 
 DEFAULT_HTTP = "127.0.0.1:8088"
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
+TOKEN_ENV = "CHOREO_TRACKER_TOKEN"
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -47,11 +51,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         default=os.environ.get("CHOREO_TRACKER_HTTP", DEFAULT_HTTP),
         help=f"HOST:PORT of the state API (env CHOREO_TRACKER_HTTP; {DEFAULT_HTTP})",
     )
-    parser.add_argument(
-        "--token",
-        default=os.environ.get("CHOREO_TRACKER_TOKEN") or None,
-        help="bearer token the state API requires (env CHOREO_TRACKER_TOKEN)",
-    )
+    add_token_arguments(parser)
     parser.add_argument(
         "--engine",
         choices=["faust", "memory"],
@@ -88,6 +88,58 @@ def parse_groups(values: Sequence[str]) -> dict[str, str]:
     return groups
 
 
+def add_token_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--token",
+        default=None,
+        help=f"bearer token the state API requires (env {TOKEN_ENV}; "
+        "default: a random one, printed at start)",
+    )
+    parser.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="serve the state API without a token (on a loopback address only)",
+    )
+
+
+def api_token(
+    args: argparse.Namespace, host: str, option: str = "--http"
+) -> tuple[str | None, bool]:
+    """(token, generated) for the state API on ``host``: ``--token``, else
+    ``CHOREO_TRACKER_TOKEN``, else a new random one; (None, False) with ``--no-auth``,
+    which is refused beyond the loopback interface."""
+    from choreo.tracker.api import check_token, is_loopback, new_token
+
+    given = args.token or os.environ.get(TOKEN_ENV) or None
+    if args.no_auth:
+        if args.token:
+            raise UsageError("--no-auth and --token contradict each other")
+        if not is_loopback(host):
+            raise UsageError(
+                f"--no-auth is refused on {host}: anyone who can reach it could act on sagas",
+                hint=f"serve on 127.0.0.1 ({option} 127.0.0.1:PORT) or keep the token",
+            )
+        return None, False
+    if given is None:
+        return new_token(), True
+    try:
+        return check_token(given), False
+    except ConfigurationError as exc:
+        raise UsageError(str(exc), hint="leave --token out to get a random one") from None
+
+
+def announce_token(token: str | None, generated: bool) -> None:
+    """Say how clients get in; a generated token is printed, once, so they can."""
+    if token is None:
+        print("choreo: the state API is open (--no-auth): no token needed", flush=True)
+    elif generated:
+        print(
+            f"choreo: state API token (generated): {token}\n"
+            f"  clients: export {TOKEN_ENV}={token}  (or pass --token)",
+            flush=True,
+        )
+
+
 def parse_http(value: str, option: str = "--http") -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     host = host.strip("[]")  # [::1]:8088
@@ -102,13 +154,8 @@ def command(args: argparse.Namespace) -> int:
     contracts = [load_object(spec, SagaContract, "saga contract") for spec in args.contracts]
     host, port = parse_http(args.http)
     groups = parse_groups(args.service_group)
-    if host not in LOOPBACK and not args.token:
-        print(
-            f"choreo: warning: the state API on {host} is open to anyone who can reach it; "
-            "set --token",
-            file=sys.stderr,
-        )
-    api = StateApi(contracts, (host, port), args.token, groups)
+    token, generated = api_token(args, host)
+    api = StateApi(contracts, (host, port), token, groups, generated)
     engine = args.engine or ("faust" if args.broker.startswith("kafka://") else "memory")
     if engine == "memory":
         asyncio.run(serve_memory(api, args.broker, args.group))
@@ -128,8 +175,9 @@ class StateApi:
 
     contracts: Sequence[SagaContract]
     http: tuple[str, int]
-    token: str | None
+    token: str | None  # None: open (--no-auth, loopback only)
     groups: Mapping[str, str]
+    generated: bool = False  # the token was generated here: print it
 
     @contextlib.asynccontextmanager
     async def serving(
@@ -141,11 +189,13 @@ class StateApi:
 
         host, port = self.http
         ops = OpsContext(view, transport, list(self.contracts), dict(self.groups))
-        async with serve_api(view, host, port, self.token, ops) as bound:
+        open_access = self.token is None
+        async with serve_api(view, host, port, self.token, ops, open_access=open_access) as bound:
             shown = f"[{host}]" if ":" in host else host
             names = ", ".join(c.name for c in self.contracts)
             print(f"choreo: tracker {engine} following {names}; state API on "
                   f"http://{shown}:{bound}", flush=True)  # fmt: skip
+            announce_token(self.token, self.generated)
             yield bound
 
 
@@ -180,10 +230,12 @@ def run_faust(api: StateApi, broker: str, app_id: str | None) -> int:
     so two trackers with one id share (and split) the work. Unset, it is read from
     ``CHOREO_TRACKER_ID`` (default ``choreo-tracker``); the data directory from
     ``CHOREO_TRACKER_DATA_DIR`` and faust's log level from ``CHOREO_TRACKER_LOGLEVEL``.
+    aiokafka's, faust's and mode's own loggers stay at WARNING whatever that level is,
+    unless ``CHOREO_LOG_PROTOCOL`` names them (their debug output holds SASL passwords).
     """
     if not broker.startswith("kafka://"):
         raise UsageError(
-            f"the faust engine needs a kafka:// broker, not {broker!r}",
+            f"the faust engine needs a kafka:// broker, not {redact_url(broker)!r}",
             hint="pass --broker kafka://HOST:PORT or --engine memory",
         )
     try:
@@ -216,12 +268,14 @@ def run_faust(api: StateApi, broker: str, app_id: str | None) -> int:
     app = tracker.build_app(loop)
 
     async def serve(*_: Any) -> None:
+        quiet_protocol_loggers(os.environ)  # again, after faust set its logging up
         tracker.rebuild()  # before the first tick, so the API never starts empty
         async with api.serving(tracker.view(), tracker.transport, f"{app_id} (faust engine)"):
             await asyncio.Event().wait()  # cancelled when the app stops
 
     app.task(serve)
     loglevel = os.environ.get("CHOREO_TRACKER_LOGLEVEL") or "warning"
+    quiet_protocol_loggers(os.environ)
     worker = faust.Worker(app, loop=loop, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.spinner = None  # no terminal animation in logs
     try:

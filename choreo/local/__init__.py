@@ -5,7 +5,8 @@ up|down|status` start and stop them; the test suite uses the same classes.
 
 The process helpers they are built on are public too, for programs that start servers or
 child processes of their own (the multi-process demo does): ``cache_dir``, ``free_port``,
-``pdeathsig_preexec``, ``tail``, ``terminate``. ``KafkaBroker`` and ``RedisServer`` are
+``pdeathsig_preexec``, ``tail``, ``terminate``; and ``redact_url``, to print a server's URL
+without its password. ``KafkaBroker`` and ``RedisServer`` are
 imported on first use, so ``python -m choreo.local.kafka_broker`` runs its module once.
 """
 
@@ -23,6 +24,7 @@ from choreo.local._process import (
     tail,
     terminate,
 )
+from choreo.redact import redact_url
 
 if TYPE_CHECKING:
     from choreo.local.kafka_broker import KafkaBroker
@@ -36,6 +38,7 @@ __all__ = [
     "cache_dir",
     "free_port",
     "pdeathsig_preexec",
+    "redact_url",
     "tail",
     "terminate",
 ]

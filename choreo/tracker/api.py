@@ -4,25 +4,60 @@
     GET /sagas/{gid}                                  one saga, timeline included
     GET /counts  /latencies  /metrics  /healthz
 
-It binds 127.0.0.1 unless told otherwise: saga payloads are business data. With a token
-every path but /healthz needs ``Authorization: Bearer <token>``.
+Safe by default: it binds 127.0.0.1 unless told otherwise (saga payloads are business
+data), and every path but /healthz needs ``Authorization: Bearer <token>``. Serving
+without a token takes ``open_access=True``, which is refused beyond the loopback
+interface. The server bounds what a client may send: request line and each header
+``MAX_LINE`` bytes, ``MAX_HEADERS`` headers, a body of ``MAX_BODY_BYTES``; a connection
+that does not finish its request's headers within ``HEADER_TIMEOUT`` seconds (or idles
+that long between requests) is closed, and a body must arrive within ``BODY_TIMEOUT``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hmac
+import ipaddress
 import math
+import re
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
+from choreo.errors import ConfigurationError
 from choreo.saga.state import SagaStatus
 from choreo.tracker.api_ops import OpsContext, add_ops_routes
-from choreo.tracker.http import error, json_response, number, summary
+from choreo.tracker.http import (
+    BODY_TIMEOUT,
+    MAX_OFFSET,
+    error,
+    integer,
+    json_response,
+    known_gid,
+    number,
+    summary,
+    text,
+)
 from choreo.tracker.view import QUANTILES, StateView
 
+__all__ = [
+    "BODY_TIMEOUT",
+    "HEADER_TIMEOUT",
+    "MAX_BODY_BYTES",
+    "build_app",
+    "check_token",
+    "is_loopback",
+    "new_token",
+    "serve_api",
+]
+
 MAX_LIMIT = 1000
+MAX_BODY_BYTES = 64 * 1024  # an admin command or a replay of ids needs a few kB
+MAX_LINE = 4096  # the request line, and any one header
+MAX_HEADERS = 64
+HEADER_TIMEOUT = 15.0
+_TOKEN = re.compile(r"[\x21-\x7e]{1,512}")  # visible ASCII: it travels in a header
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -59,12 +94,52 @@ def render_metrics(view: StateView) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_app(view: StateView, token: str | None = None) -> web.Application:
+def new_token() -> str:
+    """A random bearer token (32 URL-safe characters, 192 bits)."""
+    return secrets.token_urlsafe(24)
+
+
+def check_token(token: str) -> str:
+    if not _TOKEN.fullmatch(token):
+        raise ConfigurationError(
+            "the state API's token must be 1 to 512 visible ASCII characters (no spaces)"
+        )
+    return token
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach (``localhost``, 127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def build_app(
+    view: StateView, token: str | None = None, *, open_access: bool = False
+) -> web.Application:
+    """The API's routes behind its token guard. Without ``token`` it needs
+    ``open_access=True`` (ConfigurationError otherwise): nothing is served open by
+    accident."""
+    if token is not None:
+        expected: bytes | None = f"Bearer {check_token(token)}".encode()
+    elif open_access:
+        expected = None
+    else:
+        raise ConfigurationError(
+            "the state API needs a bearer token; pass open_access=True to serve it without"
+        )
+
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if token and request.path != "/healthz":
-            given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        if expected is not None and request.path != "/healthz":
+            try:
+                given = request.headers.get("Authorization", "").encode()
+            except UnicodeError:
+                return error(400, "the Authorization header is not UTF-8")
+            if not hmac.compare_digest(given, expected):
                 return error(401, "missing or wrong bearer token")
         try:
             return await handler(request)
@@ -74,22 +149,21 @@ def build_app(view: StateView, token: str | None = None) -> web.Application:
             return error(exc.status, exc.reason)
 
     async def sagas(request: web.Request) -> web.Response:
-        raw_status = request.query.get("status") or None
+        raw_status = text(request, "status", 32)
         if raw_status is not None and raw_status.upper() not in SagaStatus.__members__:
             return error(400, f"status must be one of {', '.join(SagaStatus)}")
-        limit = number(request, "limit", 50, 1)
         page = view.list(
             status=SagaStatus(raw_status.upper()) if raw_status else None,
-            saga=request.query.get("saga") or None,
+            saga=text(request, "saga"),
             since=number(request, "since", None, 0),
-            limit=min(int(limit or 50), MAX_LIMIT),
-            offset=int(number(request, "offset", 0, 0) or 0),
+            limit=integer(request, "limit", 50, 1, MAX_LIMIT),
+            offset=integer(request, "offset", 0, 0, MAX_OFFSET),
         )
         items = [summary(s) for s in page.items]
         return json_response({"items": items, "total": page.total, "next": page.next_offset})
 
     async def saga(request: web.Request) -> web.Response:
-        gid = request.match_info["gid"]
+        gid = known_gid(request)
         state = view.get(gid)
         if state is None:
             return error(404, f"no saga with gid {gid!r}")
@@ -108,7 +182,7 @@ def build_app(view: StateView, token: str | None = None) -> web.Application:
     async def healthz(request: web.Request) -> web.Response:
         return json_response({"ok": True})
 
-    app = web.Application(middlewares=[guard])
+    app = web.Application(middlewares=[guard], client_max_size=MAX_BODY_BYTES)
     app.router.add_get("/sagas", sagas)
     app.router.add_get("/sagas/{gid}", saga)
     app.router.add_get("/counts", counts)
@@ -125,13 +199,31 @@ async def serve_api(
     port: int = 0,
     token: str | None = None,
     ops: OpsContext | None = None,
+    *,
+    open_access: bool = False,
+    header_timeout: float = HEADER_TIMEOUT,
 ) -> AsyncIterator[int]:
     """Serve until the block exits; yields the bound port (``port=0`` picks a free one).
-    With ``ops`` the operator routes (why, admin commands, dead letters) are served too."""
-    app = build_app(view, token)
+    With ``ops`` the operator routes (why, admin commands, dead letters) are served too.
+    ``open_access`` (no token) is refused on an address beyond the loopback interface."""
+    if open_access and token is None and not is_loopback(host):
+        raise ConfigurationError(
+            f"refusing to serve the state API without a token on {host}: only a loopback "
+            "address (127.0.0.1, ::1, localhost) may be served open"
+        )
+    app = build_app(view, token, open_access=open_access)
     if ops is not None:
         add_ops_routes(app, ops)  # before setup: aiohttp freezes the router there
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        # aiohttp arms this timer when a connection opens, and closes a connection whose
+        # request headers are not complete when it fires: the header read timeout.
+        keepalive_timeout=header_timeout,
+        max_line_size=MAX_LINE,
+        max_field_size=MAX_LINE,
+        max_headers=MAX_HEADERS,
+    )
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)

@@ -9,7 +9,12 @@
 
 They sit behind the app's token guard like every other route. Errors are JSON
 ``{"error", "hint"}``: 400 bad input, 404 unknown gid or id, 409 an action the saga's
-state makes pointless, 503 the broker did not answer.
+state makes pointless, 413 an actor over 200 or a note over 2000 characters, 503 the
+broker did not answer.
+
+A replay goes only to the topic choreo recorded the record came from, and only to a
+topic of the tracker's contracts (never ``choreo.system``): a dead letter naming another
+topic, or none, is a 400 and nothing is sent.
 """
 
 from __future__ import annotations
@@ -26,7 +31,16 @@ from choreo.saga.contract import SagaContract
 from choreo.saga.state import SagaState, SagaStatus
 from choreo.tracker import ops
 from choreo.tracker.deadletters import DeadLetterReader, describe
-from choreo.tracker.http import Route, json_body, json_response, limit, problem, summary
+from choreo.tracker.http import (
+    Route,
+    json_body,
+    json_response,
+    known_gid,
+    limit,
+    problem,
+    summary,
+    text,
+)
 from choreo.tracker.view import StateView
 from choreo.transport.base import Transport
 
@@ -44,6 +58,9 @@ class OpsContext:
     contracts: Sequence[SagaContract]
     groups: Mapping[str, str] = field(default_factory=dict)
     reader: DeadLetterReader | None = None
+
+    def replay_topics(self) -> frozenset[str]:
+        return ops.replay_topics(self.contracts)
 
     def dead_letter_reader(self) -> DeadLetterReader:
         if self.reader is None:
@@ -93,7 +110,7 @@ def stalled_row(state: SagaState, now: float) -> dict[str, Any]:
 def known(request: web.Request) -> tuple[OpsContext, SagaState]:
     """The app's ops context and the state of the request's ``{gid}`` (404 unknown)."""
     ctx = request.app[OPS]
-    gid = request.match_info["gid"]
+    gid = known_gid(request)
     state = ctx.view.get(gid)
     if state is None:
         raise web.HTTPNotFound(reason=f"no saga with gid {gid!r}")
@@ -115,6 +132,10 @@ async def commands(request: web.Request) -> web.Response:
         return problem(400, f"action must be one of {', '.join(ops.ADMIN_ACTIONS)}")
     if not isinstance(actor, str) or not actor.strip() or not isinstance(note, str):
         return problem(400, "actor (who acts) must be a non-empty string, note a string")
+    bounds = {"actor": (actor, ops.MAX_ACTOR_CHARS), "note": (note, ops.MAX_NOTE_CHARS)}
+    for name, (value, most) in bounds.items():
+        if len(value) > most:
+            return problem(413, f"{name} is {len(value)} characters, over the {most} limit")
     if action == "resolve" and not note.strip():
         return problem(400, "resolve needs a note saying what was fixed by hand")
     refused = ops.refusal(state, action)
@@ -140,7 +161,7 @@ async def stalled(request: web.Request) -> web.Response:
 
 async def dlq(request: web.Request) -> web.Response:
     ctx = request.app[OPS]
-    gid = request.query.get("gid") or None
+    gid = text(request, "gid")
     reader = ctx.dead_letter_reader()
     most = limit(request, 100, MAX_ROWS)
     return json_response({"items": await ops.dead_letters(ctx.transport, gid, most, reader=reader)})
@@ -162,13 +183,18 @@ async def dlq_one(request: web.Request) -> web.Response:
 async def dlq_replay(request: web.Request) -> web.Response:
     ctx = request.app[OPS]
     body = await json_body(request)
-    ids = body.get("ids")
-    if ids is None and isinstance(body.get("offsets"), list):
-        ids = [f"{body.get('partition')}:{offset}" for offset in body["offsets"]]
+    ids, offsets, partition = body.get("ids"), body.get("offsets"), body.get("partition")
+    if ids is None and isinstance(offsets, list) and isinstance(partition, int):
+        ids = [f"{partition}:{offset}" for offset in offsets[: ops.MAX_REPLAY + 1]]
+        ids += [""] * (len(offsets) - len(ids))  # counted, not formatted
     if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
         return problem(400, 'give {"ids": ["2:17", ...]} or {"partition": 2, "offsets": [17]}')
+    if len(ids) > ops.MAX_REPLAY:
+        return problem(413, f"{len(ids)} ids; replay at most {ops.MAX_REPLAY} at a time")
     try:
-        done = await ops.replay(ctx.transport, ids, reader=ctx.dead_letter_reader())
+        done = await ops.replay(
+            ctx.transport, ids, topics=ctx.replay_topics(), reader=ctx.dead_letter_reader()
+        )
     except ValueError as exc:
         return problem(400, str(exc))
     except LookupError as exc:

@@ -4,6 +4,7 @@ options as faust credentials, and faust's and aiokafka's errors as ``TransportEr
 from __future__ import annotations
 
 import contextlib
+import ssl
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -20,9 +21,16 @@ _FAUST_TRANSIENT: tuple[type[BaseException], ...] = (*TRANSIENT, FaustError)
 
 
 def faust_credentials(security: Mapping[str, Any]) -> Any:
-    """faust's spelling of choreo's ``security`` options (None: plaintext)."""
+    """faust's spelling of choreo's ``security`` options (None: plaintext).
+
+    faust takes SASL over TLS from the presence of an SSL context, so SASL_SSL without
+    a CA file gets the system's default verifying context: without one it would quietly
+    become SASL_PLAINTEXT and send the password in the clear."""
     options = security_options(security)
     context = options.get("ssl_context")
+    protocol = str(options.get("security_protocol", "")).upper()
+    if context is None and protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context()
     if options.get("sasl_mechanism"):
         return faust.SASLCredentials(
             username=options.get("sasl_plain_username"),

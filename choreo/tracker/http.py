@@ -1,8 +1,14 @@
-"""What the state API's routes share: JSON responses, query and body parsing, and the
-summary of a saga that lists show."""
+"""What the state API's routes share: JSON responses, bounded query and body parsing, and
+the summary of a saga that lists show.
+
+Every input is bounded before it is parsed: a query parameter over ``MAX_QUERY_CHARS``
+characters, an integer of more than ``MAX_INT_DIGITS`` digits or a body that does not
+arrive within ``BODY_TIMEOUT`` seconds is a 400 (408 for the timeout), never a 500.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -13,6 +19,12 @@ from choreo import codec
 from choreo.saga.state import SagaState
 
 Route = Callable[[web.Request], Awaitable[web.Response]]
+
+MAX_GID_CHARS = codec.Limits().max_gid_chars
+MAX_QUERY_CHARS = 200  # any one query parameter
+MAX_INT_DIGITS = 12
+MAX_OFFSET = 10**12
+BODY_TIMEOUT = 10.0  # seconds to receive a request's body once its headers are in
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -35,9 +47,25 @@ def summary(state: SagaState) -> dict[str, Any]:
     return data
 
 
-def number(request: web.Request, name: str, default: float | None, low: float) -> float | None:
+def text(request: web.Request, name: str, most: int = MAX_QUERY_CHARS) -> str | None:
+    """A query parameter as given (None when absent or empty); 400 over ``most`` chars."""
     raw = request.query.get(name, "")
-    if not raw:
+    if len(raw) > most:
+        raise web.HTTPBadRequest(reason=f"{name} is {len(raw)} characters, over {most}")
+    return raw or None
+
+
+def known_gid(request: web.Request) -> str:
+    """The request's ``{gid}``; 400 when it is longer than any gid choreo accepts."""
+    gid = request.match_info["gid"]
+    if len(gid) > MAX_GID_CHARS:
+        raise web.HTTPBadRequest(reason=f"the gid is {len(gid)} characters, over {MAX_GID_CHARS}")
+    return gid
+
+
+def number(request: web.Request, name: str, default: float | None, low: float) -> float | None:
+    raw = text(request, name, 32)
+    if raw is None:
         return default
     try:
         value = float(raw)
@@ -48,19 +76,35 @@ def number(request: web.Request, name: str, default: float | None, low: float) -
     return value
 
 
-def limit(request: web.Request, default: int, most: int) -> int:
-    raw = request.query.get("limit", "")
+def integer(request: web.Request, name: str, default: int, low: int, most: int) -> int:
+    """A whole number in [low, most]; past ``most`` it is ``most``; 400 if not a number
+    of at most ``MAX_INT_DIGITS`` ASCII digits, or under ``low``."""
+    raw = request.query.get(name, "")
     if not raw:
         return default
-    if not raw.isdigit() or int(raw) < 1:
-        raise web.HTTPBadRequest(reason="limit must be a positive integer")
-    return min(int(raw), most)
+    digits = raw.removeprefix("-")
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > MAX_INT_DIGITS:
+        raise web.HTTPBadRequest(
+            reason=f"{name} must be a whole number of at most {MAX_INT_DIGITS} digits"
+        )
+    value = int(raw)
+    if value < low:
+        raise web.HTTPBadRequest(reason=f"{name} must be >= {low}")
+    return min(value, most)
+
+
+def limit(request: web.Request, default: int, most: int) -> int:
+    return integer(request, "limit", default, 1, most)
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object; the app's ``client_max_size`` bounds it (413 past it)."""
     try:
-        body = await request.json()
-    except ValueError:
+        async with asyncio.timeout(BODY_TIMEOUT):
+            body = await request.json()
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(reason="the request body did not arrive in time") from None
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested too deep
         raise web.HTTPBadRequest(reason="the body must be a JSON object") from None
     if not isinstance(body, dict):
         raise web.HTTPBadRequest(reason="the body must be a JSON object")

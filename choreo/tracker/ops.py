@@ -9,27 +9,43 @@ Each works over a plain ``Transport``, so the faust tracker and the memory track
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, get_args
 
 from choreo import codec
-from choreo.deadletter import original_record
+from choreo.deadletter import DLQ_TOPIC, H_SERVICE, original_event_id, original_record
 from choreo.events import Envelope, Message
 from choreo.saga.contract import SagaContract
 from choreo.saga.state import SagaState, SagaStatus, StepStatus
-from choreo.system_events import SYSTEM_TOPIC, AdminAction, AdminCommand
-from choreo.tracker.deadletters import DeadLetterReader, describe, parse_dead_letter_id
+from choreo.system_events import (
+    MAX_ACTOR_CHARS,
+    MAX_NOTE_CHARS,
+    SYSTEM_TOPIC,
+    AdminAction,
+    AdminCommand,
+)
+from choreo.tracker.deadletters import (
+    Coordinates,
+    DeadLetterReader,
+    describe,
+    parse_dead_letter_id,
+)
 from choreo.tracker.lag import diagnose, service_group, waiting_on
-from choreo.transport.base import Transport
+from choreo.transport.base import Record, Transport
 
 ADMIN_ACTIONS: tuple[str, ...] = get_args(AdminAction)
 OPERATOR_SOURCE = "operator"
+MAX_REPLAY = 100  # dead letters in one replay
 __all__ = [
     "ADMIN_ACTIONS",
+    "MAX_ACTOR_CHARS",
+    "MAX_NOTE_CHARS",
+    "MAX_REPLAY",
     "command",
     "dead_letters",
     "refusal",
     "replay",
+    "replay_topics",
     "service_group",
     "why",
 ]
@@ -124,30 +140,83 @@ async def dead_letters(
         return await dead_letters(transport, gid, limit, reader=own)
 
 
+def replay_topics(contracts: Iterable[SagaContract]) -> frozenset[str]:
+    """The topics a replay may write to: the contracts' own, never the system topic (an
+    operator acts there through ``command``) nor the dead-letter topic."""
+    return frozenset(t for c in contracts for t in c.topics()) - {SYSTEM_TOPIC, DLQ_TOPIC}
+
+
 async def replay(
-    transport: Transport, ids: Sequence[str], *, reader: DeadLetterReader | None = None
+    transport: Transport,
+    ids: Sequence[str],
+    *,
+    topics: Collection[str],
+    reader: DeadLetterReader | None = None,
 ) -> list[dict[str, Any]]:
-    """Re-send each dead letter's original record to its original topic. Every id is
-    checked before anything is sent: ValueError for a malformed id, LookupError for an
-    id that is not (or no longer) on the dead-letter topic."""
+    """Re-send each dead letter's original record to the topic choreo recorded it came
+    from, with its event id (``choreo.deadletter.original_record``).
+
+    Every id is checked before anything is sent: ValueError for a malformed id, more
+    than ``MAX_REPLAY`` ids, a dead letter that does not name its topic or lost its value,
+    or a topic outside ``topics`` (``replay_topics`` of the tracker's contracts);
+    LookupError for an id that is not (or no longer) on the dead-letter topic. Dead
+    letters of one record (each consumer group that failed on it wrote one) are sent once.
+
+    Every consumer group of the topic receives the replayed record, not only the one of
+    the service that failed (``service`` in the answer): a service that had handled the
+    event finds its barrier record and re-publishes what it published then, a duplicate
+    its consumers ignore; a service with no handler for it skips it."""
     if reader is None:
         async with DeadLetterReader(transport) as own:
-            return await replay(transport, ids, reader=own)
-    for dead_id in ids:
-        parse_dead_letter_id(dead_id)
+            return await replay(transport, ids, topics=topics, reader=own)
+    unique = list(dict.fromkeys(ids))
+    if len(unique) > MAX_REPLAY:
+        raise ValueError(f"{len(unique)} dead letters in one replay; at most {MAX_REPLAY}")
+    wanted: dict[str, Coordinates] = {i: parse_dead_letter_id(i) for i in unique}
     await reader.refresh()
-    missing = [i for i in ids if reader.get(i) is None]
+    missing = [i for i in unique if reader.get(i) is None]
     if missing:
         raise LookupError(f"no dead letter with id {', '.join(missing)}")
-    replayed = []
-    for dead_id in dict.fromkeys(ids):
-        record = reader.get(dead_id)
-        assert record is not None
-        sent = await transport.send(original_record(record))
-        replayed.append(
-            {"id": dead_id, "topic": sent.topic, "partition": sent.partition, "offset": sent.offset}
+    whole = await reader.fetch([c for i, c in wanted.items() if _cut(reader, i)])
+    records = {(r.partition, r.offset): r for r in whole}
+    outgoing = {}
+    for dead_id, coordinates in wanted.items():
+        preview = reader.get(dead_id)
+        assert preview is not None
+        record = records.get(coordinates) or Record(
+            reader.topic, *coordinates, preview.key, preview.value, preview.headers
         )
+        out = original_record(record)
+        if out.topic not in topics:
+            known = ", ".join(sorted(topics)) or "none"
+            raise ValueError(
+                f"dead letter {dead_id} came from topic {out.topic[:200]!r}, which no saga "
+                f"contract of this tracker uses (known: {known}); replay refused"
+            )
+        service = (record.header(H_SERVICE) or b"").decode(errors="replace")
+        outgoing[dead_id] = (out, original_event_id(record), service)
+    replayed = []
+    sent_as: dict[tuple[str, str], dict[str, Any]] = {}
+    for dead_id, (out, event_id, service) in outgoing.items():
+        first = sent_as.get((out.topic, event_id))
+        if first is None:
+            sent = await transport.send(out)
+            first = sent_as[(out.topic, event_id)] = {
+                "id": dead_id,
+                "topic": sent.topic,
+                "partition": sent.partition,
+                "offset": sent.offset,
+            }
+            entry = dict(first)
+        else:
+            entry = {**first, "id": dead_id, "same_as": first["id"]}
+        replayed.append({**entry, "event_id": event_id, "service": service})
     return replayed
+
+
+def _cut(reader: DeadLetterReader, dead_id: str) -> bool:
+    preview = reader.get(dead_id)
+    return preview is not None and preview.cut
 
 
 def refusal(state: SagaState, action: str) -> str | None:
@@ -177,6 +246,11 @@ async def command(
         raise ValueError(f"unknown action {action!r}; use one of {', '.join(ADMIN_ACTIONS)}")
     if not actor.strip():
         raise ValueError("an admin command needs an actor (who asked for it)")
+    if len(actor) > MAX_ACTOR_CHARS or len(note) > MAX_NOTE_CHARS:
+        raise ValueError(
+            f"an admin command's actor is at most {MAX_ACTOR_CHARS} characters and its note "
+            f"at most {MAX_NOTE_CHARS}"
+        )
     event = AdminCommand.model_validate({"action": action, "actor": actor, "note": note})
     envelope = Envelope.first(event, gid=gid, saga=saga, source=OPERATOR_SOURCE)
     await transport.send(codec.encode(Message(envelope, event, SYSTEM_TOPIC)))

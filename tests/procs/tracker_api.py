@@ -100,23 +100,15 @@ async def seeded() -> AsyncIterator[Seeded]:
 
 @contextlib.asynccontextmanager
 async def serving(env: Seeded, port: int = 0, token: str | None = None) -> AsyncIterator[str]:
-    """The state API with the ops routes over ``env``'s tracker; yields its base URL."""
-    from aiohttp import web
+    """The state API with the ops routes over ``env``'s tracker; yields its base URL.
+    Without ``token`` it is served open (on loopback, as ``--no-auth`` would)."""
+    from choreo.tracker.api import serve_api
+    from choreo.tracker.api_ops import OpsContext
 
-    from choreo.tracker.api import build_app
-    from choreo.tracker.api_ops import OpsContext, add_ops_routes
-
-    app = build_app(env.tracker.view(), token=token)
     ops = OpsContext(env.tracker.view(), env.h.transport, [env.travel.contract], env.groups)
-    add_ops_routes(app, ops)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", port)
-        await site.start()
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    view = env.tracker.view()
+    async with serve_api(view, "127.0.0.1", port, token, ops, open_access=token is None) as bound:
+        yield f"http://127.0.0.1:{bound}"
 
 
 @dataclass
