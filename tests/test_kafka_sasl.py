@@ -171,3 +171,14 @@ def test_faust_keeps_sasl_ssl_without_a_ca_file() -> None:
     plain = credentials_to_aiokafka_auth(faust_credentials(security("alice", "pw")))
     assert (plain["security_protocol"], plain["ssl_context"]) == ("SASL_PLAINTEXT", None)
     assert faust_credentials({"security_protocol": "SSL"}).protocol.value == "SSL"
+
+
+def test_sasl_ssl_without_a_ca_file_keeps_tls() -> None:
+    from choreo.transport.kafka_config import security_options
+
+    options = security_options(
+        {"security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN",
+         "sasl_plain_username": "u", "sasl_plain_password": "p"}
+    )  # fmt: skip
+    assert options["security_protocol"] == "SASL_SSL"
+    assert options["ssl_context"] is not None  # the system's CAs, not plaintext

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from choreo.errors import ConfigurationError
+from choreo.redact import redact_url
 
 DEFAULT_PORT = 9092
 
@@ -34,7 +35,7 @@ def parse_kafka_url(url: str) -> list[str]:
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.lower() != "kafka":
         raise ConfigurationError(
-            f"not a Kafka URL: {url!r} (expected kafka://host:port[,host2:port2])"
+            f"not a Kafka URL: {redact_url(url)!r} (expected kafka://host:port[,host2:port2])"
         )
     rest = rest.split("?", 1)[0].rstrip("/")
     servers: list[str] = []
@@ -50,15 +51,19 @@ def parse_kafka_url(url: str) -> list[str]:
             host, _, port_text = item.partition(":")
             display_host = host
         if not host or "/" in item or "@" in item:
-            raise ConfigurationError(f"bad broker address {item!r} in Kafka URL {url!r}")
+            raise ConfigurationError(
+                f"bad broker address {item!r} in Kafka URL {redact_url(url)!r}"
+            )
         if port_text and not port_text.isdigit():
-            raise ConfigurationError(f"bad port in broker address {item!r} of {url!r}")
+            raise ConfigurationError(f"bad port in broker address {item!r} of {redact_url(url)!r}")
         port = int(port_text) if port_text else DEFAULT_PORT
         if not 0 < port < 65536:
-            raise ConfigurationError(f"port out of range in broker address {item!r} of {url!r}")
+            raise ConfigurationError(
+                f"port out of range in broker address {item!r} of {redact_url(url)!r}"
+            )
         servers.append(f"{display_host}:{port}")
     if not servers:
-        raise ConfigurationError(f"no broker address in Kafka URL {url!r}")
+        raise ConfigurationError(f"no broker address in Kafka URL {redact_url(url)!r}")
     return servers
 
 
@@ -86,6 +91,10 @@ def security_options(security: Mapping[str, Any] | None) -> dict[str, Any]:
             raise ConfigurationError(f"cannot build the Kafka SSL context: {exc}") from exc
     if options.get("ssl_context") is not None:
         options.setdefault("security_protocol", "SSL")
+    elif options.get("security_protocol") in ("SSL", "SASL_SSL"):
+        # TLS asked for without a CA file: verify against the system's CAs, never fall
+        # back to plaintext (aiokafka refuses SSL protocols without a context).
+        options["ssl_context"] = ssl.create_default_context()
     return options
 
 
