@@ -26,7 +26,7 @@ from choreo.invoke import Invoker, Ran
 from choreo.middleware import Hooks, Middleware
 from choreo.routes import Route, RouteTable
 from choreo.store.base import BarrierKey, BarrierResult, Commit, Decision, Store
-from choreo.system_events import CompensationSkipped, StepFailed
+from choreo.system_events import CompensationSkipped, StepFailed, bounded_reason
 from choreo.transport.base import OutgoingRecord, Record, Transport
 
 log = logging.getLogger("choreo.dispatch")
@@ -237,7 +237,7 @@ class Dispatcher:
                                   self.service, name, 1)  # fmt: skip
             return None
         job.pending = self._outgoing(
-            job, "failed", [StepFailed(step=route.step, reason=result.detail)]
+            job, "failed", [StepFailed(step=route.step, reason=bounded_reason(result.detail))]
         )
         return Commit(job.key, "failed", codec.pack_outbox(job.pending), (), job.null_blob)
 

@@ -16,7 +16,7 @@ from choreo.events import Event, Message
 from choreo.middleware import Hooks
 from choreo.routes import Route
 from choreo.store.base import Effect, Status, Store
-from choreo.system_events import StepFailed
+from choreo.system_events import StepFailed, bounded_reason
 
 log = logging.getLogger("choreo.dispatch")
 
@@ -110,4 +110,6 @@ class Invoker:
                 route.handler.name,
                 attempt,
             )
-        return Ran("failed", [event or StepFailed(step=route.step, reason=reason)], [])
+        return Ran(
+            "failed", [event or StepFailed(step=route.step, reason=bounded_reason(reason))], []
+        )

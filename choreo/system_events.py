@@ -13,6 +13,18 @@ SYSTEM_TOPIC = "choreo.system"
 # An operator's admin command is kept in the saga's timeline: who acted, and why, bounded.
 MAX_ACTOR_CHARS = 200
 MAX_NOTE_CHARS = 2000
+# A failure's reason travels in events and lives in saga states: bounded, so one huge
+# exception message cannot grow a state past what the changelog accepts.
+MAX_REASON_CHARS = 2000
+Reason = Annotated[str, StringConstraints(max_length=MAX_REASON_CHARS)]
+
+
+def bounded_reason(text: str) -> str:
+    """``text`` cut to MAX_REASON_CHARS, saying how long it was."""
+    if len(text) <= MAX_REASON_CHARS:
+        return text
+    suffix = f"... ({len(text)} characters)"
+    return text[: MAX_REASON_CHARS - len(suffix)] + suffix
 
 
 class SystemEvent(Event, topic=SYSTEM_TOPIC):
@@ -23,7 +35,7 @@ class StepFailed(SystemEvent, type="choreo.StepFailed"):
     """A handler raised BusinessFailure without an event of its own."""
 
     step: str
-    reason: str
+    reason: Reason
 
 
 class CompensationSkipped(SystemEvent, type="choreo.CompensationSkipped"):
@@ -31,7 +43,7 @@ class CompensationSkipped(SystemEvent, type="choreo.CompensationSkipped"):
     a compensation of a step that failed): the tracker counts it as confirmed."""
 
     step: str
-    reason: str
+    reason: Reason
 
 
 class SagaCompleted(SystemEvent, type="choreo.SagaCompleted"):
@@ -40,7 +52,7 @@ class SagaCompleted(SystemEvent, type="choreo.SagaCompleted"):
 
 class SagaCompensated(SystemEvent, type="choreo.SagaCompensated"):
     saga: str
-    reason: str
+    reason: Reason
 
 
 class SagaStuck(SystemEvent, type="choreo.SagaStuck"):
@@ -49,7 +61,7 @@ class SagaStuck(SystemEvent, type="choreo.SagaStuck"):
     saga: str
     step: str
     attempts: int
-    reason: str
+    reason: Reason
 
 
 class DeadlineCheck(SystemEvent, type="choreo.DeadlineCheck"):

@@ -13,6 +13,8 @@ PaymentDeducted carry an ``amount`` and the refund must say which it means.
 
 from __future__ import annotations
 
+from pydantic import PositiveInt
+
 from choreo import Event, SagaContract, Step
 
 TOPIC = "demo.orders"
@@ -31,8 +33,8 @@ class OrderPlaced(OrderEvent):
     order_id: str
     customer: str
     sku: str
-    qty: int
-    amount: int
+    qty: PositiveInt  # a negative quantity would add stock: refused as poison at decode
+    amount: PositiveInt
 
 
 class StockReserved(OrderEvent):
@@ -49,7 +51,7 @@ class StockRejected(OrderEvent):
 class ReleaseStock(OrderEvent):
     order_id: str
     sku: str
-    qty: int
+    qty: PositiveInt
 
 
 class StockReleased(OrderEvent):

@@ -67,3 +67,35 @@ def test_a_dead_letter_too_large_for_the_broker_drops_its_value_and_says_so() ->
     small = dead_letter_record(Record("t", 0, 8, b"g", b"{}"), DeadLetter("poison", "x", "s"))
     assert small.value == b"{}"
     assert H_DROPPED not in dict(small.headers)
+
+
+async def test_a_huge_failure_reason_is_bounded_in_events_and_state() -> None:
+    from choreo import BusinessFailure, SagaContract, Step, StepFailed
+    from choreo.system_events import MAX_REASON_CHARS
+    from choreo.testing import MemoryTracker
+
+    tag = uuid.uuid4().hex[:8]
+
+    class Go(Event, type=f"why.{tag}.Go", topic=f"why.{tag}"):
+        n: int
+
+    class Went(Event, type=f"why.{tag}.Went", topic=f"why.{tag}"):
+        n: int
+
+    contract = SagaContract(f"why{tag}", start=Go, steps=[Step("go", on=Go, done=Went)])
+    app = Service("why", contracts=[contract])
+
+    @app.on_event(Go)
+    async def go(event: Go) -> Went:  # type: ignore[valid-type]
+        raise BusinessFailure("x" * 300_000)
+
+    tracker = MemoryTracker([contract])
+    async with Harness(app, tracker) as h:
+        gid = await h.publish(Go(n=1))  # type: ignore[call-arg]
+        await h.drain()
+        [failed] = [m.event for m in h.history(gid) if isinstance(m.event, StepFailed)]
+        assert len(failed.reason) <= MAX_REASON_CHARS
+        assert failed.reason.endswith("(300000 characters)")
+        state = tracker.get(gid)
+        assert state is not None
+        assert len(state.model_dump_json()) < 20_000

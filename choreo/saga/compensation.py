@@ -7,7 +7,13 @@ from choreo.events import Event, derived_event_id
 from choreo.saga.contract import Step
 from choreo.saga.state import SagaStatus, StepState, StepStatus
 from choreo.saga.transition import Run, compensation_event_id
-from choreo.system_events import AdminCommand, SagaCompensated, SagaCompleted, SagaStuck
+from choreo.system_events import (
+    AdminCommand,
+    SagaCompensated,
+    SagaCompleted,
+    SagaStuck,
+    bounded_reason,
+)
 
 # Dispatched steps whose compensation is still owed, and steps with nothing left to undo.
 UNDONE = (StepStatus.PENDING, StepStatus.DONE)
@@ -139,6 +145,7 @@ def forget(run: Run) -> None:
 def stuck(run: Run, name: str, cur: StepState, reason: str) -> None:
     """A compensation that cannot be confirmed: the saga is STUCK and an operator alerted,
     once per exhausted step. A terminal saga keeps its status but still alerts."""
+    reason = bounded_reason(reason)
     run.set_status(SagaStatus.STUCK, reason)
     attempts = cur.compensation_attempts
     event = SagaStuck(saga=run.contract.name, step=name, attempts=attempts, reason=reason)

@@ -19,6 +19,7 @@ from choreo.system_events import (
     DeadlineCheck,
     StepFailed,
     SystemEvent,
+    bounded_reason,
 )
 
 __all__ = ["Publish", "Transition", "apply", "compensation_event_id", "on_deadline"]
@@ -164,7 +165,8 @@ def _keep_reply(run: Run, step: Step) -> None:
         run.state.replies[step.name] = run.keep_payload()
 
 
-def _failed(run: Run, name: str, reason: str) -> None:
+def _failed(run: Run, name: str, raw_reason: str) -> None:
+    reason = bounded_reason(raw_reason)  # a participant's text, kept in the state
     s = run.state
     if not run.contract.has_step(name):
         run.note(f"failure of unknown step {name!r} ignored")
