@@ -3,10 +3,10 @@
 choreo: a ``Service`` runs the full per-record pipeline (decode, route, barrier check,
 handler, barrier commit with the outbox, publish the outbox, commit the offset).
 
-baseline: the same transport driven by a bare loop (fetch a batch, per partition call
-the same handler function with the already-decoded event and send the record on,
-commit the batch's offsets), with the same concurrency as the worker: records of a
-partition one after another, partitions side by side. No codec, no barrier, no outbox.
+baseline: the same transport driven by a bare loop written as a competent engineer
+would: per poll, call the same handler function with the already-decoded event for
+every record, hand every output to the producer, await the acknowledgements together,
+commit the poll's offsets. No codec, no barrier, no outbox.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -157,13 +157,16 @@ async def bare_run(transport: Transport, workload: Workload, timeout: float = 60
     consumer = transport.consumer(f"bench.bare.{workload.ping.topic}", [workload.ping.topic])
     await consumer.start()
 
-    async def partition(records: Sequence[Record]) -> None:
-        for record in records:
-            assert record.key is not None
-            await handler(events[record.key])
-            await transport.send(
-                OutgoingRecord(out_topic, record.key, record.value, record.headers)
-            )
+    async def poll(batch: Mapping[TopicPartition, Sequence[Record]]) -> None:
+        # As a competent engineer writes it: call the handler for every record of the
+        # poll, hand all outputs to the producer, await the acknowledgements together.
+        outputs = []
+        for records in batch.values():
+            for record in records:
+                assert record.key is not None
+                await handler(events[record.key])
+                outputs.append(OutgoingRecord(out_topic, record.key, record.value, record.headers))
+        await transport.send_many(outputs)
 
     committed: dict[TopicPartition, int] = {}
     started: float | None = None
@@ -177,7 +180,7 @@ async def bare_run(transport: Transport, workload: Workload, timeout: float = 60
                 continue
             if started is None:
                 started = time.perf_counter()
-            await asyncio.gather(*(partition(records) for records in batch.values()))
+            await poll(batch)
             offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
             await consumer.commit(offsets)
             committed.update(offsets)

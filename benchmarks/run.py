@@ -42,7 +42,7 @@ class Sizes:
 FULL = Sizes(
     dispatch_events=30_000,
     saga_count=3_000,
-    kafka_events=1_000,
+    kafka_events=20_000,
     memory_states=1_000,
     memory_records=1_000,
     warmup=500,
@@ -50,7 +50,7 @@ FULL = Sizes(
 QUICK = Sizes(
     dispatch_events=5_000,
     saga_count=500,
-    kafka_events=300,
+    kafka_events=3_000,
     memory_states=1_000,
     memory_records=1_000,
     warmup=200,
@@ -89,8 +89,8 @@ async def dispatch_memory(sizes: Sizes, repeat: int) -> Comparison:
         choreo=choreo,
         baseline=baseline,
         baseline_description=(
-            "bare getmany -> same handler on the pre-decoded event -> send the record on "
-            "-> commit, same transport, same per-partition concurrency"
+            "bare loop: per poll, the same handler on the pre-decoded event for every "
+            "record, every record sent on at once (acks awaited together), commit"
         ),
         extra={"events": sizes.dispatch_events, "partitions": dispatch.PARTITIONS},
     )
@@ -127,13 +127,14 @@ async def dispatch_kafka(
         description=(
             f"{sizes.kafka_events:,} events through the same Service on a local "
             f"single-node Kafka (acks=all, idempotent, linger_ms={linger_ms}{default}) "
-            "and the Redis store (barrier check and Lua commit per record)"
+            "and the Redis store (one barrier check and one Lua commit per batch)"
         ),
         choreo=choreo,
         baseline=baseline,
         baseline_description=(
-            "bare loop on the same KafkaTransport: getmany -> same handler -> send "
-            "(acks=all, idempotent) -> commit; no codec, no Redis"
+            "bare loop on the same KafkaTransport: per poll, the same handler for every "
+            "record, every output sent, the acks awaited together (acks=all, idempotent), "
+            "commit; no codec, no Redis"
         ),
         extra={
             "events": sizes.kafka_events,
