@@ -102,14 +102,19 @@ def test_the_dispatcher_handles_or_dead_letters_any_record(drawn: list) -> None:
     asyncio.run(_dispatch(as_records(Ask.topic, drawn)))
 
 
-async def _dispatch(batch: list[Record]) -> None:
+def dispatcher() -> tuple[Dispatcher, MemoryTransport]:
     app = service()
     transport = MemoryTransport(MemoryBroker(1))
-    dispatcher = Dispatcher(
+    made = Dispatcher(
         service=app.name, routes=app.routes(), registry=app.registry(), store=MemoryStore(),
         transport=transport, dlq_topic="fuzz.dlq", limits=codec.Limits(),
     )  # fmt: skip
-    await dispatcher.handle_batch(batch)  # must not raise
+    return made, transport
+
+
+async def _dispatch(batch: list[Record]) -> None:
+    handler, transport = dispatcher()
+    await handler.handle_batch(batch)  # must not raise
     dead = transport.broker.records("fuzz.dlq")
     offsets = [int(dict(d.headers)[H_OFFSET]) for d in dead]
     assert len(offsets) == len(set(offsets))  # at most one dead letter per record (one route)
@@ -145,13 +150,8 @@ def test_the_fuzz_strategies_reach_valid_records_too() -> None:
              orjson.dumps({"qty": 2}))]  # fmt: skip
 
     async def check() -> None:
-        app = service()
-        transport = MemoryTransport(MemoryBroker(1))
-        dispatcher = Dispatcher(
-            service=app.name, routes=app.routes(), registry=app.registry(), store=MemoryStore(),
-            transport=transport, dlq_topic="fuzz.dlq", limits=codec.Limits(),
-        )  # fmt: skip
-        await dispatcher.handle_batch(as_records(Ask.topic, good))
+        handler, transport = dispatcher()
+        await handler.handle_batch(as_records(Ask.topic, good))
         assert len(transport.broker.records("fuzz.out")) == 1
 
     asyncio.run(check())
