@@ -220,7 +220,7 @@ async def serve_memory(api: StateApi, broker: str, group: str) -> None:
         tracker.running(),
         api.serving(tracker.view(), transport, "(memory engine)"),
     ):
-        await stopping.wait()
+        await tracker.until_stopped(stopping)
 
 
 def run_faust(api: StateApi, broker: str, app_id: str | None) -> int:

@@ -64,6 +64,7 @@ class MemoryTracker:
         self.metrics = self.pipeline.metrics
         self._states = self.pipeline.states
         self.transport: Transport | None = None  # while running, for the ops routes
+        self._tasks: list[asyncio.Task[None]] = []
 
     # -- the harness's Participant protocol and the API's read side ------------------
     def subscribed_topics(self) -> list[str]:
@@ -113,12 +114,24 @@ class MemoryTracker:
             ]
             for task in tasks:
                 task.add_done_callback(_report_crash)
+            self._tasks = tasks
             try:
                 yield self
             finally:
                 stopping.set()
-                await asyncio.gather(*tasks)
+                self._tasks = []
+                await asyncio.gather(*tasks)  # a crashed loop's error is raised here
                 self.transport = None
+
+    async def until_stopped(self, stopping: asyncio.Event) -> None:
+        """Inside ``running()``: wait for ``stopping``, or for a loop of the tracker to end
+        on its own, which only a crash does; leaving ``running()`` then raises its error,
+        so the process ends non-zero instead of serving a state API over dead loops."""
+        waiting = asyncio.create_task(stopping.wait())
+        try:
+            await asyncio.wait([waiting, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()
 
     async def _send(self, records: Sequence[OutgoingRecord]) -> None:
         assert self.transport is not None, "the tracker is not running"
