@@ -232,6 +232,9 @@ class Service(Router):
                 "store_options={'accept_empty': True} if you emptied it on purpose "
                 "(docs/delivery.md, 'The store must not forget')"
             )
+        # Checked once per store: from here on this store holds what the group writes,
+        # so services started later on the same store object must not take it for lost.
+        store.fresh = False
 
     async def publish(
         self, event: Event, *, gid: str | None = None, saga: str | None = None

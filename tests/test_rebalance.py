@@ -35,7 +35,9 @@ class Ticker:
 
         @self.app.on_event(Tick, step="tock")
         async def tock(event: Tick, ctx: Context) -> Tocked:
-            await asyncio.sleep(0.02)  # long enough that rebalances land mid-stream
+            # Slow enough that the work outlasts a join: 400 ticks over 4 partitions take
+            # the first member alone about 5 s, while a rebalance takes 1-3 s here.
+            await asyncio.sleep(0.05)
             self.ran.append(event.n)
             ctx.tx.incr(counter, 1)
             return Tocked(n=event.n)
@@ -49,7 +51,7 @@ async def test_members_join_and_leave_mid_stream(kafka_bootstrap: str, redis_url
     broker = f"kafka://{kafka_bootstrap}"
     group = f"rebalance-{uuid.uuid4().hex[:8]}"
     counter = f"ticks:{group}"
-    total = 200
+    total = 400
     async with KafkaTransport(broker) as transport, RedisStore(redis_url) as store:
         first, second = Ticker(group, counter), Ticker(group, counter)
         sender = Service("sender")
