@@ -8,6 +8,7 @@ scripts/setup.sh
 # Install redis-server (apt-get, when missing) and resolve the Kafka jars (Maven Central,
 # cached in ~/.cache/choreo) now, so their time is not charged to a test's timeout.
 .venv/bin/python -m choreo.local.redis_server ensure
+.venv/bin/python -m choreo.local.postgres_server ensure
 .venv/bin/python -m choreo.local.kafka_broker ensure
 # The live dashboard is tested in a real terminal under tmux (Debian's package).
 if ! command -v tmux >/dev/null 2>&1; then

@@ -1,10 +1,11 @@
 """Shared fixtures.
 
-`kafka_bootstrap` and `redis_url` start a real Kafka broker / Redis server the first time a test
-asks for one and stop it when the session ends. Each session runs its servers in its own
-directory under `<cache>/test-run/`, so concurrent sessions do not collide, and a session that
-was killed is cleaned up by the next one. When a prerequisite (java, mvn, redis-server) is
-missing the tests are skipped, except on CI (CI=true) where that is an error.
+`kafka_bootstrap`, `redis_url` and `postgres_url` start a real Kafka broker / Redis server /
+PostgreSQL server the first time a test asks for one and stop it when the session ends. Each
+session runs its servers in its own directory under `<cache>/test-run/`, so concurrent
+sessions do not collide, and a session that was killed is cleaned up by the next one. When a
+prerequisite (java, mvn, redis-server, postgresql) is missing the tests are skipped, except on
+CI (CI=true) where that is an error.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 
 from choreo.local._process import LocalServer, LocalServerUnavailable, cache_dir, pid_alive
 from choreo.local.kafka_broker import KafkaBroker
+from choreo.local.postgres_server import PostgresServer
 from choreo.local.redis_server import RedisServer
 
 
@@ -29,6 +31,7 @@ def _sweep_dead_sessions(root: Path) -> None:
         # Servers die with their session (PDEATHSIG); stop() is for the rare one that did not.
         KafkaBroker(session / "kafka").stop()
         RedisServer(session / "redis").stop()
+        PostgresServer(session / "postgres", persist=False).stop()
         shutil.rmtree(session, ignore_errors=True)
 
 
@@ -78,6 +81,16 @@ def kafka_bootstrap(kafka_broker: KafkaBroker) -> str:
 def redis_url(_local_servers_dir: Path) -> Iterator[str]:
     """`redis://host:port/0` of a real, non-persistent Redis server shared by the session."""
     server = RedisServer(_local_servers_dir / "redis", die_with_parent=True, persist=False)
+    url = _start(server)
+    yield url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(_local_servers_dir: Path) -> Iterator[str]:
+    """`postgresql://choreo@host:port/postgres` of a real, non-durable PostgreSQL server
+    shared by the session (a fresh cluster, removed when the session ends)."""
+    server = PostgresServer(_local_servers_dir / "postgres", die_with_parent=True, persist=False)
     url = _start(server)
     yield url
     server.stop()
