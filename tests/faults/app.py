@@ -1,0 +1,254 @@
+"""The fault suite's saga app: the demo's order contract (``services_demo.contract``, three
+steps with 2 s deadlines) served by three participants of our own, each run with
+``choreo run tests.faults.app:<inventory|payment|shipping>``.
+
+What a saga does is written in its order id (``<run>-<n>-<mode>``), so every process and
+the offline checker agree without sharing anything:
+
+======== ===============================================================================
+ok       every step succeeds: COMPLETED
+reject   inventory refuses (business failure): COMPENSATED, nothing to undo
+decline  payment declines (business failure): COMPENSATED, stock released
+silent   shipping books but never confirms: the tracker times the step out, COMPENSATED
+late     shipping confirms ``LATE_BY`` seconds after the deadline: COMPENSATED, the late
+         success compensated, never applied
+======== ===============================================================================
+
+Every effect also counts itself (``applied:<gid>:<step>:<op>``) in the handler's
+transaction, so an effect applied twice shows in the store, whatever the topics say.
+
+Fault knobs (environment):
+
+- ``FAULTS_KILL_AT`` = ``before-effect`` | ``after-effect`` | ``after-publish`` and
+  ``FAULTS_KILL_COUNT`` = N: the process SIGKILLs itself the N-th time it reaches that
+  point: inside a handler, nothing recorded (before-effect); after the batch's barrier
+  commit, nothing sent (after-effect); after the outgoing events are acknowledged,
+  before the offset commit (after-publish). The points of ``tests/procs/crashy.py``.
+- ``FAULTS_SLOW`` = seconds every handler of this process sleeps (a slow participant).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import AsyncIterator, Sequence
+
+from choreo import BusinessFailure, Context, Middleware, Service
+from choreo.events import Message
+from choreo.handlers import Handler
+from choreo.store.base import (
+    BarrierKey,
+    BarrierRecord,
+    BarrierResult,
+    Commit,
+    Decision,
+    Effect,
+    Store,
+)
+from choreo.store.redis import RedisStore
+from services_demo.contract import (
+    STEP_DEADLINE,
+    CancelShipment,
+    OrderPlaced,
+    PaymentDeclined,
+    PaymentDeducted,
+    PaymentRefunded,
+    RefundPayment,
+    ReleaseStock,
+    ShipmentCancelled,
+    ShipmentScheduled,
+    StockRejected,
+    StockReleased,
+    StockReserved,
+    order_saga,
+)
+
+MODES = ("ok", "reject", "decline", "silent", "late")
+KILL_POINTS = ("before-effect", "after-effect", "after-publish")
+LATE_BY = STEP_DEADLINE + 1.5  # after the deadline, before the compensation budget ends
+REVENUE = "revenue"
+
+
+def mode_of(order_id: str) -> str:
+    mode = order_id.rsplit("-", 1)[-1]
+    return mode if mode in MODES else "ok"
+
+
+def applied_key(gid: str, step: str, op: str) -> str:
+    return f"applied:{gid}:{step}:{op}"
+
+
+def stock_key(sku: str) -> str:
+    return f"stock:{sku}"
+
+
+def balance_key(customer: str) -> str:
+    return f"balance:{customer}"
+
+
+def shipment_key(order_id: str) -> str:
+    return f"shipment:{order_id}"
+
+
+class _Killer:
+    """SIGKILLs this process the ``count``-th time ``point`` is reached."""
+
+    def __init__(self) -> None:
+        self.point = os.environ.get("FAULTS_KILL_AT", "")
+        assert self.point in ("", *KILL_POINTS), self.point
+        self.count = int(os.environ.get("FAULTS_KILL_COUNT", "1"))
+        self.seen = 0
+
+    def reached(self, point: str) -> None:
+        if point != self.point:
+            return
+        self.seen += 1
+        if self.seen >= self.count:
+            print(f"faults: SIGKILL at {point} #{self.seen}", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+KILLER = _Killer()
+SLOW = float(os.environ.get("FAULTS_SLOW", "0") or 0)
+
+
+class KillAfterPublish(Middleware):
+    async def after_handle(self, message: Message, handler: Handler, decision: Decision) -> None:
+        KILLER.reached("after-publish")
+
+
+class KillingStore(Store):
+    """A RedisStore whose batch commit can be the last thing this process does."""
+
+    def __init__(self, url: str) -> None:
+        self.inner = RedisStore(url)
+        self.url = url
+        self.retention_seconds = self.inner.retention_seconds
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def stop(self) -> None:
+        await self.inner.stop()
+
+    async def check_many(self, keys: Sequence[BarrierKey]) -> list[BarrierResult]:
+        return await self.inner.check_many(keys)
+
+    async def commit_many(self, commits: Sequence[Commit]) -> list[BarrierResult]:
+        results = await self.inner.commit_many(commits)
+        KILLER.reached("after-effect")
+        return results
+
+    async def records(self, gid: str) -> list[BarrierRecord]:
+        return await self.inner.records(gid)
+
+    async def get(self, key: str) -> str | None:
+        return await self.inner.get(key)
+
+    async def apply(self, effects: Sequence[Effect]) -> str:
+        return await self.inner.apply(effects)
+
+
+def _service(name: str) -> Service:
+    store_url = os.environ.get("CHOREO_STORE", "memory://")
+    if KILLER.point == "after-effect":
+        wrapped = KillingStore(store_url)
+
+        @contextlib.asynccontextmanager
+        async def lifespan(app: Service) -> AsyncIterator[None]:
+            async with wrapped:
+                yield
+
+        return Service(name, contracts=[order_saga], store=wrapped, lifespan=lifespan,
+                       broker=os.environ.get("CHOREO_BROKER", "memory://"))  # fmt: skip
+    return Service(
+        name,
+        contracts=[order_saga],
+        broker=os.environ.get("CHOREO_BROKER", "memory://"),
+        store=store_url,
+        middleware=[KillAfterPublish()],
+    )
+
+
+async def _work(ctx: Context, step: str, op: str) -> None:
+    """What every handler does first: maybe be slow, maybe die, count the effect."""
+    if SLOW:
+        await asyncio.sleep(SLOW)
+    KILLER.reached("before-effect")
+    ctx.tx.incr(applied_key(ctx.gid, step, op), 1)
+
+
+inventory = _service("inventory")
+payment = _service("payment")
+shipping = _service("shipping")
+
+
+@inventory.on_event(OrderPlaced)
+async def reserve_stock(event: OrderPlaced, ctx: Context) -> StockReserved:
+    await _work(ctx, "stock", "action")
+    if mode_of(event.order_id) == "reject":
+        reason = f"{event.sku} is not sold to {event.customer}"
+        raise BusinessFailure(reason, StockRejected(order_id=event.order_id, reason=reason))
+    ctx.tx.incr(stock_key(event.sku), -event.qty, minimum=0)
+    return StockReserved(order_id=event.order_id, customer=event.customer, amount=event.amount)
+
+
+@inventory.on_event(ReleaseStock)
+async def release_stock(event: ReleaseStock, ctx: Context) -> StockReleased:
+    await _work(ctx, "stock", "compensate")
+    ctx.tx.incr(stock_key(event.sku), event.qty)
+    return StockReleased(order_id=event.order_id)
+
+
+@payment.on_event(StockReserved)
+async def deduct(event: StockReserved, ctx: Context) -> PaymentDeducted:
+    await _work(ctx, "payment", "action")
+    if mode_of(event.order_id) == "decline":
+        reason = "declined by the card issuer"
+        raise BusinessFailure(reason, PaymentDeclined(order_id=event.order_id, reason=reason))
+    ctx.tx.incr(balance_key(event.customer), -event.amount, minimum=0)
+    ctx.tx.incr(REVENUE, event.amount)
+    return PaymentDeducted(order_id=event.order_id, amount=event.amount)
+
+
+@payment.on_event(RefundPayment)
+async def refund(event: RefundPayment, ctx: Context) -> PaymentRefunded:
+    await _work(ctx, "payment", "compensate")
+    ctx.tx.incr(REVENUE, -event.amount)
+    ctx.tx.incr(balance_key(event.customer), event.amount)
+    return PaymentRefunded(order_id=event.order_id)
+
+
+_late: set[asyncio.Task[None]] = set()
+
+
+async def _confirm_late(order_id: str, gid: str) -> None:
+    await asyncio.sleep(LATE_BY)
+    shipment = ShipmentScheduled(order_id=order_id, shipment_id=f"shp-{order_id}")
+    await shipping.publish(shipment, gid=gid)
+
+
+@shipping.on_event(PaymentDeducted)
+async def schedule(event: PaymentDeducted, ctx: Context) -> ShipmentScheduled | None:
+    await _work(ctx, "shipping", "action")
+    ctx.tx.put(shipment_key(event.order_id), f"shp-{event.order_id}")
+    mode = mode_of(event.order_id)
+    if mode == "silent":
+        return None
+    if mode == "late":
+        # The carrier confirms later, from outside the handler (a webhook, say): the
+        # partition is not held, and the confirmation arrives after the deadline.
+        task = asyncio.create_task(_confirm_late(event.order_id, ctx.gid))
+        _late.add(task)
+        task.add_done_callback(_late.discard)
+        return None
+    return ShipmentScheduled(order_id=event.order_id, shipment_id=f"shp-{event.order_id}")
+
+
+@shipping.on_event(CancelShipment)
+async def cancel(event: CancelShipment, ctx: Context) -> ShipmentCancelled:
+    await _work(ctx, "shipping", "compensate")
+    ctx.tx.delete(shipment_key(event.order_id))
+    return ShipmentCancelled(order_id=event.order_id)
