@@ -1,5 +1,6 @@
 """Transports and stores chosen by URL: ``memory://``, ``kafka://host:port``,
-``redis://host:port/db``. Heavy clients are imported only when their scheme is used."""
+``redis://host:port/db``, ``postgresql://user@host:port/db``. Heavy clients are imported
+only when their scheme is used."""
 
 from __future__ import annotations
 
@@ -45,6 +46,11 @@ def open_store(url: str, **options: Any) -> Store:
         from choreo.store.redis import RedisStore
 
         return RedisStore(url, **options)
+    if kind in ("postgresql", "postgres"):
+        from choreo.store.postgres import PostgresStore
+
+        return PostgresStore(url, **options)
     raise ConfigurationError(
-        f"unknown store scheme {kind!r} in {redact_url(url)!r}; use memory:// or redis://"
+        f"unknown store scheme {kind!r} in {redact_url(url)!r}; "
+        "use memory://, redis:// or postgresql://"
     )

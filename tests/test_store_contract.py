@@ -1,8 +1,8 @@
 """One contract for every store: the barrier's decisions and the effects it guards.
 
-Each test runs on the in-memory store and on a real Redis (``redis`` marker) with the same
-assertions. Tests isolate themselves with a fresh gid and fresh data keys, so they share the
-session's Redis database without flushing it.
+Each test runs on the in-memory store, on a real Redis (``redis`` marker) and on a real
+PostgreSQL (``postgres`` marker) with the same assertions. Tests isolate themselves with a
+fresh gid and fresh data keys, so they share the session's servers without flushing them.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from choreo.store.base import (
     Store,
 )
 from choreo.store.memory import MemoryStore
+from choreo.store.postgres import PostgresStore
 from choreo.store.redis import RedisStore
 
 NULL = b'{"null": true}'
@@ -50,7 +51,7 @@ class Backend:
     """Opens stores of one kind and lets time pass for them."""
 
     kind: str
-    redis_url: str = ""
+    url: str = ""
     clock: FakeClock = field(default_factory=FakeClock)
     opened: list[Store] = field(default_factory=list)
 
@@ -58,8 +59,10 @@ class Backend:
         store: Store
         if self.kind == "memory":
             store = MemoryStore(retention_seconds=retention_seconds, clock=self.clock)
+        elif self.kind == "postgres":
+            store = PostgresStore(self.url, retention_seconds=retention_seconds)
         else:
-            store = RedisStore(self.redis_url, retention_seconds=retention_seconds)
+            store = RedisStore(self.url, retention_seconds=retention_seconds)
         await store.start()
         self.opened.append(store)
         return store
@@ -68,17 +71,23 @@ class Backend:
         if self.kind == "memory":
             self.clock.now += seconds
         else:
-            await asyncio.sleep(seconds)  # Redis expires keys on its own clock
+            await asyncio.sleep(seconds)  # the server expires records on its own clock
 
     async def close(self) -> None:
         for store in self.opened:
             await store.stop()
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ]
+)
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     kind: str = request.param
-    url = request.getfixturevalue("redis_url") if kind == "redis" else ""
+    url = request.getfixturevalue(f"{kind}_url") if kind != "memory" else ""
     made = Backend(kind, url)
     try:
         yield made

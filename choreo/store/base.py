@@ -18,11 +18,12 @@ Outcomes, as DTM names them:
 from __future__ import annotations
 
 import abc
+import contextlib
 import enum
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from choreo.values import value_type
 
@@ -151,6 +152,29 @@ def guard_failure(effect: Incr, current: int) -> str:
     return ""
 
 
+def plan_effects(
+    effects: Sequence[Effect], read: Callable[[str], str | None]
+) -> dict[str, str | None] | str:
+    """Replay effects on an overlay of the keys they touch, ``read`` giving the stored
+    values: guards see the running value, and a value that is no integer raises
+    ``ValueError`` before anything is written. Returns the new values (None: delete), or
+    the first guard's refusal."""
+    planned: dict[str, str | None] = {}
+    for effect in effects:
+        if isinstance(effect, Incr):
+            seen = planned[effect.key] if effect.key in planned else read(effect.key)
+            current = stored_int(effect.key, seen)
+            reason = guard_failure(effect, current)
+            if reason:
+                return reason
+            planned[effect.key] = str(current + effect.delta)
+        elif isinstance(effect, Put):
+            planned[effect.key] = effect.value
+        else:
+            planned[effect.key] = None
+    return planned
+
+
 class Store(abc.ABC):
     """Barrier records and plain key-value data in one place, so both change atomically."""
 
@@ -233,3 +257,44 @@ class Store(abc.ABC):
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
+
+
+class StoreTransaction(abc.ABC):
+    """One open transaction of a store whose barrier lives in the user's own database
+    (``TransactionalStore``): the dispatcher claims a barrier record, runs the handler with
+    ``db`` (its SQL in the same transaction), then finishes the record; everything
+    commits together when the transaction ends. Savepoints undo one job's part."""
+
+    db: Any  # what the handler gets as ``ctx.db``
+
+    @abc.abstractmethod
+    async def savepoint(self) -> None:
+        """Start (or restart) the current job's savepoint."""
+
+    @abc.abstractmethod
+    async def rollback(self) -> None:
+        """Undo everything since the job's savepoint (the claim and the handler's SQL)."""
+
+    @abc.abstractmethod
+    def attempt(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """A savepoint around one handler attempt: an exception rolls its SQL back."""
+
+    @abc.abstractmethod
+    async def claim(self, key: BarrierKey, null_outputs: bytes) -> BarrierResult:
+        """Take the record of ``key``, waiting for a concurrent holder (the unique key
+        serializes deliveries). RUN: it is ours, run the handler and ``finish``; DUPLICATE
+        (with the outputs recorded), HANGING, or NULL_COMPENSATION (recorded now with
+        ``null_outputs``) are final."""
+
+    @abc.abstractmethod
+    async def finish(self, commit: Commit) -> BarrierResult:
+        """Record a claimed key: FAILED, APPLIED (effects applied), or REJECTED/INVALID,
+        after which the caller rolls back to the savepoint."""
+
+
+class TransactionalStore(Store):
+    """A store whose barrier shares a transaction with the handler's own SQL."""
+
+    @abc.abstractmethod
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[StoreTransaction]:
+        """An open transaction, committed when the block ends without an exception."""
