@@ -1,5 +1,5 @@
-"""The runtime's scenario suite: every test runs on the in-memory transport and store
-and on real Kafka + Redis, with the same assertions."""
+"""The runtime's scenario suite: every test runs on the in-memory transport and store,
+on real Kafka + Redis and on real Kafka + PostgreSQL, with the same assertions."""
 
 from __future__ import annotations
 
@@ -21,6 +21,16 @@ from tests.scenarios.shop import (
     StockReserved,
     build_shop,
 )
+
+
+@pytest.fixture(params=["memory", "kafka", "kafka-postgres"])
+def backend(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """(broker URL, store URL): conftest's pairs, and real Kafka with the SQL barrier."""
+    if request.param == "memory":
+        return "memory://", "memory://"
+    bootstrap = request.getfixturevalue("kafka_bootstrap")
+    store = "postgres_url" if request.param == "kafka-postgres" else "redis_url"
+    return f"kafka://{bootstrap}", request.getfixturevalue(store)
 
 
 @pytest.fixture
