@@ -1,4 +1,5 @@
-"""Hypothesis drives the real dispatcher and barrier (memory transport and store) through
+"""Hypothesis drives the real dispatcher and barrier (memory transport; memory store, and
+the PostgreSQL store with fewer examples, ``postgres`` marker) through
 arbitrary orders, duplicates and concurrency of one step's action and compensation
 deliveries, and checks DESIGN.md's invariant 3: a compensation for an action that never
 ran is a no-op, an action arriving after its compensation does not run, and duplicates
@@ -11,13 +12,16 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field, replace
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from choreo import CompensationSkipped, Context, Event, Service, codec
 from choreo.dispatch import Dispatcher
 from choreo.events import Envelope, Message
+from choreo.store.base import Store
 from choreo.store.memory import MemoryStore
+from choreo.store.postgres import PostgresStore
 from choreo.transport.base import Record
 from choreo.transport.memory import MemoryBroker, MemoryTransport
 
@@ -100,10 +104,29 @@ class Outcome:
 Round = list[list[str]]
 
 
-async def deliver(rounds: list[Round], *, batched: bool) -> Outcome:
+async def open_store(postgres_url: str | None) -> Store:
+    """A memory store, or the SQL barrier emptied for this example (its own tables)."""
+    if postgres_url is None:
+        return MemoryStore()
+    store = PostgresStore(postgres_url, table_prefix="prop_")
+    await store.start()
+    await store.pool.execute("TRUNCATE prop_barrier, prop_kv")
+    return store
+
+
+async def deliver(
+    rounds: list[Round], *, batched: bool, postgres_url: str | None = None
+) -> Outcome:
+    store = await open_store(postgres_url)
+    try:
+        return await _deliver(store, rounds, batched=batched)
+    finally:
+        await store.stop()
+
+
+async def _deliver(store: Store, rounds: list[Round], *, batched: bool) -> Outcome:
     counts = Counts()
     app = build(counts)
-    store = MemoryStore()
     transport = MemoryTransport(MemoryBroker())
     dispatcher = Dispatcher(
         service=app.name, routes=app.routes(), registry=app.registry(), store=store,
@@ -182,8 +205,21 @@ deliveries = st.lists(
 @settings(max_examples=200, deadline=None)
 @given(plan=deliveries)
 def test_barrier_invariants_under_any_delivery_order(plan: list[list[str]]) -> None:
+    run_plan(plan, None)
+
+
+@pytest.mark.postgres
+@settings(max_examples=25, deadline=None)
+@given(plan=deliveries)
+def test_sql_barrier_invariants_under_any_delivery_order(
+    postgres_url: str, plan: list[list[str]]
+) -> None:
+    run_plan(plan, postgres_url)
+
+
+def run_plan(plan: list[list[str]], postgres_url: str | None) -> None:
     rounds = [[[kind] for kind in round_] for round_ in plan]
-    outcome = asyncio.run(deliver(rounds, batched=False))
+    outcome = asyncio.run(deliver(rounds, batched=False, postgres_url=postgres_url))
     check_invariants(outcome, one_at_a_time=all(len(round_) == 1 for round_ in plan))
 
 
@@ -199,14 +235,25 @@ def test_barrier_invariants_under_batched_delivery(plan: list[Round]) -> None:
     asyncio.run(run_batched(plan))
 
 
-async def run_batched(plan: list[Round]) -> None:
-    outcome = await deliver(plan, batched=True)
+@pytest.mark.postgres
+@settings(max_examples=25, deadline=None)
+@given(plan=batched_plans)
+def test_sql_barrier_invariants_under_batched_delivery(
+    postgres_url: str, plan: list[Round]
+) -> None:
+    asyncio.run(run_batched(plan, postgres_url))
+
+
+async def run_batched(plan: list[Round], postgres_url: str | None = None) -> None:
+    outcome = await deliver(plan, batched=True, postgres_url=postgres_url)
     sequential = all(len(round_) == 1 for round_ in plan)
     check_invariants(outcome, one_at_a_time=sequential)
     if sequential:
         # Without concurrency a batch is exactly its records handled one by one: same
         # handler runs, effects, barrier records, and published records in order.
-        single = await deliver([[[kind]] for kind in outcome.flat], batched=False)
+        single = await deliver(
+            [[[kind]] for kind in outcome.flat], batched=False, postgres_url=postgres_url
+        )
         assert outcome.counts == single.counts
         assert (outcome.stock, outcome.other_stock) == (single.stock, single.other_stock)
         assert outcome.barrier == single.barrier
