@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
-from choreo.cli import dashboard, demo, dev, dlq, graph, run, sagas, tracker
+from choreo.cli import dashboard, db, demo, dev, dlq, graph, run, sagas, tracker
 from choreo.cli.fmt import clean
 from choreo.errors import ChoreoError, UsageError
 from choreo.redact import PROTOCOL_ENV, quiet_protocol_loggers
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         "names them: they hold SASL credentials)",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (run, dev, demo, tracker, sagas, dashboard, dlq, graph):
+    for module in (run, dev, db, demo, tracker, sagas, dashboard, dlq, graph):
         module.register(commands)
     return parser
 
