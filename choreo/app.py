@@ -26,6 +26,7 @@ from choreo.urls import open_store, open_transport
 from choreo.worker import Worker
 
 if TYPE_CHECKING:
+    from choreo.outbox import LocalTransaction
     from choreo.saga.contract import SagaContract
 
 log = logging.getLogger("choreo.app")
@@ -61,6 +62,7 @@ class Service(Router):
         store_options: Mapping[str, Any] | None = None,
         lifespan: Callable[[Service], contextlib.AbstractAsyncContextManager[None]] | None = None,
         batch_size: int = 500,
+        outbox_relay: bool = True,
     ) -> None:
         """``transport_options`` go to the transport (for Kafka: ``security`` with SASL/TLS
         settings, ``consumer_options``, ``producer_options``...), ``store_options`` to the
@@ -70,7 +72,9 @@ class Service(Router):
         partition (one store round trip to check them, one to commit them, one wait for
         their outgoing records' acknowledgements); a rebalance waits for the batch in
         hand. Larger batches trade latency for throughput under load; a light load makes
-        small batches by itself."""
+        small batches by itself. On a ``postgresql://`` store, ``outbox_relay`` runs the
+        relay of the outbox (``transaction()``'s events) in the service; turn it off when
+        relays run on their own (``choreo db relay``)."""
         super().__init__()
         if not name or any(c in name for c in " /:"):
             raise ConfigurationError(f"service name {name!r} must be non-empty, without ' /:'")
@@ -91,6 +95,7 @@ class Service(Router):
         self.store_options = dict(store_options or {})
         self.lifespan = lifespan
         self.batch_size = batch_size
+        self.outbox_relay = outbox_relay
         self._extra_events: list[type[Event]] = []
         self._transport: Transport | None = None
         self._store: Store | None = None
@@ -162,6 +167,7 @@ class Service(Router):
         owns_transport, owns_store = isinstance(broker, str), isinstance(store, str)
         stopping = asyncio.Event()
         task: asyncio.Task[None] | None = None
+        relay: asyncio.Task[None] | None = None
         stack = contextlib.AsyncExitStack()
         if owns_transport:
             await transport.start()
@@ -174,6 +180,7 @@ class Service(Router):
                 await self._check_store_remembers(transport, kv)
                 if self.lifespan is not None:
                     await stack.enter_async_context(self.lifespan(self))
+                relay = self._start_relay(kv, transport, stopping)
                 if self.handlers:
                     self.worker = Worker(
                         transport=transport,
@@ -202,6 +209,8 @@ class Service(Router):
                 self._worker_task = None
                 if task is not None:
                     await task
+                if relay is not None:
+                    await relay
                 await stack.aclose()
                 self._transport = self._store = None
                 if owns_store:
@@ -209,6 +218,45 @@ class Service(Router):
         finally:
             if owns_transport:
                 await transport.stop()
+
+    def _start_relay(
+        self, store: Store, transport: Transport, stopping: asyncio.Event
+    ) -> asyncio.Task[None] | None:
+        from choreo.store.base import TransactionalStore
+
+        if not (self.outbox_relay and isinstance(store, TransactionalStore)):
+            return None
+        from choreo.outbox import OutboxRelay
+        from choreo.store.postgres import PostgresStore
+
+        assert isinstance(store, PostgresStore)
+        relay = OutboxRelay(store, transport)
+        return asyncio.create_task(relay.run(stopping), name=f"{self.name}-outbox-relay")
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[LocalTransaction]:
+        """A transaction on the service's PostgreSQL store for a local write and the events
+        it causes, committed together (DTM's two-phase message)::
+
+            async with shop.transaction() as tx:
+                await tx.db.execute("INSERT INTO orders VALUES ($1, $2)", order_id, amount)
+                await tx.start(OrderPlaced(order_id=order_id, amount=amount), key=order_id)
+
+        No saga without its order row, no order row without its saga; ``key`` makes the
+        start idempotent (docs/postgres.md). The outbox relay publishes after the commit."""
+        from choreo.outbox import LocalTransaction
+        from choreo.store.postgres import PostgresStore
+
+        store = self._store
+        if not isinstance(store, PostgresStore):
+            raise ConfigurationError(
+                f"{self.name}: transaction() needs a running service on a postgresql:// store"
+            )
+        async with store.pool.acquire() as conn, conn.transaction():
+            yield LocalTransaction(conn, store.tables, self.name, self._saga_of)
+
+    def _saga_of(self, event: Event) -> str:
+        return next((c.name for c in self.contracts if type(event) is c.start), "")
 
     async def _check_store_remembers(self, transport: Transport, store: Store) -> None:
         """An empty store under a group that has consumed before means the barrier records
@@ -243,7 +291,7 @@ class Service(Router):
         Without ``gid`` a new saga id is made; ``saga`` defaults to the contract whose
         start event this is."""
         if saga is None:
-            saga = next((c.name for c in self.contracts if type(event) is c.start), "")
+            saga = self._saga_of(event)
         envelope = Envelope.first(event, gid=gid, saga=saga, source=self.name)
         await self.transport.send(codec.encode(Message(envelope, event, event.topic)))
         return envelope

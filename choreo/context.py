@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from choreo.codec import encode_headers
+from choreo.errors import ConfigurationError
 from choreo.events import Envelope, Event
 from choreo.store.base import Store, Transaction
+
+if TYPE_CHECKING:
+    from choreo.store.postgres import Connection
 
 
 @dataclass(slots=True)
@@ -25,6 +30,19 @@ class Context:
     service_logger: logging.Logger
     tx: Transaction = field(default_factory=Transaction)
     outbox: list[Event] = field(default_factory=list)
+    sql: Any = None  # the store transaction's connection, on a PostgreSQL store
+
+    @property
+    def db(self) -> Connection:
+        """The open transaction on the service's PostgreSQL store (an asyncpg connection):
+        the handler's SQL commits together with the step's barrier record and outgoing
+        events, or not at all (a ``BusinessFailure`` rolls it back; docs/postgres.md)."""
+        if self.sql is None:
+            raise ConfigurationError(
+                "ctx.db needs a postgresql:// store (Service(store='postgresql://...'))"
+            )
+        conn: Connection = self.sql
+        return conn
 
     @property
     def logger(self) -> logging.LoggerAdapter[logging.Logger]:

@@ -15,7 +15,7 @@ from choreo.errors import BusinessFailure, is_retriable
 from choreo.events import Event, Message
 from choreo.middleware import Hooks
 from choreo.routes import Route
-from choreo.store.base import Effect, Status, Store
+from choreo.store.base import Effect, Status, Store, StoreTransaction
 from choreo.system_events import StepFailed, bounded_reason
 
 log = logging.getLogger("choreo.dispatch")
@@ -56,7 +56,13 @@ class Invoker:
         self.sleep = sleep
         self.logger = logging.getLogger(f"choreo.service.{service}")
 
-    async def __call__(self, route: Route, message: Message) -> Ran | DeadLetter:
+    async def __call__(
+        self, route: Route, message: Message, tx: StoreTransaction | None = None
+    ) -> Ran | DeadLetter:
+        """Run the handler within its retry budget. With ``tx`` (a store whose barrier
+        lives in the user's database) the handler gets ``ctx.db``, and each attempt runs
+        in a savepoint: a failed attempt's SQL is rolled back before the next one, and a
+        business failure's before its failure is recorded."""
         handler = route.handler
         policy = handler.retry
         for attempt in range(1, policy.max_attempts + 1):
@@ -67,17 +73,27 @@ class Invoker:
             try:
                 if self.hooks:
                     await self.hooks.before_handle(message, handler)
-                if handler.wants_context:
+                if handler.wants_context and tx is not None:
+                    ctx.sql = tx.db
+                    async with tx.attempt():
+                        result = await handler.func(message.event, ctx)
+                elif handler.wants_context:
                     result = await handler.func(message.event, ctx)
                 else:
                     result = await handler.func(message.event)
                 return Ran("done", as_events(result) + ctx.outbox, ctx.tx.effects)
             except BusinessFailure as exc:
+                if tx is not None and tx.broken:
+                    raise tx.broken from exc
                 event = exc.event if isinstance(exc.event, Event) else None
                 failure = self._failure(route, attempt, exc.reason, event)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if tx is not None and tx.broken:
+                    # The database failed under the handler: the store's trouble, not the
+                    # handler's; the batch is retried (see docs/delivery.md, Errors).
+                    raise tx.broken from exc
                 reason = f"{type(exc).__name__}: {exc}"
                 if handler.throws and isinstance(exc, handler.throws):
                     failure = self._failure(route, attempt, reason, None)

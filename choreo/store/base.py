@@ -266,6 +266,9 @@ class StoreTransaction(abc.ABC):
     commits together when the transaction ends. Savepoints undo one job's part."""
 
     db: Any  # what the handler gets as ``ctx.db``
+    # Set when one of the transaction's own statements failed (the database went away):
+    # the error the dispatcher raises instead of blaming the handler.
+    broken: Exception | None = None
 
     @abc.abstractmethod
     async def savepoint(self) -> None:

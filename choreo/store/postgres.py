@@ -110,10 +110,13 @@ CREATE TABLE IF NOT EXISTS {self.outbox} (
     id         bigserial   PRIMARY KEY,
     gid        text        NOT NULL,
     records    bytea       NOT NULL,
+    dedupe_key text,
     created_at timestamptz NOT NULL DEFAULT now(),
     sent_at    timestamptz
 );
-CREATE INDEX IF NOT EXISTS {p}outbox_unsent ON {self.outbox} (gid, id) WHERE sent_at IS NULL;
+CREATE INDEX IF NOT EXISTS {p}outbox_unsent ON {self.outbox} (id) WHERE sent_at IS NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS {p}outbox_dedupe ON {self.outbox} (dedupe_key)
+    WHERE dedupe_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS {p}outbox_sent ON {self.outbox} (sent_at) WHERE sent_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS {self.meta} (
     name  text PRIMARY KEY,
@@ -421,18 +424,28 @@ class _Transaction(StoreTransaction):
 
     @contextlib.asynccontextmanager
     async def attempt(self) -> AsyncIterator[None]:
-        with _db_errors(self.store.url):
-            await self.db.execute("SAVEPOINT choreo_attempt")
+        await self._own("SAVEPOINT choreo_attempt")
         try:
             yield
         except BaseException:
-            with _db_errors(self.store.url):
-                await self.db.execute(
-                    "ROLLBACK TO SAVEPOINT choreo_attempt; RELEASE SAVEPOINT choreo_attempt"
-                )
+            await self._own(
+                "ROLLBACK TO SAVEPOINT choreo_attempt; RELEASE SAVEPOINT choreo_attempt"
+            )
             raise
-        with _db_errors(self.store.url):
-            await self.db.execute("RELEASE SAVEPOINT choreo_attempt")
+        await self._own("RELEASE SAVEPOINT choreo_attempt")
+
+    async def _own(self, sql: str) -> None:
+        """One of choreo's statements around the handler's; its failure marks the
+        transaction broken, so that the handler is not blamed for it."""
+        try:
+            with _db_errors(self.store.url):
+                await self.db.execute(sql)
+        except TransportError as exc:
+            self.broken = exc
+            raise
+        except asyncpg.PostgresError as exc:  # e.g. the handler left the transaction aborted
+            self.broken = TransportError(f"postgres store transaction failed: {exc}")
+            raise self.broken from exc
 
     async def _take(self, key: BarrierKey, op: str, status: str, outputs: bytes) -> bool:
         taken = await self.db.fetchval(
