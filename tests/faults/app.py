@@ -1,6 +1,7 @@
-"""The fault suite's saga app: the demo's order contract (``services_demo.contract``, three
-steps with 2 s deadlines) served by three participants of our own, each run with
-``choreo run tests.faults.app:<inventory|payment|shipping>``.
+"""The fault suite's saga app: the demo's order saga (``services_demo.contract``'s events,
+three steps) with 5 s deadlines (``contract``, for ``choreo tracker
+tests.faults.app:contract``), served by three participants of our own, each run with
+``choreo run tests.faults.app:<inventory|payment|shipping>`` (store URL in FAULTS_STORE).
 
 What a saga does is written in its order id (``<run>-<n>-<mode>``), so every process and
 the offline checker agree without sharing anything:
@@ -38,6 +39,7 @@ from collections.abc import AsyncIterator, Sequence
 from choreo import BusinessFailure, Context, Middleware, Service
 from choreo.events import Message
 from choreo.handlers import Handler
+from choreo.saga import SagaContract, Step
 from choreo.store.base import (
     BarrierKey,
     BarrierRecord,
@@ -49,7 +51,6 @@ from choreo.store.base import (
 )
 from choreo.store.redis import RedisStore
 from services_demo.contract import (
-    STEP_DEADLINE,
     CancelShipment,
     OrderPlaced,
     PaymentDeclined,
@@ -62,12 +63,37 @@ from services_demo.contract import (
     StockRejected,
     StockReleased,
     StockReserved,
-    order_saga,
 )
+
+# The demo's order saga with deadlines that a restarted participant can meet: the
+# suite is about what faults break, not about every restart timing every saga out.
+STEP_DEADLINE = 5.0
+contract = SagaContract(
+    "order",
+    start=OrderPlaced,
+    steps=[
+        Step("stock", on=OrderPlaced, done=StockReserved, failed=StockRejected,
+             compensation=ReleaseStock, compensated=StockReleased, deadline=STEP_DEADLINE,
+             service="inventory"),
+        Step("payment", on=StockReserved, done=PaymentDeducted, failed=PaymentDeclined,
+             compensation=RefundPayment, compensated=PaymentRefunded,
+             deadline=STEP_DEADLINE, service="payment",
+             compensate_with=lambda reserved, deducted: RefundPayment(
+                 order_id=reserved.order_id, customer=reserved.customer,
+                 amount=deducted.amount if deducted else reserved.amount)),
+        Step("shipping", on=PaymentDeducted, done=ShipmentScheduled,
+             compensation=CancelShipment, compensated=ShipmentCancelled,
+             deadline=STEP_DEADLINE, service="shipping"),
+    ],
+    compensation_retries=6,
+    retry_backoff=1.0,
+    retry_backoff_max=8.0,
+)  # fmt: skip
+order_saga = contract
 
 MODES = ("ok", "reject", "decline", "silent", "late")
 KILL_POINTS = ("before-effect", "after-effect", "after-publish")
-LATE_BY = STEP_DEADLINE + 1.5  # after the deadline, before the compensation budget ends
+LATE_BY = STEP_DEADLINE + 2.0  # after the deadline, before the compensation budget ends
 REVENUE = "revenue"
 
 
@@ -152,7 +178,8 @@ class KillingStore(Store):
 
 
 def _service(name: str) -> Service:
-    store_url = os.environ.get("CHOREO_STORE", "memory://")
+    # Not CHOREO_STORE: ``choreo run`` would pass it over the store given here.
+    store_url = os.environ.get("FAULTS_STORE", "memory://")
     if KILLER.point == "after-effect":
         wrapped = KillingStore(store_url)
 

@@ -39,8 +39,9 @@ from choreo.events import Envelope
 from choreo.saga import SagaState
 from choreo.tracker.core import TRACKER_SOURCE, TrackerCore
 from choreo.transport.base import Record
-from services_demo.contract import TOPIC, order_saga
+from services_demo.contract import TOPIC
 from tests.faults import app as faults_app
+from tests.faults.app import order_saga
 
 if TYPE_CHECKING:
     from tests.faults.harness import Outcome

@@ -39,8 +39,9 @@ from choreo.store.redis import RedisStore
 from choreo.system_events import SYSTEM_TOPIC
 from choreo.transport.base import Record, TopicPartition, Transport
 from choreo.transport.kafka import KafkaTransport
-from services_demo.contract import TOPIC, OrderPlaced, order_saga
+from services_demo.contract import TOPIC, OrderPlaced
 from tests.faults import app as faults_app
+from tests.faults.app import order_saga
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("inventory", "payment", "shipping")
@@ -182,10 +183,10 @@ class Fleet:
         return TrackerClient(self.tracker_url, self.token)
 
     def start(self) -> None:
-        env = {"CHOREO_BROKER": self.broker, "CHOREO_STORE": self.store}
+        env = {"CHOREO_BROKER": self.broker, "FAULTS_STORE": self.store}
         tracker_env = {**env, "CHOREO_TRACKER_TOKEN": self.token,
                        "CHOREO_TRACKER_DATA_DIR": str(self.logs / "tracker-data")}  # fmt: skip
-        args = ["tracker", "services_demo.contract:order_saga", "--broker", self.broker,
+        args = ["tracker", "tests.faults.app:contract", "--broker", self.broker,
                 "--engine", "faust", "--app-id", TRACKER_ID,
                 "--http", f"127.0.0.1:{self.port}"]  # fmt: skip
         tracker = Proc("tracker", args, tracker_env, self.logs)

@@ -8,13 +8,16 @@ from tests.faults.app import KILL_POINTS
 from tests.faults.harness import SERVICES, LifePlan, Run, Scenario
 
 
-def kill_points(count: int = 20) -> Scenario:
+def kill_points(counts: tuple[int, int, int] = (20, 8, 20)) -> Scenario:
     """(1) Every participant dies by SIGKILL at each point in turn: its first life at the
-    ``count``-th handler (before the effect is recorded), its second after the
-    ``count``-th barrier commit (effect recorded, nothing sent), its third after the
-    ``count``-th acknowledged output (offsets not committed); its fourth lives on."""
+    20th handler (before the effect is recorded), its second after the 8th
+    batch's barrier commit (effect recorded, nothing sent), its third after the 20th
+    acknowledged record (offsets not committed); its fourth lives on."""
     plans: dict[str, list[LifePlan]] = {
-        name: [{"FAULTS_KILL_AT": point, "FAULTS_KILL_COUNT": str(count)} for point in KILL_POINTS]
+        name: [
+            {"FAULTS_KILL_AT": point, "FAULTS_KILL_COUNT": str(count)}
+            for point, count in zip(KILL_POINTS, counts, strict=True)
+        ]
         for name in SERVICES
     }
 
