@@ -60,3 +60,12 @@ def test_db_sql_prints_the_ddl(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     assert "CREATE TABLE IF NOT EXISTS public.x_barrier" in out
     assert "PRIMARY KEY (gid, step, op)" in out
+
+
+def test_db_relay_needs_a_broker(
+    postgres_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CHOREO_BROKER", raising=False)
+    code, _, err = run(capsys, "db", "relay", "--url", postgres_url)
+    assert code == 2
+    assert "--broker" in err
