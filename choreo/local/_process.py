@@ -48,6 +48,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def port_bindable(host: str, port: int) -> bool:
+    """True if nothing listens on ``host:port`` (a server's own port, just released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 def pid_alive(pid: int) -> bool:
     """True if the process exists and is not a zombie waiting to be reaped."""
     try:
@@ -172,17 +183,37 @@ class LocalServer(ABC):
         """Names in the run directory that survive a restart (persistent data)."""
         return set()
 
+    @property
+    def ports_file(self) -> Path:
+        return self.run_dir / f"{self.name}.ports.json"
+
+    def sticky_port(self, role: str, host: str = "127.0.0.1") -> int:
+        """A server that keeps its data comes back where it was: the port ``role`` had at
+        the last start in this directory, if it can be bound again; else a free port."""
+        if self.kept_entries():
+            try:
+                saved = json.loads(self.ports_file.read_text()).get(role)
+            except (OSError, ValueError, AttributeError):
+                saved = None
+            if isinstance(saved, int) and port_bindable(host, saved):
+                return saved
+        return free_port(host)
+
     def diagnostics(self) -> str:
         return tail(self.output_file)
 
-    def start(self, timeout: float = 90.0) -> str:
+    def start(self, timeout: float = 90.0, *, fresh: bool = False) -> str:
+        """Start the server; what ``kept_entries`` names (its data) survives from the last
+        run in this directory, unless ``fresh``, and then it listens where it did."""
         if self._proc is not None and self._proc.poll() is None:
             raise LocalServerError(f"{self.name} is already running (pid {self._proc.pid})")
         self.prepare_prerequisites()
         self.stop()  # a server left behind in this directory by a killed run
         started = time.monotonic()
-        self._reset_run_dir()
+        self._reset_run_dir(fresh=fresh)
         argv = self.configure()
+        if self.kept_entries():
+            self.ports_file.write_text(json.dumps(self.ports()) + "\n")
         preexec = pdeathsig_preexec() if self.die_with_parent else None
         with self.output_file.open("ab") as out:
             self._proc = subprocess.Popen(
@@ -263,14 +294,37 @@ class LocalServer(ABC):
         self.pid_file.unlink(missing_ok=True)
         return True
 
-    def _reset_run_dir(self) -> None:
+    def kill(self) -> None:
+        """SIGKILL the server this object started (a crash: no clean shutdown), and reap it."""
+        if self._proc is None:
+            raise LocalServerError(f"{self.name} was not started by this object")
+        proc, self._proc = self._proc, None
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+
+    def pause(self) -> None:
+        """SIGSTOP the server this object started: it holds its connections and answers
+        nothing until ``resume``."""
+        self._signal_own(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal_own(signal.SIGCONT)
+
+    def _signal_own(self, sig: signal.Signals) -> None:
+        if self._proc is None or self._proc.poll() is not None:
+            raise LocalServerError(f"{self.name} is not running under this object")
+        os.kill(self._proc.pid, sig)
+
+    def _reset_run_dir(self, *, fresh: bool = False) -> None:
         marker = self.run_dir / _MARKER_FILE
         if self.run_dir.exists() and any(self.run_dir.iterdir()) and not marker.exists():
             raise LocalServerError(
                 f"refusing to wipe {self.run_dir}: it was not created by choreo; "
                 "pass an empty or new directory"
             )
-        keep = self.kept_entries() | {_MARKER_FILE}
+        kept = set() if fresh else self.kept_entries()
+        keep = kept | {_MARKER_FILE} | ({self.ports_file.name} if kept else set())
         if self.run_dir.exists():
             for entry in self.run_dir.iterdir():
                 if entry.name in keep:
@@ -294,6 +348,8 @@ def run_cli(
     parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("command", choices=["up", "down", "status", "ensure"])
     parser.add_argument("--dir", type=Path, default=default_dir, help=f"default: {default_dir}")
+    parser.add_argument("--fresh", action="store_true",
+                        help="up: discard the data of an earlier run in --dir")  # fmt: skip
     args = parser.parse_args(argv)
     server = factory(args.dir)
     try:
@@ -307,7 +363,7 @@ def run_cli(
                 print(state["address"])
                 print(f"{server.name} already running (pid {state['pid']})", file=sys.stderr)
                 return 0
-            address = server.start()
+            address = server.start(fresh=args.fresh)
             print(address)
             print(
                 f"{server.name} started in {server.startup_seconds:.2f}s "

@@ -1,6 +1,10 @@
 """A real single-node Apache Kafka broker (KRaft) run from Maven Central jars, without Docker.
 
-    python -m choreo.local.kafka_broker up|down|status [--dir DIR]
+    python -m choreo.local.kafka_broker up|down|status [--dir DIR] [--fresh]
+
+``up`` on a directory that holds an earlier broker's data restarts that broker in place:
+same data, cluster id and ports (``--fresh`` discards them). From Python the same is
+``KafkaBroker(run_dir, in_place=True)``; without it every ``start`` formats a new cluster.
 
 The jars are resolved once with `mvn` into `~/.cache/choreo/kafka-<version>/libs` (or under
 `$CHOREO_CACHE_DIR`), using a Maven repository inside that cache so nothing else is touched.
@@ -27,7 +31,6 @@ from choreo.local._process import (
     LocalServerError,
     LocalServerUnavailable,
     cache_dir,
-    free_port,
     pdeathsig_preexec,
     run_cli,
     tail,
@@ -140,10 +143,15 @@ class KafkaBroker(LocalServer):
         die_with_parent: bool = False,
         heap: str = "512m",
         sasl_users: Mapping[str, str] | None = None,
+        in_place: bool = False,
     ) -> None:
         """``sasl_users`` (user -> password) adds a SASL_PLAINTEXT listener with the PLAIN
-        mechanism beside the plaintext one, so clients' SASL settings can be tested."""
+        mechanism beside the plaintext one, so clients' SASL settings can be tested.
+        ``in_place``: a start finding an earlier broker's data in ``run_dir`` (this
+        object's, after ``stop``/``kill``, or a previous run's) restarts that broker:
+        same log directory, cluster id and ports, so its clients reconnect."""
         super().__init__(run_dir, die_with_parent=die_with_parent)
+        self.in_place = in_place
         self.host = host
         self.heap = heap
         self.sasl_users = dict(sasl_users or {})
@@ -175,14 +183,21 @@ class KafkaBroker(LocalServer):
             ports["sasl"] = self.sasl_port
         return ports
 
+    def kept_entries(self) -> set[str]:
+        return {"data"} if self.in_place else set()
+
+    @property
+    def data_dir(self) -> Path:
+        return self.run_dir / "data"
+
     def prepare_prerequisites(self) -> None:
         self._java = _java()
         self._libs = kafka_libs()
 
     def configure(self) -> list[str]:
-        self.port = free_port(self.host)
-        self.controller_port = free_port(self.host)
-        self.sasl_port = free_port(self.host) if self.sasl_users else 0
+        self.port = self.sticky_port("broker", self.host)
+        self.controller_port = self.sticky_port("controller", self.host)
+        self.sasl_port = self.sticky_port("sasl", self.host) if self.sasl_users else 0
         log4j = self.run_dir / "log4j.properties"
         log4j.write_text(_log4j_properties(self.log_file))
         self.config_file.write_text(self._server_properties())
@@ -198,6 +213,8 @@ class KafkaBroker(LocalServer):
             "-cp",
             f"{self._libs}/*",
         ]
+        if (self.data_dir / "meta.properties").exists():
+            return [*java, "kafka.Kafka", str(self.config_file)]  # formatted: in place
         fmt = [*java, "kafka.tools.StorageTool", "format", "-t", _cluster_id()]
         done = subprocess.run(
             [*fmt, "-c", str(self.config_file)],
@@ -228,7 +245,7 @@ class KafkaBroker(LocalServer):
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-            "log.dirs": self.run_dir / "data",
+            "log.dirs": self.data_dir,
             "num.partitions": 1,
             "default.replication.factor": 1,
             "auto.create.topics.enable": "true",
@@ -314,7 +331,10 @@ def default_run_dir() -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli("choreo.local.kafka_broker", KafkaBroker, default_run_dir(), argv)
+    def factory(run_dir: Path) -> KafkaBroker:
+        return KafkaBroker(run_dir, in_place=True)
+
+    return run_cli("choreo.local.kafka_broker", factory, default_run_dir(), argv)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from choreo.local._process import (
     LocalServer,
     LocalServerUnavailable,
     cache_dir,
-    free_port,
     run_cli,
 )
 
@@ -69,7 +68,8 @@ def _apt_install() -> None:
 class RedisServer(LocalServer):
     """A Redis server bound to `host` on a free port. With ``persist`` (the default) it
     keeps an append-only file fsynced every second, the setting choreo's barrier needs
-    (docs/delivery.md, "The store must not forget"); ``persist=False`` is for tests."""
+    (docs/delivery.md, "The store must not forget"), and a restart in the same directory
+    comes back with its data on its port; ``persist=False`` is for tests."""
 
     name = "redis"
     stop_timeout = 10.0
@@ -105,7 +105,7 @@ class RedisServer(LocalServer):
         self._binary = find_redis_server()
 
     def configure(self) -> list[str]:
-        self.port = free_port(self.host)
+        self.port = self.sticky_port("redis", self.host)
         data = self.run_dir / "data"
         data.mkdir(exist_ok=True)
         durability = (

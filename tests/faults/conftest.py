@@ -13,5 +13,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     skip = pytest.mark.skip(reason="the full fault suite runs with scripts/faults.sh")
     for item in items:
-        if "faults" in item.keywords and "faults_smoke" not in item.keywords:
+        marked = item.get_closest_marker("faults") is not None
+        if marked and item.get_closest_marker("faults_smoke") is None:
             item.add_marker(skip)
