@@ -56,6 +56,15 @@ from choreo.saga.contract import SagaContract
 from choreo.saga.state import SagaState
 from choreo.tracker.core import TrackerCore
 from choreo.tracker.faust_io import faust_credentials, faust_errors, to_record
+from choreo.tracker.offsets import (
+    FoldedOffsets,
+    Verdict,
+    decode_marker,
+    encode_marker,
+    is_marker,
+    marker_key,
+    marker_partition,
+)
 from choreo.tracker.pipeline import Stopping, TrackerPipeline
 from choreo.tracker.view import StatesView
 from choreo.transport.base import Record, TopicPartition
@@ -134,6 +143,7 @@ class FaustTracker:
             limits=limits,
         )
         self.states = self.pipeline.states
+        self.folded = FoldedOffsets()
         self.partitions = 0
         self._stale = True  # the index and ``states`` must be rebuilt from the table
         # After a rebalance: offsets the agent must read up to before deadlines fire, so
@@ -219,8 +229,7 @@ class FaustTracker:
             # ``send_changelog`` with the source partition, so they need no current event,
             # which faust does not have inside ``noack_take``.)
             async for events in stream.noack_take(self.batch_size, within=self.batch_within):
-                await self.handle_batch(events)
-                for event in events:
+                for event in await self.handle_delivered(events):
                     await stream.ack(event)
 
         app.agent(topic, name=f"{self.app_id}.fold")(fold)
@@ -235,6 +244,44 @@ class FaustTracker:
     # -- stream processing -------------------------------------------------------------
     async def handle(self, event: Any) -> None:
         await self.handle_batch([event])
+
+    async def handle_delivered(self, events: Sequence[Any]) -> list[Any]:
+        """Check each delivered event against the folded markers (``FoldedOffsets``), fold
+        the next ones, seek back a partition delivered past a gap; returns the events to
+        ack: those folded, now durable, and those folded before. If this raises, nothing
+        is acked and the batch's progress is forgotten: its records are read again."""
+        folding: list[Any] = []
+        done: list[Any] = []
+        for event in events:
+            message = event.message
+            tp = TopicPartition(str(message.topic), int(message.partition))
+            if not self.folded.knows(tp):
+                await self._learn_start(tp)
+            verdict, seek_to = self.folded.verdict(tp, int(message.offset))
+            if verdict is Verdict.FOLD:
+                folding.append(event)
+                done.append(event)
+            elif verdict is Verdict.SKIP:
+                done.append(event)
+            elif seek_to is not None:
+                await self._app.consumer.seek(TP(tp.topic, tp.partition), seek_to)
+        try:
+            await self.handle_batch(folding)
+        except BaseException:
+            self.folded.abandon()
+            raise
+        self.folded.commit()
+        return done
+
+    async def _learn_start(self, tp: TopicPartition) -> None:
+        """The next offset of ``tp`` to fold: its changelog partition's marker, else (never
+        folded) the partition's first offset."""
+        raw = self._table.data.get(marker_key(tp.partition))
+        if raw is not None:
+            self.folded.load(tp.partition, decode_marker(raw))
+        if not self.folded.knows(tp):
+            first = await self._app.consumer.earliest_offsets(TP(tp.topic, tp.partition))
+            self.folded.start_at(tp, int(next(iter(first.values()), 0) or 0))
 
     async def handle_batch(self, events: Sequence[Any]) -> None:
         """Fold records (``TrackerPipeline.handle_batch``), each with its timestamp as
@@ -270,6 +317,13 @@ class FaustTracker:
             (record.partition, state.gid.encode(), state.model_dump_json().encode())
             for state, record in changed
         ]
+        # After the states, in their partitions: a marker implies the states before it.
+        writes += [
+            (partition, marker_key(partition), encode_marker(self.folded.marker(partition)))
+            for partition in sorted(self.folded.changed_partitions())
+        ]
+        if not writes:
+            return
         offsets: dict[int, int] = {}
 
         async def send() -> None:
@@ -311,6 +365,7 @@ class FaustTracker:
         self._stale = True
         self.states.clear()
         self._read.clear()
+        self.folded.clear()
 
     def owned(self) -> list[TopicPartition]:
         """The saga and system topic partitions assigned to this worker."""
@@ -330,6 +385,10 @@ class FaustTracker:
         states: dict[str, SagaState] = {}
         for key, raw in list(store.items()):
             if raw is None:
+                continue
+            if is_marker(key):
+                if marker_partition(key) not in owned:
+                    del store[key]
                 continue
             if partition_for(key, self.partitions) not in owned:
                 del store[key]
@@ -352,6 +411,10 @@ class FaustTracker:
         tps = self.owned()
         ends = await self.transport.end_offsets(tps)
         committed = await self.transport.group_offsets(self.app_id)
+        for tp in tps:  # what was folded, not what faust committed (FoldedOffsets)
+            raw = self._table.data.get(marker_key(tp.partition))
+            if raw is not None and tp.topic in (marker := decode_marker(raw)):
+                committed[tp] = marker[tp.topic]
         self._backlog = {tp: end for tp, end in ends.items() if committed.get(tp, 0) < end}
         self._backlog_until = time.monotonic() + _BACKLOG_WAIT
 

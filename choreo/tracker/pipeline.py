@@ -35,7 +35,7 @@ Send = Callable[[Sequence[OutgoingRecord]], Awaitable[object]]
 Load = Callable[[str], SagaState | None]
 Save = Callable[[Sequence[tuple[SagaState, Record]]], Awaitable[None]]
 """Make new states durable: each with the record whose fold produced it (its partition is
-the changelog record's)."""
+the changelog record's). Called for every batch, even one that changed no state."""
 
 
 @dataclass
@@ -116,7 +116,7 @@ class TrackerPipeline:
                 )
         await self.publish(batch.out)
         sent_at = self.clock()
-        if self._save is not None and batch.changed:
+        if self._save is not None and items:  # even unchanged: the shell may note progress
             await self._save(list(batch.changed.values()))
         self.states.update(batch.states)
         for state in batch.states.values():
