@@ -106,10 +106,9 @@ async def test_handler_sql_commits_with_the_record_or_not_at_all(store: Postgres
 
     async def crash_before_the_commit() -> None:
         async with store.transaction() as tx:
-            await tx.savepoint()
-            assert await tx.claim(key, b"") == BarrierResult(Decision.RUN)
+            assert await tx.claim_many([key], [b""]) == [BarrierResult(Decision.RUN)]
             await tx.db.execute(f"INSERT INTO {table} VALUES ($1)", g)
-            await tx.finish(Commit(key, "done", b"out"))
+            await tx.finish_many([Commit(key, "done", b"out")])
             raise RuntimeError("crash before the commit")
 
     with pytest.raises(RuntimeError):
@@ -118,16 +117,19 @@ async def test_handler_sql_commits_with_the_record_or_not_at_all(store: Postgres
     assert await store.pool.fetchval(f"SELECT count(*) FROM {table}") == 0
 
     async with store.transaction() as tx:
+        assert await tx.claim_many([key], [b""]) == [BarrierResult(Decision.RUN)]
         await tx.savepoint()
-        assert await tx.claim(key, b"") == BarrierResult(Decision.RUN)
         with pytest.raises(asyncpg.UniqueViolationError):
             async with tx.attempt():  # a failing attempt's SQL is rolled back alone
                 await tx.db.execute(f"INSERT INTO {table} VALUES ('x'), ('x')")
         async with tx.attempt():
+            await tx.db.execute(f"INSERT INTO {table} VALUES ('y')")
+        await tx.rollback()  # back to the job's savepoint: 'y' goes, the claim stays
+        async with tx.attempt():
             await tx.db.execute(f"INSERT INTO {table} VALUES ($1)", g)
-        assert await tx.finish(Commit(key, "done", b"out")) == BarrierResult(
-            Decision.APPLIED, b"out"
-        )
+        assert await tx.finish_many([Commit(key, "done", b"out")]) == [
+            BarrierResult(Decision.APPLIED, b"out")
+        ]
     assert await store.check(key) == BarrierResult(Decision.DUPLICATE, b"out")
     assert await store.pool.fetch(f"SELECT id FROM {table}") == [(g,)]
 
@@ -139,19 +141,17 @@ async def test_a_second_delivery_waits_for_the_first_and_runs_nothing(
     first_claimed = asyncio.Event()
     release_first = asyncio.Event()
 
-    async def first() -> BarrierResult:
+    async def first() -> list[BarrierResult]:
         async with store.transaction() as tx:
-            await tx.savepoint()
-            assert await tx.claim(key, b"") == BarrierResult(Decision.RUN)
+            assert await tx.claim_many([key], [b""]) == [BarrierResult(Decision.RUN)]
             first_claimed.set()
             await release_first.wait()
-            return await tx.finish(Commit(key, "done", b"first"))
+            return await tx.finish_many([Commit(key, "done", b"first")])
 
-    async def second() -> BarrierResult:
+    async def second() -> list[BarrierResult]:
         await first_claimed.wait()
         async with store.transaction() as tx:
-            await tx.savepoint()
-            return await tx.claim(key, b"")
+            return await tx.claim_many([key], [b""])
 
     one = asyncio.create_task(first())
     two = asyncio.create_task(second())
@@ -159,8 +159,8 @@ async def test_a_second_delivery_waits_for_the_first_and_runs_nothing(
     await asyncio.sleep(0.3)
     assert not two.done()  # held by the unique key while the first is running
     release_first.set()
-    assert await one == BarrierResult(Decision.APPLIED, b"first")
-    assert await two == BarrierResult(Decision.DUPLICATE, b"first")
+    assert await one == [BarrierResult(Decision.APPLIED, b"first")]
+    assert await two == [BarrierResult(Decision.DUPLICATE, b"first")]
 
 
 async def test_unreachable_postgres_raises_transport_error() -> None:

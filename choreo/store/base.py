@@ -261,9 +261,10 @@ class Store(abc.ABC):
 
 class StoreTransaction(abc.ABC):
     """One open transaction of a store whose barrier lives in the user's own database
-    (``TransactionalStore``): the dispatcher claims a barrier record, runs the handler with
-    ``db`` (its SQL in the same transaction), then finishes the record; everything
-    commits together when the transaction ends. Savepoints undo one job's part."""
+    (``TransactionalStore``). The dispatcher claims the barrier records of a wave (keys of
+    distinct (gid, step)), runs the claimed jobs' handlers with ``db`` (their SQL in the
+    same transaction, under a savepoint per job), applies their effects, and records them
+    all; everything commits together when the transaction ends."""
 
     db: Any  # what the handler gets as ``ctx.db``
     # Set when one of the transaction's own statements failed (the database went away):
@@ -271,28 +272,37 @@ class StoreTransaction(abc.ABC):
     broken: Exception | None = None
 
     @abc.abstractmethod
+    async def claim_many(
+        self, keys: Sequence[BarrierKey], null_outputs: Sequence[bytes]
+    ) -> list[BarrierResult]:
+        """Take the records of ``keys`` (distinct (gid, step) pairs), waiting for
+        concurrent holders (the unique key serializes deliveries). Per key: RUN (it is
+        ours: run the handler, then ``finish_many``), or final: DUPLICATE (with the outputs
+        recorded), HANGING, or NULL_COMPENSATION (recorded now with its null outputs)."""
+
+    @abc.abstractmethod
     async def savepoint(self) -> None:
-        """Start (or restart) the current job's savepoint."""
+        """A savepoint before the next job's handler (its SQL and effects)."""
 
     @abc.abstractmethod
     async def rollback(self) -> None:
-        """Undo everything since the job's savepoint (the claim and the handler's SQL)."""
+        """Undo everything since the last ``savepoint`` (the claim stays)."""
 
     @abc.abstractmethod
     def attempt(self) -> contextlib.AbstractAsyncContextManager[None]:
         """A savepoint around one handler attempt: an exception rolls its SQL back."""
 
     @abc.abstractmethod
-    async def claim(self, key: BarrierKey, null_outputs: bytes) -> BarrierResult:
-        """Take the record of ``key``, waiting for a concurrent holder (the unique key
-        serializes deliveries). RUN: it is ours, run the handler and ``finish``; DUPLICATE
-        (with the outputs recorded), HANGING, or NULL_COMPENSATION (recorded now with
-        ``null_outputs``) are final."""
+    async def apply(self, commit: Commit) -> BarrierResult | None:
+        """Apply a claimed commit's effects: None when applied, else REJECTED or INVALID
+        with nothing written."""
 
     @abc.abstractmethod
-    async def finish(self, commit: Commit) -> BarrierResult:
-        """Record a claimed key: FAILED, APPLIED (effects applied), or REJECTED/INVALID,
-        after which the caller rolls back to the savepoint."""
+    async def finish_many(
+        self, commits: Sequence[Commit], drop: Sequence[BarrierKey] = ()
+    ) -> list[BarrierResult]:
+        """Record claimed commits (FAILED or APPLIED each, effects already applied) and
+        release the claims of ``drop`` (jobs that were dead-lettered: nothing recorded)."""
 
 
 class TransactionalStore(Store):

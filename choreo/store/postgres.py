@@ -226,23 +226,34 @@ class PostgresStore(TransactionalStore):
         return [_decide(key, pair) for key, pair in zip(keys, found, strict=True)]
 
     async def commit_many(self, commits: Sequence[Commit]) -> list[BarrierResult]:
-        """The dispatcher's path for a handler that has already run, taken through the same
-        claim and finish as ``transaction()`` (one transaction for the batch)."""
-        results: list[BarrierResult] = []
+        """Handlers that already ran, recorded through the same claim, apply and finish as
+        the dispatcher's transactions: one transaction, a claim statement and a finish
+        statement per run of distinct (gid, step) pairs, effects applied in order."""
+        results: list[BarrierResult] = [BarrierResult(Decision.RUN)] * len(commits)
         if not commits:
             return results
         async with self.transaction() as tx:
-            for commit in commits:
-                await tx.savepoint()
-                result = await tx.claim(commit.key, commit.null_outputs)
-                if result.decision is Decision.RUN:
-                    if commit.key.op == "compensate" and not commit.handler_ran:
-                        await tx.rollback()
+            for run in _distinct_runs(list(enumerate(commits))):
+                claims = await tx.claim_many(
+                    [c.key for _, c in run], [c.null_outputs for _, c in run]
+                )
+                finishing: list[tuple[int, Commit]] = []
+                drop: list[BarrierKey] = []
+                for (index, commit), claim in zip(run, claims, strict=True):
+                    if claim.decision is not Decision.RUN:
+                        results[index] = claim
+                    elif commit.key.op == "compensate" and not commit.handler_ran:
+                        drop.append(commit.key)  # results[index] stays RUN
                     else:
-                        result = await tx.finish(commit)
-                        if result.decision in (Decision.REJECTED, Decision.INVALID):
-                            await tx.rollback()
-                results.append(result)
+                        refused = await tx.apply(commit)
+                        if refused is None:
+                            finishing.append((index, commit))
+                        else:
+                            results[index] = refused
+                            drop.append(commit.key)
+                done = await tx.finish_many([c for _, c in finishing], drop)
+                for (index, _), result in zip(finishing, done, strict=True):
+                    results[index] = result
         return results
 
     @contextlib.asynccontextmanager
@@ -348,10 +359,6 @@ class _Sql:
             f" FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(gid, step, i)"
             f" JOIN {b} r ON r.gid = k.gid AND r.step = k.step AND r.expires_at > now()"
         )
-        self.pair = (
-            f"SELECT op, status, outputs FROM {b}"
-            f" WHERE gid = $1 AND step = $2 AND expires_at > now()"
-        )
         # Inserts the row, or replaces an expired one; returns nothing when a live row
         # holds the key (after waiting for a transaction that is writing it).
         self.claim = (
@@ -361,14 +368,29 @@ class _Sql:
             f" outputs = EXCLUDED.outputs, created_at = now(), expires_at = EXCLUDED.expires_at"
             f" WHERE r.expires_at <= now() RETURNING true"
         )
+        self.claim_actions = (
+            f"INSERT INTO {b} AS r (gid, step, op, status, outputs, expires_at)"
+            f" SELECT g, s, 'action', 'pending', '', now() + make_interval(secs => $3)"
+            f" FROM unnest($1::text[], $2::text[]) AS k(g, s)"
+            f" ON CONFLICT (gid, step, op) DO UPDATE SET status = EXCLUDED.status,"
+            f" outputs = EXCLUDED.outputs, created_at = now(), expires_at = EXCLUDED.expires_at"
+            f" WHERE r.expires_at <= now() RETURNING gid, step"
+        )
         # A compensation's record keeps its action's row (claimed or blocked) alive as
         # long as itself, so a late action always finds it.
-        self.finish = (
-            f"WITH keep AS (UPDATE {b} SET expires_at = now() + make_interval(secs => $6)"
-            f" WHERE gid = $1 AND step = $2 AND op = 'action' AND $3::text = 'compensate')"
-            f" UPDATE {b} SET status = $4, outputs = $5,"
+        self.finish_many = (
+            f"WITH f AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[],"
+            f" $4::text[], $5::bytea[]) AS f(gid, step, op, status, outputs)),"
+            f" keep AS (UPDATE {b} r SET expires_at = now() + make_interval(secs => $6)"
+            f" FROM f WHERE r.gid = f.gid AND r.step = f.step AND r.op = 'action'"
+            f" AND f.op = 'compensate')"
+            f" UPDATE {b} r SET status = f.status, outputs = f.outputs,"
             f" expires_at = now() + make_interval(secs => $6)"
-            f" WHERE gid = $1 AND step = $2 AND op = $3"
+            f" FROM f WHERE r.gid = f.gid AND r.step = f.step AND r.op = f.op"
+        )
+        self.drop = (
+            f"DELETE FROM {b} r USING unnest($1::text[], $2::text[], $3::text[]) AS d(g, s, o)"
+            f" WHERE r.gid = d.g AND r.step = d.s AND r.op = d.o AND r.status = 'pending'"
         )
         self.records = (
             f"SELECT step, op, status, outputs FROM {b} WHERE gid = $1"
@@ -402,25 +424,36 @@ def _seed(name: str) -> int:
     return sum((i + 1) * ord(c) for i, c in enumerate(name)) % 1_000_003
 
 
+def _distinct_runs(items: list[tuple[int, Commit]]) -> list[list[tuple[int, Commit]]]:
+    """Consecutive runs of commits whose (gid, step) pairs are distinct."""
+    runs: list[list[tuple[int, Commit]]] = [[]]
+    seen: set[tuple[str, str]] = set()
+    for item in items:
+        pair = (item[1].key.gid, item[1].key.step)
+        if pair in seen:
+            runs.append([])
+            seen = set()
+        runs[-1].append(item)
+        seen.add(pair)
+    return [run for run in runs if run]
+
+
 class _Transaction(StoreTransaction):
     def __init__(self, store: PostgresStore, conn: Connection) -> None:
         self.store = store
         self.db = conn
         self._sql = store._sql
         self._retention = float(store.retention_seconds)
-        self._savepoint = False
+        self._savepoints = 0
+
+    # -- savepoints --------------------------------------------------------------------
 
     async def savepoint(self) -> None:
-        with _db_errors(self.store.url):
-            if self._savepoint:
-                await self.db.execute("RELEASE SAVEPOINT choreo_job; SAVEPOINT choreo_job")
-            else:
-                await self.db.execute("SAVEPOINT choreo_job")
-        self._savepoint = True
+        self._savepoints += 1
+        await self._own(f"SAVEPOINT choreo_job_{self._savepoints}")
 
     async def rollback(self) -> None:
-        with _db_errors(self.store.url):
-            await self.db.execute("ROLLBACK TO SAVEPOINT choreo_job")
+        await self._own(f"ROLLBACK TO SAVEPOINT choreo_job_{self._savepoints}")
 
     @contextlib.asynccontextmanager
     async def attempt(self) -> AsyncIterator[None]:
@@ -447,55 +480,79 @@ class _Transaction(StoreTransaction):
             self.broken = TransportError(f"postgres store transaction failed: {exc}")
             raise self.broken from exc
 
+    # -- claims ------------------------------------------------------------------------
+
+    async def claim_many(
+        self, keys: Sequence[BarrierKey], null_outputs: Sequence[bytes]
+    ) -> list[BarrierResult]:
+        results: list[BarrierResult] = [BarrierResult(Decision.RUN)] * len(keys)
+        with _db_errors(self.store.url):
+            actions = [i for i, key in enumerate(keys) if key.op == "action"]
+            if actions:
+                rows = await self.db.fetch(
+                    self._sql.claim_actions,
+                    [keys[i].gid for i in actions],
+                    [keys[i].step for i in actions],
+                    self._retention,
+                )
+                taken = {(row["gid"], row["step"]) for row in rows}
+                held = [i for i in actions if (keys[i].gid, keys[i].step) not in taken]
+                if held:
+                    # A live record holds these keys (committed before, or by the
+                    # transaction the insert waited for): a new statement sees it.
+                    found = await self._pairs([keys[i] for i in held])
+                    for i, pair in zip(held, found, strict=True):
+                        results[i] = _decide(keys[i], pair)
+            for i, key in enumerate(keys):
+                if key.op == "compensate":
+                    results[i] = await self._claim_compensation(key, null_outputs[i])
+        return results
+
+    async def _pairs(self, keys: Sequence[BarrierKey]) -> list[dict[str, tuple[str, bytes]]]:
+        rows = await self.db.fetch(
+            self._sql.check_many, [k.gid for k in keys], [k.step for k in keys]
+        )
+        found: list[dict[str, tuple[str, bytes]]] = [{} for _ in keys]
+        for row in rows:
+            found[row["i"] - 1][row["op"]] = (row["status"], row["outputs"])
+        return found
+
     async def _take(self, key: BarrierKey, op: str, status: str, outputs: bytes) -> bool:
         taken = await self.db.fetchval(
             self._sql.claim, key.gid, key.step, op, status, outputs, self._retention
         )
         return bool(taken)
 
-    async def _pair(self, key: BarrierKey) -> dict[str, tuple[str, bytes]]:
-        rows = await self.db.fetch(self._sql.pair, key.gid, key.step)
-        return {row["op"]: (row["status"], row["outputs"]) for row in rows}
-
-    async def claim(self, key: BarrierKey, null_outputs: bytes) -> BarrierResult:
-        with _db_errors(self.store.url):
-            if key.op == "action":
-                if await self._take(key, "action", "pending", b""):
-                    return BarrierResult(Decision.RUN)
-                return _decide(key, await self._pair(key))
-            # A compensation: take the action's row first (DTM's pre-insert), so an
-            # action that has not run yet never will.
-            if await self._take(key, "action", "blocked", b""):
-                return await self._null(key, null_outputs)
-            pair = await self._pair(key)
-            own = pair.get("compensate")
-            if own is not None:
-                return BarrierResult(Decision.DUPLICATE, own[1])
-            action = pair.get("action")
-            if action is None or action[0] != "done":
-                return await self._null(key, null_outputs)
-            if await self._take(key, "compensate", "pending", b""):
-                return BarrierResult(Decision.RUN)
-            return _decide(key, await self._pair(key))
+    async def _claim_compensation(self, key: BarrierKey, null_outputs: bytes) -> BarrierResult:
+        # Take the action's row first (DTM's pre-insert), so an action that has not run
+        # yet never will.
+        if await self._take(key, "action", "blocked", b""):
+            return await self._null(key, null_outputs)
+        (pair,) = await self._pairs([key])
+        own = pair.get("compensate")
+        if own is not None:
+            return BarrierResult(Decision.DUPLICATE, own[1])
+        action = pair.get("action")
+        if action is None or action[0] != "done":
+            return await self._null(key, null_outputs)
+        if await self._take(key, "compensate", "pending", b""):
+            return BarrierResult(Decision.RUN)
+        (pair,) = await self._pairs([key])
+        return _decide(key, pair)
 
     async def _null(self, key: BarrierKey, null_outputs: bytes) -> BarrierResult:
         if await self._take(key, "compensate", "done", null_outputs):
-            await self.db.execute(
-                self._sql.finish, key.gid, key.step, "compensate", "done", null_outputs,
-                self._retention,
-            )  # fmt: skip
+            await self._finish([Commit(key, "done", null_outputs)])
             return BarrierResult(Decision.NULL_COMPENSATION, null_outputs)
-        return _decide(key, await self._pair(key))
+        (pair,) = await self._pairs([key])
+        return _decide(key, pair)
 
-    async def finish(self, commit: Commit) -> BarrierResult:
-        key = commit.key
+    # -- effects and records -----------------------------------------------------------
+
+    async def apply(self, commit: Commit) -> BarrierResult | None:
+        if commit.status != "done" or not commit.effects:
+            return None
         with _db_errors(self.store.url):
-            if commit.status == "failed":
-                await self.db.execute(
-                    self._sql.finish, key.gid, key.step, key.op, "failed", commit.outputs,
-                    self._retention,
-                )  # fmt: skip
-                return BarrierResult(Decision.FAILED, commit.outputs)
             try:
                 planned = await self.store._plan(self.db, commit.effects)
             except ValueError as exc:
@@ -503,8 +560,31 @@ class _Transaction(StoreTransaction):
             if isinstance(planned, str):
                 return BarrierResult(Decision.REJECTED, detail=planned)
             await self.store._write(self.db, planned)
-            await self.db.execute(
-                self._sql.finish, key.gid, key.step, key.op, "done", commit.outputs,
-                self._retention,
-            )  # fmt: skip
-            return BarrierResult(Decision.APPLIED, commit.outputs)
+        return None
+
+    async def finish_many(
+        self, commits: Sequence[Commit], drop: Sequence[BarrierKey] = ()
+    ) -> list[BarrierResult]:
+        with _db_errors(self.store.url):
+            if commits:
+                await self._finish(commits)
+            if drop:
+                await self.db.execute(
+                    self._sql.drop, [k.gid for k in drop], [k.step for k in drop],
+                    [k.op for k in drop],
+                )  # fmt: skip
+        return [
+            BarrierResult(Decision.FAILED if c.status == "failed" else Decision.APPLIED, c.outputs)
+            for c in commits
+        ]
+
+    async def _finish(self, commits: Sequence[Commit]) -> None:
+        await self.db.execute(
+            self._sql.finish_many,
+            [c.key.gid for c in commits],
+            [c.key.step for c in commits],
+            [c.key.op for c in commits],
+            [c.status for c in commits],
+            [c.outputs for c in commits],
+            self._retention,
+        )
