@@ -11,6 +11,7 @@ import signal
 from choreo.app import Service
 from choreo.cli.loading import load_object
 from choreo.redact import redact_url
+from choreo.runtime import tune_gc
 from choreo.transport.kafka_config import security_from_env
 
 
@@ -43,6 +44,7 @@ async def serve(app: Service, broker: str | None, store: str | None) -> None:
         loop.add_signal_handler(sig, stopping.set)
     log = logging.getLogger("choreo.run")
     async with app.running(broker=broker, store=store):
+        tune_gc()  # this process is the service's: see choreo.runtime
         given = broker or app.broker
         shown = redact_url(given if isinstance(given, str) else given.url)
         log.info("%s is running (broker %s); Ctrl-C stops it", app.name, shown)
