@@ -16,7 +16,8 @@ lost               every acknowledged start event is in the log; every applied e
 order              a gid's records are all in one partition; every event is in the log
                    after the event that caused it
 late               a late success is never applied: its saga COMPENSATED, no shipment
-poison             every injected poison record is in the DLQ with a reason
+poison             every injected poison record is in the DLQ with a reason, from each
+                   reader that must reject it (``POISON_READERS``)
 replay             the tracker's state (state API) equals a replay of the topics through
                    the pure machine (status, step statuses, seen event ids)
 processes          no participant exited but by the scenario's own SIGKILL
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from choreo import codec
-from choreo.deadletter import DLQ_TOPIC, H_REASON
+from choreo.deadletter import DLQ_TOPIC, H_REASON, H_SERVICE
 from choreo.errors import PoisonEvent
 from choreo.events import Envelope
 from choreo.saga import SagaState
@@ -65,6 +66,21 @@ OUTPUTS = {
     ("stock", "compensate"): "StockReleased",
     ("payment", "compensate"): "PaymentRefunded",
     ("shipping", "compensate"): "ShipmentCancelled",
+}
+
+
+# Who must dead-letter each kind of poison: the start event's handler and the tracker
+# for a bad OrderPlaced (the other participants skip a type they know but do not
+# handle, unparsed); every participant for a type none of them knows.
+_BAD_START = {"inventory", "tracker"}
+POISON_READERS = {
+    "invalid JSON": _BAD_START,
+    "schema-invalid": _BAD_START,
+    "oversized": _BAD_START,
+    "deeply nested": _BAD_START,
+    "non-UTF-8": _BAD_START,
+    "just under the limit": _BAD_START,
+    "unknown type": {"inventory", "payment", "shipping"},
 }
 
 
@@ -256,6 +272,10 @@ def check(out: Outcome) -> Verdict:
             v.add("poison", f"{kind} ({marker}) not dead-lettered")
         elif not all(r.header(H_REASON) for r in letters):
             v.add("poison", f"{kind} ({marker}) dead-lettered without a reason")
+        by = {(r.header(H_SERVICE) or b"").decode() for r in letters}
+        if not POISON_READERS.get(kind, set()) <= by:
+            v.add("poison", f"{kind} ({marker}) dead-lettered by {sorted(by)}, "
+                            f"not by all of {sorted(POISON_READERS[kind])}")  # fmt: skip
 
     # replay
     for gid in orders:

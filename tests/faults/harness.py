@@ -42,6 +42,7 @@ from choreo.transport.kafka import KafkaTransport
 from services_demo.contract import TOPIC, OrderPlaced
 from tests.faults import app as faults_app
 from tests.faults.app import order_saga
+from tests.faults.proxy import FaultProxy
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("inventory", "payment", "shipping")
@@ -169,6 +170,7 @@ class Fleet:
     store: str
     logs: Path
     plans: Mapping[str, list[LifePlan]] = field(default_factory=dict)
+    service_env: Mapping[str, LifePlan] = field(default_factory=dict)
     procs: dict[str, Proc] = field(default_factory=dict)
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
     port: int = field(default_factory=free_port)
@@ -194,7 +196,8 @@ class Fleet:
         self.procs["tracker"] = tracker
         tracker.start()
         for name in SERVICES:
-            proc = Proc(name, ["run", f"tests.faults.app:{name}"], env, self.logs)
+            own = {**env, **self.service_env.get(name, {})}
+            proc = Proc(name, ["run", f"tests.faults.app:{name}"], own, self.logs)
             self.procs[name] = proc
             proc.start(self._plan(name, proc.life + 1))
         for name in SERVICES:
@@ -244,9 +247,11 @@ class Cluster:
     kafka: KafkaBroker = field(init=False)
     redis: RedisServer = field(init=False)
     redis_persist: bool = True
+    proxied_port: int | None = None
 
     def __post_init__(self) -> None:
-        self.kafka = KafkaBroker(self.workdir / "kafka", die_with_parent=True)
+        self.kafka = KafkaBroker(self.workdir / "kafka", die_with_parent=True, in_place=True,
+                                 proxied_port=self.proxied_port)  # fmt: skip
         self.redis = RedisServer(
             self.workdir / "redis", die_with_parent=True, persist=self.redis_persist
         )
@@ -275,6 +280,7 @@ class Run:
     expect_stuck: bool = False
     allow_exits: bool = False  # a fault that makes participants exit on purpose
     done_publishing: asyncio.Event = field(default_factory=asyncio.Event)
+    proxy: FaultProxy | None = None
 
     async def progress(self, share: float) -> None:
         """Until ``share`` of the workload is published."""
@@ -299,6 +305,7 @@ class Scenario:
     plans: Mapping[str, list[LifePlan]] = field(default_factory=dict)
     settle_timeout: float = 120.0
     redis_persist: bool = True
+    proxied: str | None = None  # this participant reaches the broker through a FaultProxy
 
 
 @dataclass
@@ -334,7 +341,7 @@ async def _publish(desk: Service, run: Run, rate: float) -> None:
     run.done_publishing.set()
 
 
-async def _seed_books(store_url: str) -> None:
+async def seed_books(store_url: str) -> None:
     async with RedisStore(store_url) as store:
         puts = [Put(faults_app.stock_key(s), str(q)) for s, q in SKUS.items()]
         puts += [Put(faults_app.balance_key(c), str(b)) for c, b in CUSTOMERS.items()]
@@ -350,17 +357,25 @@ async def _supervise(fleet: Fleet, stopping: asyncio.Event) -> None:
 
 async def run_scenario(scenario: Scenario, workdir: Path) -> Outcome:
     began = time.monotonic()
-    cluster = Cluster(workdir, redis_persist=scenario.redis_persist)
+    proxy_port = free_port() if scenario.proxied else None
+    cluster = Cluster(workdir, redis_persist=scenario.redis_persist, proxied_port=proxy_port)
     broker, store_url = await asyncio.to_thread(cluster.start)
+    proxy = None
+    service_env: dict[str, LifePlan] = {}
+    if scenario.proxied and proxy_port is not None:
+        host, target = cluster.kafka.proxied_address().rsplit(":", 1)
+        proxy = FaultProxy(("127.0.0.1", proxy_port), (host, int(target)))
+        await proxy.start()
+        service_env[scenario.proxied] = {"CHOREO_BROKER": f"kafka://127.0.0.1:{proxy_port}"}
     try:
         async with KafkaTransport(broker) as transport:
             await transport.ensure_topics(list(TOPICS), PARTITIONS)
-        await _seed_books(store_url)
-        fleet = Fleet(broker, store_url, workdir / "logs", scenario.plans)
+        await seed_books(store_url)
+        fleet = Fleet(broker, store_url, workdir / "logs", scenario.plans, service_env)
         try:
             await asyncio.to_thread(fleet.start)
             orders = build_orders(scenario.seed, scenario.sagas, uuid.uuid4().hex[:6])
-            run = Run(cluster, fleet, random.Random(scenario.seed), orders)
+            run = Run(cluster, fleet, random.Random(scenario.seed), orders, proxy=proxy)
             stopping = asyncio.Event()
             supervisor = asyncio.create_task(_supervise(fleet, stopping))
             desk = Service("front-desk", contracts=[order_saga])
@@ -406,6 +421,8 @@ async def run_scenario(scenario: Scenario, workdir: Path) -> Outcome:
             logs=workdir / "logs",
         )
     finally:
+        if proxy is not None:
+            await proxy.stop()
         await asyncio.to_thread(cluster.stop)
 
 
