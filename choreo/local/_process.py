@@ -187,10 +187,15 @@ class LocalServer(ABC):
     def ports_file(self) -> Path:
         return self.run_dir / f"{self.name}.ports.json"
 
+    def restarts_in_place(self) -> bool:
+        """Whether a restart in this directory comes back on the same ports (by default:
+        when it keeps its data)."""
+        return bool(self.kept_entries())
+
     def sticky_port(self, role: str, host: str = "127.0.0.1") -> int:
-        """A server that keeps its data comes back where it was: the port ``role`` had at
+        """A server restarting in place comes back where it was: the port ``role`` had at
         the last start in this directory, if it can be bound again; else a free port."""
-        if self.kept_entries():
+        if self.restarts_in_place():
             try:
                 saved = json.loads(self.ports_file.read_text()).get(role)
             except (OSError, ValueError, AttributeError):
@@ -212,7 +217,7 @@ class LocalServer(ABC):
         started = time.monotonic()
         self._reset_run_dir(fresh=fresh)
         argv = self.configure()
-        if self.kept_entries():
+        if self.restarts_in_place():
             self.ports_file.write_text(json.dumps(self.ports()) + "\n")
         preexec = pdeathsig_preexec() if self.die_with_parent else None
         with self.output_file.open("ab") as out:
@@ -323,8 +328,9 @@ class LocalServer(ABC):
                 f"refusing to wipe {self.run_dir}: it was not created by choreo; "
                 "pass an empty or new directory"
             )
-        kept = set() if fresh else self.kept_entries()
-        keep = kept | {_MARKER_FILE} | ({self.ports_file.name} if kept else set())
+        keep = {_MARKER_FILE} if fresh else self.kept_entries() | {_MARKER_FILE}
+        if self.restarts_in_place() and not fresh:
+            keep.add(self.ports_file.name)
         if self.run_dir.exists():
             for entry in self.run_dir.iterdir():
                 if entry.name in keep:

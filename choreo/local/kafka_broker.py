@@ -144,12 +144,16 @@ class KafkaBroker(LocalServer):
         heap: str = "512m",
         sasl_users: Mapping[str, str] | None = None,
         in_place: bool = False,
+        proxied_port: int | None = None,
     ) -> None:
         """``sasl_users`` (user -> password) adds a SASL_PLAINTEXT listener with the PLAIN
         mechanism beside the plaintext one, so clients' SASL settings can be tested.
         ``in_place``: a start finding an earlier broker's data in ``run_dir`` (this
         object's, after ``stop``/``kill``, or a previous run's) restarts that broker:
-        same log directory, cluster id and ports, so its clients reconnect."""
+        same log directory, cluster id and ports, so its clients reconnect.
+        ``proxied_port`` adds a PLAINTEXT listener (``proxied_address()``) that advertises
+        ``host:proxied_port`` instead of its own address: clients bootstrapping through a
+        proxy on that port keep going through it for every connection."""
         super().__init__(run_dir, die_with_parent=die_with_parent)
         self.in_place = in_place
         self.host = host
@@ -158,6 +162,8 @@ class KafkaBroker(LocalServer):
         self.port = 0
         self.controller_port = 0
         self.sasl_port = 0
+        self.proxied_port = proxied_port
+        self.proxied_target = 0
         self._java = ""
         self._libs = Path()
 
@@ -177,10 +183,18 @@ class KafkaBroker(LocalServer):
             raise LocalServerError("this broker has no SASL listener (no sasl_users given)")
         return f"{self.host}:{self.sasl_port}"
 
+    def proxied_address(self) -> str:
+        """Where a proxy on ``proxied_port`` forwards to."""
+        if self.proxied_port is None:
+            raise LocalServerError("this broker has no proxied listener (no proxied_port)")
+        return f"{self.host}:{self.proxied_target}"
+
     def ports(self) -> dict[str, int]:
         ports = {"broker": self.port, "controller": self.controller_port}
         if self.sasl_users:
             ports["sasl"] = self.sasl_port
+        if self.proxied_port is not None:
+            ports["proxied"] = self.proxied_target
         return ports
 
     def kept_entries(self) -> set[str]:
@@ -198,6 +212,8 @@ class KafkaBroker(LocalServer):
         self.port = self.sticky_port("broker", self.host)
         self.controller_port = self.sticky_port("controller", self.host)
         self.sasl_port = self.sticky_port("sasl", self.host) if self.sasl_users else 0
+        if self.proxied_port is not None:
+            self.proxied_target = self.sticky_port("proxied", self.host)
         log4j = self.run_dir / "log4j.properties"
         log4j.write_text(_log4j_properties(self.log_file))
         self.config_file.write_text(self._server_properties())
@@ -272,6 +288,16 @@ class KafkaBroker(LocalServer):
                 "sasl.enabled.mechanisms": "PLAIN",
                 "listener.name.sasl_plaintext.plain.sasl.jaas.config": (
                     f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};"
+                ),
+            }
+        if self.proxied_port is not None:
+            settings |= {
+                "listeners": f"{settings['listeners']},PROXIED://{host}:{self.proxied_target}",
+                "advertised.listeners": (
+                    f"{settings['advertised.listeners']},PROXIED://{host}:{self.proxied_port}"
+                ),
+                "listener.security.protocol.map": (
+                    f"{settings['listener.security.protocol.map']},PROXIED:PLAINTEXT"
                 ),
             }
         return "".join(f"{key}={value}\n" for key, value in settings.items())

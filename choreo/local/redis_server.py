@@ -101,6 +101,9 @@ class RedisServer(LocalServer):
     def kept_entries(self) -> set[str]:
         return {"data"} if self.persist else set()
 
+    def restarts_in_place(self) -> bool:
+        return True  # on its port, even without persistence (then empty: a lost store)
+
     def prepare_prerequisites(self) -> None:
         self._binary = find_redis_server()
 
