@@ -359,19 +359,13 @@ class _Sql:
             f" FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(gid, step, i)"
             f" JOIN {b} r ON r.gid = k.gid AND r.step = k.step AND r.expires_at > now()"
         )
-        # Inserts the row, or replaces an expired one; returns nothing when a live row
-        # holds the key (after waiting for a transaction that is writing it).
-        self.claim = (
+        # Inserts the rows, or replaces expired ones; returns the (gid, step) of those
+        # taken: none where a live row holds the key (after waiting for a transaction
+        # that is writing it). The pairs of one call are distinct.
+        self.take_many = (
             f"INSERT INTO {b} AS r (gid, step, op, status, outputs, expires_at)"
-            f" VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))"
-            f" ON CONFLICT (gid, step, op) DO UPDATE SET status = EXCLUDED.status,"
-            f" outputs = EXCLUDED.outputs, created_at = now(), expires_at = EXCLUDED.expires_at"
-            f" WHERE r.expires_at <= now() RETURNING true"
-        )
-        self.claim_actions = (
-            f"INSERT INTO {b} AS r (gid, step, op, status, outputs, expires_at)"
-            f" SELECT g, s, 'action', 'pending', '', now() + make_interval(secs => $3)"
-            f" FROM unnest($1::text[], $2::text[]) AS k(g, s)"
+            f" SELECT g, s, $3, $4, o, now() + make_interval(secs => $6)"
+            f" FROM unnest($1::text[], $2::text[], $5::bytea[]) AS k(g, s, o)"
             f" ON CONFLICT (gid, step, op) DO UPDATE SET status = EXCLUDED.status,"
             f" outputs = EXCLUDED.outputs, created_at = now(), expires_at = EXCLUDED.expires_at"
             f" WHERE r.expires_at <= now() RETURNING gid, step"
@@ -485,30 +479,78 @@ class _Transaction(StoreTransaction):
     async def claim_many(
         self, keys: Sequence[BarrierKey], null_outputs: Sequence[bytes]
     ) -> list[BarrierResult]:
+        """A few statements for the whole run, whatever its size: the actions' rows in
+        one insert; the compensations' pre-inserts of their actions' rows in one, what
+        the others find in one read, then their own rows (null or pending) in one each."""
         results: list[BarrierResult] = [BarrierResult(Decision.RUN)] * len(keys)
         with _db_errors(self.store.url):
             actions = [i for i, key in enumerate(keys) if key.op == "action"]
             if actions:
-                rows = await self.db.fetch(
-                    self._sql.claim_actions,
-                    [keys[i].gid for i in actions],
-                    [keys[i].step for i in actions],
-                    self._retention,
-                )
-                taken = {(row["gid"], row["step"]) for row in rows}
-                held = [i for i in actions if (keys[i].gid, keys[i].step) not in taken]
-                if held:
-                    # A live record holds these keys (committed before, or by the
-                    # transaction the insert waited for): a new statement sees it.
-                    found = await self._pairs([keys[i] for i in held])
-                    for i, pair in zip(held, found, strict=True):
-                        results[i] = _decide(keys[i], pair)
-            for i, key in enumerate(keys):
-                if key.op == "compensate":
-                    results[i] = await self._claim_compensation(key, null_outputs[i])
+                taken = await self._take_many(keys, actions, "action", "pending")
+                await self._settle_held(keys, [i for i in actions if i not in taken], results)
+            compensations = [i for i, key in enumerate(keys) if key.op == "compensate"]
+            if not compensations:
+                return results
+            # DTM's pre-insert: take the action's row, so an action that has not run yet
+            # never will; taken, the compensation is null.
+            blocked = await self._take_many(keys, compensations, "action", "blocked")
+            null = [i for i in compensations if i in blocked]
+            run: list[int] = []
+            rest = [i for i in compensations if i not in blocked]
+            for i, pair in zip(rest, await self._pairs([keys[i] for i in rest]), strict=True):
+                own, action = pair.get("compensate"), pair.get("action")
+                if own is not None:
+                    results[i] = BarrierResult(Decision.DUPLICATE, own[1])
+                elif action is None or action[0] != "done":
+                    null.append(i)
+                else:
+                    run.append(i)
+            if null:
+                won = await self._take_many(keys, null, "compensate", "done", null_outputs)
+                if won:
+                    await self._finish([Commit(keys[i], "done", null_outputs[i]) for i in won])
+                    for i in won:
+                        results[i] = BarrierResult(Decision.NULL_COMPENSATION, null_outputs[i])
+                await self._settle_held(keys, [i for i in null if i not in won], results)
+            if run:
+                won = await self._take_many(keys, run, "compensate", "pending")
+                await self._settle_held(keys, [i for i in run if i not in won], results)
         return results
 
+    async def _take_many(
+        self,
+        keys: Sequence[BarrierKey],
+        chosen: Sequence[int],
+        op: str,
+        status: str,
+        outputs: Sequence[bytes] = (),
+    ) -> set[int]:
+        """Insert (or replace expired) rows ``op`` of the chosen keys' (gid, step); the
+        indexes of those taken. A live row, or one a concurrent transaction is writing
+        (the insert waits for it), is not taken."""
+        rows = await self.db.fetch(
+            self._sql.take_many,
+            [keys[i].gid for i in chosen],
+            [keys[i].step for i in chosen],
+            op,
+            status,
+            [outputs[i] if outputs else b"" for i in chosen],
+            self._retention,
+        )
+        taken = {(row["gid"], row["step"]) for row in rows}
+        return {i for i in chosen if (keys[i].gid, keys[i].step) in taken}
+
+    async def _settle_held(
+        self, keys: Sequence[BarrierKey], held: Sequence[int], results: list[BarrierResult]
+    ) -> None:
+        """Keys whose row a live record holds: a new statement sees it, committed."""
+        if held:
+            for i, pair in zip(held, await self._pairs([keys[i] for i in held]), strict=True):
+                results[i] = _decide(keys[i], pair)
+
     async def _pairs(self, keys: Sequence[BarrierKey]) -> list[dict[str, tuple[str, bytes]]]:
+        if not keys:
+            return []
         rows = await self.db.fetch(
             self._sql.check_many, [k.gid for k in keys], [k.step for k in keys]
         )
@@ -516,36 +558,6 @@ class _Transaction(StoreTransaction):
         for row in rows:
             found[row["i"] - 1][row["op"]] = (row["status"], row["outputs"])
         return found
-
-    async def _take(self, key: BarrierKey, op: str, status: str, outputs: bytes) -> bool:
-        taken = await self.db.fetchval(
-            self._sql.claim, key.gid, key.step, op, status, outputs, self._retention
-        )
-        return bool(taken)
-
-    async def _claim_compensation(self, key: BarrierKey, null_outputs: bytes) -> BarrierResult:
-        # Take the action's row first (DTM's pre-insert), so an action that has not run
-        # yet never will.
-        if await self._take(key, "action", "blocked", b""):
-            return await self._null(key, null_outputs)
-        (pair,) = await self._pairs([key])
-        own = pair.get("compensate")
-        if own is not None:
-            return BarrierResult(Decision.DUPLICATE, own[1])
-        action = pair.get("action")
-        if action is None or action[0] != "done":
-            return await self._null(key, null_outputs)
-        if await self._take(key, "compensate", "pending", b""):
-            return BarrierResult(Decision.RUN)
-        (pair,) = await self._pairs([key])
-        return _decide(key, pair)
-
-    async def _null(self, key: BarrierKey, null_outputs: bytes) -> BarrierResult:
-        if await self._take(key, "compensate", "done", null_outputs):
-            await self._finish([Commit(key, "done", null_outputs)])
-            return BarrierResult(Decision.NULL_COMPENSATION, null_outputs)
-        (pair,) = await self._pairs([key])
-        return _decide(key, pair)
 
     # -- effects and records -----------------------------------------------------------
 
