@@ -15,7 +15,7 @@ from choreo.errors import ConfigurationError, StoreLost, TransportError
 from choreo.events import Envelope, Event, EventRegistry, Message
 from choreo.handlers import Handler
 from choreo.middleware import Middleware
-from choreo.redact import redact_url
+from choreo.redact import redact_text, redact_url
 from choreo.retry import Backoff, RetryPolicy
 from choreo.router import Router
 from choreo.routes import RouteTable, resolve
@@ -301,6 +301,39 @@ class Service(Router):
         async with self.running():
             log.info("%s consuming %s as group %s", self.name, self.subscribed_topics(), self.group)
             await self.until_stopped(stopping)
+
+    def alive(self) -> bool:
+        """Inside ``running()``: False once the worker has ended (only a failure ends it)."""
+        task = self._worker_task
+        return self._transport is not None and (task is None or not task.done())
+
+    async def readiness(self, timeout: float = 2.0) -> dict[str, str]:
+        """Inside ``running()``: what keeps the service from doing its work, by part
+        (empty when ready): the worker ended or holds no partition yet, the store or the
+        broker did not answer within ``timeout`` seconds."""
+        transport, store = self._transport, self._store
+        if transport is None or store is None:
+            return {"service": "not running"}
+        problems: dict[str, str] = {}
+        if not self.alive():
+            problems["worker"] = "the worker has ended"
+        elif self.worker is not None and not (
+            self.worker.consumer and self.worker.consumer.assignment()
+        ):
+            problems["worker"] = "no partition assigned yet (joining the consumer group)"
+        probes = {
+            "store": store.get("choreo:readiness-probe"),
+            "broker": transport.partitions_for(self.dlq_topic),
+        }
+        for part, probe in probes.items():
+            try:
+                async with asyncio.timeout(timeout):
+                    await probe
+            except TimeoutError:
+                problems[part] = f"no answer within {timeout:g} s"
+            except Exception as exc:  # what is wrong is the answer; the probe must not fail
+                problems[part] = redact_text(f"{type(exc).__name__}: {exc}")[:300]
+        return problems
 
     async def until_stopped(self, stopping: asyncio.Event) -> None:
         """Inside ``running()``: wait for ``stopping``, or for the worker to end on its

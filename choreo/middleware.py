@@ -33,6 +33,10 @@ class Middleware:
     async def on_dead_letter(self, record: Record, letter: DeadLetter) -> None:
         """After a record was written to the dead-letter topic."""
 
+    async def after_batch(self, tp: TopicPartition, records: int, seconds: float) -> None:
+        """After a batch of one partition was handled and everything it produced was
+        acknowledged (``seconds`` from taking the batch to the last acknowledgement)."""
+
     async def after_commit(self, offsets: dict[TopicPartition, int]) -> None:
         """After input offsets were committed."""
 
@@ -65,6 +69,10 @@ class Hooks:
     async def on_dead_letter(self, record: Record, letter: DeadLetter) -> None:
         for mw in self.backward:
             await _isolated("on_dead_letter", mw, mw.on_dead_letter(record, letter))
+
+    async def after_batch(self, tp: TopicPartition, records: int, seconds: float) -> None:
+        for mw in self.backward:
+            await _isolated("after_batch", mw, mw.after_batch(tp, records, seconds))
 
     async def after_commit(self, offsets: dict[TopicPartition, int]) -> None:
         for mw in self.backward:

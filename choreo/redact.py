@@ -5,6 +5,7 @@ clients' debug logs carry SASL credentials."""
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 
 
@@ -23,6 +24,15 @@ def redact_url(url: str) -> str:
     user, colon, _ = userinfo.partition(":")
     shown = f"{user}:***" if colon and user else "***"
     return f"{scheme}://{shown}@{hostport}{tail}"
+
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def redact_text(text: str) -> str:
+    """``text`` with the password of every URL in it redacted (see ``redact_url``): for
+    messages that may quote a URL, such as a client library's error."""
+    return _URL.sub(lambda match: redact_url(match.group(0)), text)
 
 
 # The Kafka clients' own loggers. At DEBUG aiokafka logs every request it sends, the

@@ -130,11 +130,14 @@ class Worker:
                 # Fetch the next records while this batch is handled.
                 self.consumer.resume([lane.tp])
                 self._paused.discard(lane.tp)
+            started = time.monotonic()
             if not await self._handle(lane, batch):
                 lane.buffer.clear()  # given up while stopping: redelivered after restart
                 return
             self._pending[lane.tp] = batch[-1].offset + 1
             self.processed += len(batch)
+            if self.hooks:
+                await self.hooks.after_batch(lane.tp, len(batch), time.monotonic() - started)
 
     async def _handle(self, lane: _Lane, batch: Sequence[Record]) -> bool:
         """Handle a batch, retrying infrastructure trouble (the partition waits: skipping
