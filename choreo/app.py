@@ -26,6 +26,8 @@ from choreo.urls import open_store, open_transport
 from choreo.worker import Worker
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
+
     from choreo.outbox import LocalTransaction
     from choreo.saga.contract import SagaContract
 
@@ -63,6 +65,7 @@ class Service(Router):
         lifespan: Callable[[Service], contextlib.AbstractAsyncContextManager[None]] | None = None,
         batch_size: int = 500,
         outbox_relay: bool = True,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         """``transport_options`` go to the transport (for Kafka: ``security`` with SASL/TLS
         settings, ``consumer_options``, ``producer_options``...), ``store_options`` to the
@@ -74,7 +77,9 @@ class Service(Router):
         hand. Larger batches trade latency for throughput under load; a light load makes
         small batches by itself. On a ``postgresql://`` store, ``outbox_relay`` runs the
         relay of the outbox (``transaction()``'s events) in the service; turn it off when
-        relays run on their own (``choreo db relay``)."""
+        relays run on their own (``choreo db relay``). ``tracer_provider``: where the
+        spans of handled records go (default: OpenTelemetry's global provider, looked up
+        at start; see ``choreo.tracing``)."""
         super().__init__()
         if not name or any(c in name for c in " /:"):
             raise ConfigurationError(f"service name {name!r} must be non-empty, without ' /:'")
@@ -90,6 +95,7 @@ class Service(Router):
         self.dlq_topic = dlq_topic
         self.limits = limits or codec.Limits()
         self.middleware = list(middleware)
+        self.tracer_provider = tracer_provider
         self.group = group or f"choreo.{name}"
         self.transport_options = dict(transport_options or {})
         self.store_options = dict(store_options or {})
@@ -195,6 +201,7 @@ class Service(Router):
                             dlq_topic=self.dlq_topic,
                             limits=self.limits,
                             middleware=self.middleware,
+                            tracer_provider=self.tracer_provider,
                         ),
                         middleware=self.middleware,
                         batch_size=self.batch_size,

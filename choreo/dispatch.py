@@ -18,6 +18,9 @@ import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from opentelemetry import trace
+from opentelemetry.trace import Span
+
 from choreo import codec
 from choreo.deadletter import DeadLetter, dead_letter_record
 from choreo.errors import PoisonEvent, UnknownEventType
@@ -27,6 +30,7 @@ from choreo.middleware import Hooks, Middleware
 from choreo.routes import Route, RouteTable
 from choreo.store.base import BarrierKey, BarrierResult, Commit, Decision, Store
 from choreo.system_events import CompensationSkipped, StepFailed, bounded_reason
+from choreo.tracing import Tracing
 from choreo.transport.base import OutgoingRecord, Record, Transport
 
 log = logging.getLogger("choreo.dispatch")
@@ -59,6 +63,7 @@ class _Job:
     decision: Decision | None = None
     out: list[OutgoingRecord] = field(default_factory=list)
     dead: DeadLetter | None = None
+    span: Span | None = None  # with tracing on: this job's span (choreo.tracing)
 
 
 @dataclass(slots=True)
@@ -100,6 +105,7 @@ class Dispatcher:
         limits: codec.Limits,
         middleware: Sequence[Middleware] = (),
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        tracer_provider: trace.TracerProvider | None = None,
     ) -> None:
         self.service = service
         self.routes = routes
@@ -110,6 +116,7 @@ class Dispatcher:
         self.limits = limits
         self.hooks = Hooks(middleware)
         self.invoke = Invoker(service, store, self.hooks, sleep)
+        self.tracing = Tracing(service, tracer_provider)
 
     async def handle(self, record: Record) -> None:
         await self.handle_batch([record])
@@ -118,7 +125,30 @@ class Dispatcher:
         """Handle records of one partition, in order; returns once everything they
         produced (events and dead letters) is acknowledged by the broker."""
         slots = [self._plan(record) for record in records]
-        for wave in _waves([job for slot in slots for job in slot.jobs]):
+        jobs = [job for slot in slots for job in slot.jobs]
+        if not self.tracing.enabled:
+            await self._handle_jobs(slots, jobs)
+            return
+        for job in jobs:
+            route = job.route
+            job.span = self.tracing.start_handle(job.message, route.step, route.op,
+                                                 route.handler.name)  # fmt: skip
+        try:
+            await self._handle_jobs(slots, jobs)
+        except BaseException as exc:
+            for job in jobs:
+                self.tracing.finish(job.span, {}, f"batch not finished: {exc!r}")
+            raise
+        for job in jobs:
+            attributes: dict[str, str | int] = {"choreo.outputs": len(job.out)}
+            if job.decision is not None:
+                attributes["choreo.decision"] = job.decision.value
+            if job.dead is not None:
+                attributes["choreo.dead_letter"] = job.dead.kind
+            self.tracing.finish(job.span, attributes, job.dead.reason if job.dead else "")
+
+    async def _handle_jobs(self, slots: Sequence[_Slot], jobs: Sequence[_Job]) -> None:
+        for wave in _waves(jobs):
             await self._settle(wave)
         out: list[OutgoingRecord] = []
         dead: list[tuple[Record, DeadLetter]] = []
@@ -210,7 +240,11 @@ class Dispatcher:
             return None
         if decision is Decision.RUN:
             if job.ran is None:
-                ran = await self.invoke(route, job.message)
+                if job.span is None:
+                    ran = await self.invoke(route, job.message)
+                else:  # the handler's own spans become children of the job's
+                    with trace.use_span(job.span, end_on_exit=False):
+                        ran = await self.invoke(route, job.message)
                 if isinstance(ran, DeadLetter):
                     job.dead = ran
                     return None
@@ -280,6 +314,9 @@ class Dispatcher:
                         op=route.op,
                         outcome=outcome,
                         source=self.service,
+                        traceparent=self.tracing.traceparent(job.span, incoming.traceparent)
+                        if job.span is not None
+                        else "",
                     ),
                     event,
                     event.topic,

@@ -150,9 +150,11 @@ class Envelope:
         op: Op,
         outcome: Outcome = "",
         source: str,
+        traceparent: str = "",
     ) -> Envelope:
         """The envelope of ``event``, published because of the event this envelope
-        belongs to: same gid and saga, causation = this event, a child span of its trace.
+        belongs to: same gid and saga, causation = this event, a child span of its trace
+        (``traceparent``: the span the event was emitted under, see ``choreo.tracing``).
         ``event_id`` is deterministic (see ``derived_event_id``), so a re-run repeats it."""
         # Positional: this runs for every event a handler emits.
         return Envelope(
@@ -166,7 +168,7 @@ class Envelope:
             self.event_id,
             time.time(),
             event.schema_version,
-            child_traceparent(self.traceparent),
+            traceparent or child_traceparent(self.traceparent),
             1,
             source,
         )
