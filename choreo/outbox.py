@@ -5,8 +5,9 @@ row, ``Service.transaction()``) are rows of ``<prefix>outbox``, committed in the
 transaction. The relay publishes them to Kafka and marks them sent:
 
 - per gid in id order: a relay takes a gid only under a transaction-scoped advisory lock
-  on it (``pg_try_advisory_xact_lock``), and the rows with ``FOR UPDATE SKIP LOCKED``, so
-  several relays share the work and never interleave one saga's rows;
+  on it (``pg_try_advisory_xact_lock``, skipping gids another relay holds), then that
+  gid's unsent rows ``FOR UPDATE`` in a new statement, so several relays share the work
+  and never interleave one saga's rows;
 - the rows are marked sent in the same transaction that locked them, after the broker
   acknowledged them (idempotent producer, acks=all): a relay killed before the publish
   leaves them unsent for the next one, a relay killed after the publish and before the
@@ -127,11 +128,19 @@ class OutboxRelay:
         t = store.tables
         self._wake = asyncio.Event()
         self.listening = asyncio.Event()  # set while the LISTEN connection is up
+        # First the gids: those of the oldest unsent rows that no other relay holds (a
+        # transaction-scoped advisory lock per gid). Then, in a new statement, so that
+        # its snapshot sees what the gid's previous holder marked before it let go, the
+        # unsent rows of those gids in id order. (Skipping locked *rows* instead would let
+        # a relay take a gid's later rows while another is still sending its earlier ones.)
+        self._gids = (
+            f"SELECT g FROM (SELECT DISTINCT gid AS g FROM (SELECT gid FROM {t.outbox}"
+            f" WHERE sent_at IS NULL ORDER BY id LIMIT $1) AS oldest) AS c"
+            f" WHERE pg_try_advisory_xact_lock(hashtextextended(g, {_GID_LOCK_SEED}))"
+        )
         self._take = (
             f"SELECT id, gid, records FROM {t.outbox}"
-            f" WHERE sent_at IS NULL"
-            f" AND pg_try_advisory_xact_lock(hashtextextended(gid, {_GID_LOCK_SEED}))"
-            f" ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
+            f" WHERE sent_at IS NULL AND gid = ANY($1::text[]) ORDER BY id LIMIT $2 FOR UPDATE"
         )
         self._mark = f"UPDATE {t.outbox} SET sent_at = now() WHERE id = ANY($1::bigint[])"
 
@@ -139,7 +148,10 @@ class OutboxRelay:
         """Publish one batch of unsent rows and mark them sent; returns how many."""
         with _db_errors(self.store.url):
             async with self.store.pool.acquire() as conn, conn.transaction():
-                rows = await conn.fetch(self._take, self.batch_size)
+                gids = [row["g"] for row in await conn.fetch(self._gids, self.batch_size)]
+                if not gids:
+                    return 0
+                rows = await conn.fetch(self._take, gids, self.batch_size)
                 if not rows:
                     return 0
                 records = [r for row in rows for r in codec.unpack_outbox(row["records"])]

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from choreo import Event, Service, codec
+from choreo.errors import ConfigurationError
 from choreo.outbox import OutboxRelay, enqueue
 from choreo.store.postgres import PostgresStore
 from choreo.transport.base import OutgoingRecord
@@ -93,7 +94,7 @@ async def test_relays_share_the_work_in_order_per_gid(store: PostgresStore) -> N
     await transport.ensure_topics(["outbox.numbers"], 4)
     relays = [OutboxRelay(store, transport, batch_size=7) for _ in range(3)]
     gids = [f"g{i}-{uuid.uuid4().hex[:6]}" for i in range(12)]
-    per_gid = 15
+    per_gid = 25
 
     async def writer(gid: str) -> None:
         for n in range(per_gid):
@@ -150,3 +151,11 @@ async def test_uncommitted_rows_are_not_published(store: PostgresStore) -> None:
         assert await relay.drain() == 0  # not committed yet
     assert await relay.drain() == 1
     assert await relay.drain() == 0
+
+
+async def test_transaction_needs_a_postgres_store() -> None:
+    app = Service(f"shop{uuid.uuid4().hex[:6]}")
+    async with app.running():
+        with pytest.raises(ConfigurationError, match="postgresql://"):
+            async with app.transaction():
+                pass
