@@ -4,6 +4,7 @@
     python -m benchmarks.tracker_fold --quick         # 5,000 sagas, 2 rounds
     python -m benchmarks.tracker_fold --live 300      # live traffic, 300 sagas/s for 10 s
     python -m benchmarks.tracker_fold --systems tracker,base=/tmp/old-checkout,bare
+    python -m benchmarks.tracker_fold --systems tracker-memory,tracker-rocksdb --restart
     python -m benchmarks.tracker_fold --help
 
 One real Kafka broker (``choreo.local``, fresh, on a loopback port). Topics
@@ -65,6 +66,8 @@ SAGA = "fold"
 SHARED_TOPICS = ("choreo.system", "choreo.dlq")
 ROOT = Path(__file__).resolve().parents[1]
 BARE = {"bare": "table", "bare-no-table": "none"}
+# The tracker with a given table store (``tracker``: the CLI's default, rocksdb).
+STORES = {"tracker-memory": "memory", "tracker-rocksdb": "rocksdb"}
 WARMUP_SAGAS = 20  # live: folded before the writer starts (the process is up and assigned)
 
 
@@ -236,6 +239,8 @@ class Round:
     finished: bool  # every event folded before the timeout
     startup_s: float  # process start -> first progress (live: -> warm-up folded)
     lag_at_writer_end: int | None = None  # live: events written and not yet folded
+    restart_s: float | None = None  # --restart: stopped, started again -> every saga served
+    rss_mb: float | None = None  # the tracker's resident memory once every event is folded
 
     @property
     def events_per_s(self) -> float:
@@ -265,6 +270,10 @@ class Round:
         )
         if self.lag_at_writer_end is not None:
             text += f", {self.lag_at_writer_end} behind when the writer stopped"
+        if self.rss_mb is not None:
+            text += f", RSS {self.rss_mb:.0f} MB"
+        if self.restart_s is not None:
+            text += f", restart {self.restart_s:.1f} s"
         return text + ("" if self.finished else " (TIMED OUT)")
 
 
@@ -289,6 +298,7 @@ class Runner:
             sys.executable, "-m", "choreo.cli.main", "tracker", "benchmarks.tracker_fold:saga",
             "--broker", f"kafka://{self.bootstrap}", "--http", "127.0.0.1:0",
             "--app-id", group, *self.args.tracker_arg,
+            *(["--store", STORES[system]] if system in STORES else []),
         ]  # fmt: skip
 
     def spawn(
@@ -341,7 +351,34 @@ class Runner:
             poll = self.poller(system, proc, log, progress)
             if live:
                 return self._live(system, index, prefix, poll, started)
-            return self._backlog(system, index, poll, started, log)
+            result = self._backlog(system, index, poll, started, log)
+            if system not in BARE:
+                result.rss_mb = rss_mb(proc.pid)
+            if self.args.restart and system not in BARE and result.finished:
+                self.stop(proc)
+                result.restart_s = self._restart(system, index, command, prefix, group)
+            return result
+        finally:
+            self.stop(proc)
+
+    def _restart(self, system: str, index: int, command: list[str], prefix: str,
+                 group: str) -> float:  # fmt: skip
+        """Start the stopped tracker again (same app id, same data directory): seconds
+        until its state API serves every saga again."""
+        label = system.replace("/", "_")
+        began = time.monotonic()
+        proc, log = self.spawn(f"r{index}.{label}.restart", command, prefix,
+                               self.args.roots.get(system))  # fmt: skip
+        try:
+            poll = self.poller(system, proc, log, self._tracker(log))
+            total = self.args.sagas * EVENTS_PER_SAGA
+            while True:
+                now, done, _cpu = poll()
+                if done >= total:
+                    return now - began
+                if now > began + self.args.timeout:
+                    raise SystemExit(f"{system} restarted did not serve every saga ({log})")
+                time.sleep(0.1)
         finally:
             self.stop(proc)
 
@@ -440,6 +477,14 @@ class Runner:
         return progress
 
 
+def rss_mb(pid: int) -> float | None:
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        status = Path(f"/proc/{pid}/status").read_text()
+        line = next(x for x in status.splitlines() if x.startswith("VmRSS:"))
+        return int(line.split()[1]) / 1024
+    return None
+
+
 def make_topics(bootstrap: str, names: Sequence[str], delete: Sequence[str] = ()) -> None:
     from benchmarks.saga_side_by_side import orchestrate
 
@@ -534,8 +579,12 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--rounds", type=int, help="rounds of each system (3; --quick 2)")
     add("--quick", action="store_true")
     add("--systems", default="tracker,bare",
-        help="comma-separated, in this order, of: tracker, bare, bare-no-table, NAME=DIR "
-        "(the tracker of the checkout in DIR)")  # fmt: skip
+        help="comma-separated, in this order, of: tracker, tracker-memory, tracker-rocksdb "
+        "(the tracker with that table store; tracker: the CLI's default), bare, "
+        "bare-no-table, NAME=DIR (the tracker of the checkout in DIR)")  # fmt: skip
+    add("--restart", action="store_true",
+        help="backlog: after each tracker round, stop it and time its restart (same app id "
+        "and data directory) until every saga is served again")  # fmt: skip
     add("--timeout", type=float, default=60.0, help="s a round may take, start-up included (60)")
     add("--poll", type=float, default=0.25, help="s between progress polls (0.25)")
     add(
@@ -564,8 +613,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         name, sep, root = spec.partition("=")
         if sep:
             args.roots[name] = Path(root).resolve()
-        elif name != "tracker" and name not in BARE:
-            parser.error(f"--systems: {name!r} is not tracker, bare, bare-no-table or NAME=DIR")
+        elif name != "tracker" and name not in BARE and name not in STORES:
+            parser.error(f"--systems: {name!r} is not tracker, tracker-memory, "
+                         "tracker-rocksdb, bare, bare-no-table or NAME=DIR")  # fmt: skip
         args.systems_list.append(name)
     return args
 

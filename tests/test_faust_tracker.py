@@ -191,8 +191,11 @@ def tracker_env(
     retries: int = RETRIES,
     backoff: float = BACKOFF,
     backoff_max: float = BACKOFF_MAX,
+    store: str = "memory",
 ) -> dict[str, str]:
-    return knobs(deadline, retries, backoff, backoff_max)
+    """The contract's knobs and the table store (memory unless a test asks for rocksdb,
+    the deployments' default)."""
+    return {**knobs(deadline, retries, backoff, backoff_max), "CHOREO_TRACKER_STORE": store}
 
 
 @contextlib.asynccontextmanager

@@ -3,6 +3,9 @@ in test_tracker_kill_loop.py shows them at work on real Kafka."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from choreo.tracker.faust_store import OFFSET_KEY, remove_stale
 from choreo.tracker.offsets import (
     FoldedOffsets,
     Verdict,
@@ -71,3 +74,21 @@ def test_a_reread_that_starts_past_the_marker_seeks_again() -> None:
     assert folded.verdict(TP, 6) == (Verdict.DROP, 4)
     assert folded.verdict(TP, 4) == (Verdict.FOLD, None)
     assert folded.accepted_gaps == 0
+
+
+def test_local_state_not_behind_its_changelog_is_removed(tmp_path: Path) -> None:
+    """faust_store.remove_stale on real RocksDB databases (rocksdict), as faust lays them
+    out: the one whose applied offset is at or past its changelog's end goes."""
+    from rocksdict import Options, Rdict
+
+    paths = {p: tmp_path / f"sagas-{p}.db" for p in range(3)}
+    for partition, offset in ((0, 41), (1, 50)):
+        db = Rdict(str(paths[partition]), options=Options(raw_mode=True))
+        db.put(OFFSET_KEY, str(offset).encode())
+        db.put(b"gid", b"{}")
+        db.close()
+    # Partition 0 applied up to 41 of a changelog ending at 42: fine. Partition 1 claims
+    # 50 of a changelog ending at 10 (made again): removed. Partition 2 has no database.
+    assert remove_stale(paths, {0: 42, 1: 10, 2: 0}) == [1]
+    assert paths[0].exists()
+    assert not paths[1].exists()

@@ -66,6 +66,20 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="faust app id: names its consumer group and changelog (env CHOREO_TRACKER_ID)",
     )
     parser.add_argument(
+        "--data-dir",
+        default=os.environ.get("CHOREO_TRACKER_DATA_DIR") or None,
+        help="faust engine: base directory of its local table state, kept in the subdirectory "
+        "named by the app id (env CHOREO_TRACKER_DATA_DIR; default <tmp>/choreo-tracker-<uid>; "
+        "two workers of one app id on one machine need a base each)",
+    )
+    parser.add_argument(
+        "--store",
+        choices=["rocksdb", "memory"],
+        default=os.environ.get("CHOREO_TRACKER_STORE") or "rocksdb",
+        help="faust engine: table store, rocksdb (state on disk, a restart opens it) or "
+        "memory (a start replays the changelog) (env CHOREO_TRACKER_STORE; rocksdb)",
+    )
+    parser.add_argument(
         "--service-group",
         action="append",
         default=[],
@@ -161,7 +175,7 @@ def command(args: argparse.Namespace) -> int:
         asyncio.run(serve_memory(api, args.broker, args.group))
         code = 0
     else:
-        code = run_faust(api, args.broker, args.app_id)
+        code = run_faust(api, args.broker, args.app_id, args.data_dir, args.store)
     print(
         f"choreo: tracker {'stopped cleanly' if code == 0 else f'exited with {code}'}", flush=True
     )
@@ -223,13 +237,20 @@ async def serve_memory(api: StateApi, broker: str, group: str) -> None:
         await tracker.until_stopped(stopping)
 
 
-def run_faust(api: StateApi, broker: str, app_id: str | None) -> int:
+def run_faust(
+    api: StateApi,
+    broker: str,
+    app_id: str | None,
+    data_dir: str | None = None,
+    store: str = "rocksdb",
+) -> int:
     """Run the faust tracker in this process until SIGTERM or SIGINT; returns the exit code.
 
     ``app_id`` is the faust app id: the consumer group and the changelog topic's prefix,
     so two trackers with one id share (and split) the work. Unset, it is read from
-    ``CHOREO_TRACKER_ID`` (default ``choreo-tracker``); the data directory from
-    ``CHOREO_TRACKER_DATA_DIR`` and faust's log level from ``CHOREO_TRACKER_LOGLEVEL``.
+    ``CHOREO_TRACKER_ID`` (default ``choreo-tracker``). ``data_dir`` (``--data-dir`` or
+    ``CHOREO_TRACKER_DATA_DIR``) holds the table's local state, ``store`` says which
+    (``rocksdb`` or ``memory``); faust's log level from ``CHOREO_TRACKER_LOGLEVEL``.
     aiokafka's, faust's and mode's own loggers stay at WARNING whatever that level is,
     unless ``CHOREO_LOG_PROTOCOL`` names them (their debug output holds SASL passwords).
     """
@@ -254,8 +275,9 @@ def run_faust(api: StateApi, broker: str, app_id: str | None) -> int:
         api.contracts,
         broker=broker,
         app_id=app_id,
-        data_dir=os.environ.get("CHOREO_TRACKER_DATA_DIR") or None,
+        data_dir=data_dir or os.environ.get("CHOREO_TRACKER_DATA_DIR") or None,
         security=security_from_env(os.environ),
+        store=store,
     )
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
@@ -266,6 +288,7 @@ def run_faust(api: StateApi, broker: str, app_id: str | None) -> int:
         loop.close()
         raise
     app = tracker.build_app(loop)
+    loop.run_until_complete(tracker.check_local_state())
 
     async def serve(*_: Any) -> None:
         quiet_protocol_loggers(os.environ)  # again, after faust set its logging up

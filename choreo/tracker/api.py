@@ -82,6 +82,13 @@ def render_metrics(view: StateView) -> str:
         "# HELP choreo_stalls_detected_total Sagas sent to compensation by a step's deadline.",
         "# TYPE choreo_stalls_detected_total counter",
         f"choreo_stalls_detected_total {metrics.stalls_detected}",
+        "# HELP choreo_tracker_read_gaps_total Records delivered past one never folded "
+        "(the tracker sought back to it).",
+        "# TYPE choreo_tracker_read_gaps_total counter",
+        f"choreo_tracker_read_gaps_total {metrics.read_gaps}",
+        "# HELP choreo_tracker_log_gaps_total Offsets without records in the log itself.",
+        "# TYPE choreo_tracker_log_gaps_total counter",
+        f"choreo_tracker_log_gaps_total {metrics.log_gaps}",
         f"# HELP {name} From a step's deadline to the tracker publishing its compensation.",
         f"# TYPE {name} summary",
         *(f'{name}{{quantile="{q:g}"}} {_value(v)}' for q, v in delay.quantiles().items()),

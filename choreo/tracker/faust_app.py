@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -56,6 +57,7 @@ from choreo.saga.contract import SagaContract
 from choreo.saga.state import SagaState
 from choreo.tracker.core import TrackerCore
 from choreo.tracker.faust_io import faust_credentials, faust_errors, to_record
+from choreo.tracker.faust_store import RocksDBSizing, TableStore, remove_stale, store_url
 from choreo.tracker.offsets import (
     FoldedOffsets,
     Verdict,
@@ -63,14 +65,12 @@ from choreo.tracker.offsets import (
     encode_marker,
     is_marker,
     marker_key,
-    marker_partition,
 )
 from choreo.tracker.pipeline import Stopping, TrackerPipeline
 from choreo.tracker.view import StatesView
 from choreo.transport.base import Record, TopicPartition
 from choreo.transport.kafka import KafkaTransport
 from choreo.transport.kafka_common import quietly
-from choreo.transport.partitioner import partition_for
 
 log = logging.getLogger("choreo.tracker")
 
@@ -88,6 +88,15 @@ _BACKLOG_WAIT = 30.0
 # the whole heap (0.3 s at 20k sagas): 12% of the tracker's CPU, measured with
 # ``benchmarks/tracker_fold.py``. Garbage in reference cycles is still collected, later.
 GC_YOUNG_THRESHOLD = 50_000
+
+
+def default_data_dir() -> Path:
+    """Where trackers keep their local state unless told (``CHOREO_TRACKER_DATA_DIR``):
+    per user; each tracker uses the subdirectory named by its app id, so trackers of
+    different ids never share one (two workers of one id on one machine need a base
+    directory each)."""
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    return Path(tempfile.gettempdir()) / f"choreo-tracker-{uid}"
 
 
 class FaustTracker:
@@ -109,14 +118,22 @@ class FaustTracker:
         replication_factor: int = 1,
         limits: codec.Limits | None = None,
         security: Mapping[str, Any] | None = None,
+        store: str = "memory",
+        rocksdb: RocksDBSizing | None = None,
     ) -> None:
         """``security`` takes the same SASL/TLS options as ``KafkaTransport``; they reach
-        both choreo's producer and faust's clients."""
+        both choreo's producer and faust's clients. ``store``: the table's local store,
+        ``memory`` (a start replays the changelog) or ``rocksdb`` (in ``data_dir``, sized
+        by ``rocksdb``); see ``choreo.tracker.faust_store``."""
         self.core = TrackerCore(contracts)
         self.security = dict(security or {})
         self.broker = broker
         self.app_id = app_id
-        self.data_dir = Path(data_dir or Path(tempfile.gettempdir()) / "choreo-tracker")
+        # One directory per app id, inside the one given or the default base.
+        self.data_dir = Path(data_dir or default_data_dir()) / app_id
+        store_url(store)  # refuse an unknown store now
+        self.store_kind = store
+        self.rocksdb = rocksdb or RocksDBSizing()
         self.tick = tick
         self.commit_interval = commit_interval
         # At most this many events per fold batch; a batch is taken when it is full or
@@ -153,6 +170,7 @@ class FaustTracker:
         self._backlog_until = 0.0
         self._app: Any = None
         self._table: Any = None
+        self._store: TableStore | None = None
         # Writes the table's changelog (see ``_save``): faust's own path (its producer
         # buffer, a future and sensor calls per record) took more CPU per record and put
         # the state in the local store before its changelog record was acknowledged.
@@ -162,7 +180,7 @@ class FaustTracker:
     async def prepare(self) -> int:
         """Start the producers and make sure every topic exists; returns the partition
         count the topics share (the table's changelog gets the same)."""
-        (self.data_dir / self.app_id).mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         await self.transport.start()
         topics = self.core.topics()
         await self.transport.ensure_topics([*topics, DLQ_TOPIC])
@@ -191,13 +209,12 @@ class FaustTracker:
             raise ConfigurationError("call prepare() before build_app()")
         _young, *older = gc.get_threshold()
         gc.set_threshold(max(_young, GC_YOUNG_THRESHOLD), *older)
-        datadir = self.data_dir / self.app_id
         app = faust.App(
             self.app_id,
             broker=[f"kafka://{server}" for server in self.transport.bootstrap_servers],
             loop=loop,
-            datadir=str(datadir),
-            store="memory://",  # the changelog topic is the durable copy
+            datadir=str(self.data_dir),
+            store=store_url(self.store_kind),  # the changelog topic is the durable copy
             processing_guarantee="at_least_once",
             producer_acks=-1,
             consumer_auto_offset_reset="earliest",
@@ -219,7 +236,9 @@ class FaustTracker:
             value_type=bytes,
             partitions=self.partitions,
             help="saga states by gid (SagaState JSON)",
+            options=self.rocksdb.options() if self.store_kind == "rocksdb" else None,
         )
+        self._store = TableStore(self._table.data, self.store_kind, self.partitions)
         topic = app.topic(*self.core.topics(), key_serializer="raw", value_serializer="raw")
 
         async def fold(stream: Any) -> None:
@@ -271,12 +290,14 @@ class FaustTracker:
             self.folded.abandon()
             raise
         self.folded.commit()
+        self.pipeline.metrics.read_gaps = self.folded.gaps
+        self.pipeline.metrics.log_gaps = self.folded.accepted_gaps
         return done
 
     async def _learn_start(self, tp: TopicPartition) -> None:
         """The next offset of ``tp`` to fold: its changelog partition's marker, else (never
         folded) the partition's first offset."""
-        raw = self._table.data.get(marker_key(tp.partition))
+        raw = self.store.get(marker_key(tp.partition))
         if raw is not None:
             self.folded.load(tp.partition, decode_marker(raw))
         if not self.folded.knows(tp):
@@ -299,8 +320,29 @@ class FaustTracker:
         for record, _now in items:
             self._read[record.tp] = record.offset + 1
 
+    @property
+    def store(self) -> TableStore:
+        if self._store is None:
+            raise ConfigurationError("call build_app() first")
+        return self._store
+
+    async def check_local_state(self) -> list[int]:
+        """Before the worker starts: remove RocksDB partition databases that are not behind
+        their changelog (``faust_store.remove_stale``); returns their partitions."""
+        if self.store_kind != "rocksdb":
+            return []
+        store = self._table.data
+        topic = self._table.changelog_topic.get_topic_name()
+        tps = [TopicPartition(topic, p) for p in range(self.partitions)]
+        exists = await self.transport.partitions_for(topic) > 0
+        ends = await self.transport.end_offsets(tps) if exists else {}
+        return remove_stale(
+            {p: Path(store.partition_path(p)) for p in range(self.partitions)},
+            {tp.partition: end for tp, end in ends.items()},
+        )
+
     def _load(self, gid: str) -> SagaState | None:
-        raw = self._table.data.get(gid.encode())
+        raw = self.store.get(gid.encode())
         if raw is None:
             return None
         cached = self.states.get(gid)
@@ -346,11 +388,7 @@ class FaustTracker:
                     )
 
         await self.pipeline.retry(send, f"the changelog write of {len(writes)} states")
-        data = self._table.data
-        for _partition, key, value in writes:
-            data[key] = value
-        for partition, offset in offsets.items():
-            data.set_persisted_offset(TP(topic, partition), offset)
+        self.store.write(topic, writes, offsets)
 
     async def _watch_stop(self, *_: Any) -> None:
         """Tell the pipeline's retries when the worker stops (they give the record up)."""
@@ -381,17 +419,9 @@ class FaustTracker:
         gids of partitions this worker owns (the memory store keeps keys it wrote even
         after their partition moved to another worker; those are dropped locally)."""
         owned = {tp.partition for tp in self.owned()}
-        store = self._table.data
         states: dict[str, SagaState] = {}
-        for key, raw in list(store.items()):
-            if raw is None:
-                continue
+        for key, raw in self.store.items(owned):
             if is_marker(key):
-                if marker_partition(key) not in owned:
-                    del store[key]
-                continue
-            if partition_for(key, self.partitions) not in owned:
-                del store[key]
                 continue
             try:
                 state = SagaState.model_validate_json(raw)
@@ -412,7 +442,7 @@ class FaustTracker:
         ends = await self.transport.end_offsets(tps)
         committed = await self.transport.group_offsets(self.app_id)
         for tp in tps:  # what was folded, not what faust committed (FoldedOffsets)
-            raw = self._table.data.get(marker_key(tp.partition))
+            raw = self.store.get(marker_key(tp.partition))
             if raw is not None and tp.topic in (marker := decode_marker(raw)):
                 committed[tp] = marker[tp.topic]
         self._backlog = {tp: end for tp, end in ends.items() if committed.get(tp, 0) < end}

@@ -58,6 +58,10 @@ class Summary:
 class TrackerMetrics:
     compensations_issued: int = 0
     stalls_detected: int = 0
+    # Deliveries past a record never folded (the faust tracker sought back) and gaps
+    # found in the log itself (choreo.tracker.offsets).
+    read_gaps: int = 0
+    log_gaps: int = 0
     deadline_to_compensation: Summary = field(default_factory=Summary)
 
     def observe(
