@@ -122,8 +122,11 @@ async def choreo_run(
     timeout: float = 600.0,
     *,
     prefilled: bool = False,
+    middleware: Sequence[Middleware] = (),
+    tracer_provider: Any = None,
 ) -> float:
-    """Events per second through a Service's full pipeline."""
+    """Events per second through a Service's full pipeline (``middleware`` and
+    ``tracer_provider`` as a Service takes them: the observability benchmark's)."""
     if not prefilled:
         await prefill(transport, workload)
     stopwatch = _Stopwatch(workload.count)
@@ -131,7 +134,8 @@ async def choreo_run(
         "bench",
         group=f"bench.choreo.{workload.ping.topic}",
         partitions=PARTITIONS,
-        middleware=[stopwatch],
+        middleware=[stopwatch, *middleware],
+        tracer_provider=tracer_provider,
     )
     service.register_events(workload.pong)
     service.on_event(workload.ping, step="bench.echo")(workload.handler)
