@@ -568,3 +568,53 @@ async def test_sigkill_while_sagas_wait_on_deadlines(
     finally:
         code = tracker.stop()
     assert code == 0, f"tracker did not stop cleanly ({code})\n{tracker.output()}"
+
+
+async def test_retention_removes_settled_sagas_for_good(
+    kafka_bootstrap: str, redis_url: str, tmp_path: Path
+) -> None:
+    """With a 3 s retention (RocksDB store): a completed saga leaves the table through a
+    tombstone in its changelog and does not come back after a SIGKILL and restart; a
+    STUCK saga stays, long past the retention, until it is resolved or clear."""
+    broker = f"kafka://{kafka_bootstrap}"
+    env = {**tracker_env(store="rocksdb"), "CHOREO_TRACKER_RETENTION": "3s"}
+    tracker = TrackerProcess(broker, f"{APP_PREFIX}ret-{uuid.uuid4().hex[:8]}", tmp_path, env)
+    tracker.start()
+    try:
+        await asyncio.to_thread(tracker.wait_ready)
+        async with services(broker, redis_url) as h:
+            done, _ = await start(h)
+            stuck, _ = await start(h, silent="car", stuck="hotel")
+            assert (await settled(tracker, [done]))[done]["status"] == "COMPLETED"
+            finished = time.monotonic()
+            while await tracker.saga(done) is not None:
+                assert time.monotonic() - finished < 30, "the completed saga was not removed"
+                await asyncio.sleep(0.2)
+            gone_after = time.monotonic() - finished
+            metrics = await tracker.text("/metrics")
+            assert "choreo_sagas_expired_total 1" in metrics
+            assert (await settled(tracker, [stuck]))[stuck]["status"] == "STUCK"
+            await asyncio.sleep(4.0)  # past its retention, were it settled: it stays
+            state = await tracker.saga(stuck)
+            assert state is not None
+            assert state["status"] == "STUCK"
+            assert state["cleared_at"] is None
+        changelog = f"{tracker.app_id}-sagas-changelog"
+        async with KafkaTransport(broker) as transport:
+            tps = await transport.topic_partitions([changelog])
+            log = await read_topics(transport, [changelog], await transport.end_offsets(tps))
+        mine = [r for records in log.values() for r in records if r.key == done.encode()]
+        assert mine
+        assert mine[-1].value == b""  # the tombstone, last
+        assert tracker.kill() == -signal.SIGKILL
+        tracker.start()
+        await asyncio.to_thread(tracker.wait_ready)
+        await asyncio.sleep(2.0)  # the first ticks: nothing brings it back
+        assert await tracker.saga(done) is None
+        again = await tracker.saga(stuck)
+        assert again is not None
+        assert again["status"] == "STUCK"
+        print(f"\ncompleted saga removed {gone_after:.1f}s after it settled (retention 3 s)")
+    finally:
+        code = tracker.stop()
+    assert code == 0, f"tracker did not stop cleanly ({code})\n{tracker.output()}"

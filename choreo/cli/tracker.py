@@ -80,6 +80,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "memory (a start replays the changelog) (env CHOREO_TRACKER_STORE; rocksdb)",
     )
     parser.add_argument(
+        "--retention",
+        type=parse_duration,
+        default=os.environ.get("CHOREO_TRACKER_RETENTION") or "6h",
+        help="faust engine: how long a finished saga (a STUCK one once resolved or clear) "
+        "stays before it is removed from the table: 90s, 30m, 6h, 2d, or 0 to keep every "
+        "saga (env CHOREO_TRACKER_RETENTION; 6h)",
+    )
+    parser.add_argument(
         "--service-group",
         action="append",
         default=[],
@@ -87,6 +95,25 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="a service's consumer group when it is not choreo.<service> (for `saga why`)",
     )
     parser.set_defaults(func=command)
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: str) -> float:
+    """``90s``, ``30m``, ``6h``, ``2d`` or plain seconds, in seconds."""
+    text = value.strip().lower()
+    factor = _UNITS.get(text[-1:], 0.0)
+    number = text[:-1] if factor else text
+    try:
+        seconds = float(number) * (factor or 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a duration (90s, 30m, 6h, 2d)"
+        ) from None
+    if seconds < 0 or seconds != seconds or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a duration (90s, 30m, 6h, 2d)")
+    return seconds
 
 
 def parse_groups(values: Sequence[str]) -> dict[str, str]:
@@ -175,7 +202,8 @@ def command(args: argparse.Namespace) -> int:
         asyncio.run(serve_memory(api, args.broker, args.group))
         code = 0
     else:
-        code = run_faust(api, args.broker, args.app_id, args.data_dir, args.store)
+        retention = args.retention or None  # 0: keep every saga
+        code = run_faust(api, args.broker, args.app_id, args.data_dir, args.store, retention)
     print(
         f"choreo: tracker {'stopped cleanly' if code == 0 else f'exited with {code}'}", flush=True
     )
@@ -243,6 +271,7 @@ def run_faust(
     app_id: str | None,
     data_dir: str | None = None,
     store: str = "rocksdb",
+    retention: float | None = 6 * 3600.0,
 ) -> int:
     """Run the faust tracker in this process until SIGTERM or SIGINT; returns the exit code.
 
@@ -278,6 +307,7 @@ def run_faust(
         data_dir=data_dir or os.environ.get("CHOREO_TRACKER_DATA_DIR") or None,
         security=security_from_env(os.environ),
         store=store,
+        retention=retention,
     )
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)

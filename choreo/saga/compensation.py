@@ -59,6 +59,11 @@ def settle(run: Run) -> None:
         event = SagaCompensated(saga=contract.name, reason=s.reason)
         event_id = derived_event_id(s.gid, "saga", "compensated")
         run.publish(event, "", "", event_id, "saga compensated")
+    elif s.status == SagaStatus.STUCK and s.cleared_at is None:
+        # It stays STUCK (terminal states never reopen), but whoever looks must see that
+        # nothing is owed any more, and retention may let it go.
+        s.cleared_at = run.now
+        run.note("clear: every compensation confirmed after the saga went STUCK")
 
 
 def _blocks(run: Run, step: Step) -> bool:

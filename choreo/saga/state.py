@@ -114,6 +114,9 @@ class SagaState(BaseModel):
     resolved: bool = False
     resolved_by: str = ""
     resolved_note: str = ""
+    # A STUCK saga stays STUCK (terminal states never reopen); when every compensation it
+    # owed is confirmed after all, this says since when it is clear.
+    cleared_at: float | None = None
 
     @classmethod
     def new(cls, gid: str, saga: str, now: float) -> SagaState:
@@ -122,6 +125,16 @@ class SagaState(BaseModel):
     @property
     def is_terminal(self) -> bool:
         return self.status.is_terminal
+
+    def settled_at(self) -> float | None:
+        """Since when nothing more is expected of this saga (the start of its retention):
+        a COMPLETED or COMPENSATED saga's last change, a STUCK one's once an operator
+        resolved it or its compensations were all confirmed; None while it may act."""
+        if not self.status.is_terminal:
+            return None
+        if self.status == SagaStatus.STUCK and not self.resolved and self.cleared_at is None:
+            return None
+        return self.updated_at
 
     def has_seen(self, event_id: str) -> bool:
         return event_id in self.seen_ids

@@ -8,7 +8,7 @@ faust tracker cannot drift apart.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from choreo import codec
@@ -161,15 +161,20 @@ class DeadlineIndex:
     """Due times of sagas, earliest first. Lives in memory and is rebuilt from the saga
     table after recovery: deadlines themselves persist in the (changelogged) state."""
 
-    def __init__(self) -> None:
+    def __init__(self, due: Callable[[SagaState], float | None] | None = None) -> None:
+        """``due``: when a state next needs the timer (default: its next deadline)."""
         self._heap: list[_Due] = []
         self._latest: dict[str, int] = {}
+        self._due: Callable[[SagaState], float | None] = due or SagaState.next_deadline
 
     def __len__(self) -> int:
         return len(self._latest)
 
+    def forget(self, gid: str) -> None:
+        self._latest.pop(gid, None)  # its heap entries are dropped when they surface
+
     def track(self, state: SagaState) -> None:
-        due = state.next_deadline()
+        due = self._due(state)
         if due is None:
             self._latest.pop(state.gid, None)
             return

@@ -75,6 +75,8 @@ from choreo.transport.kafka_common import quietly
 log = logging.getLogger("choreo.tracker")
 
 TABLE_NAME = "sagas"
+# How long a settled saga stays in the table (and the state API) before it is removed.
+DEFAULT_RETENTION = 6 * 3600.0
 DEFAULT_APP_ID = "choreo-tracker"
 # The timer pops a deadline this much after it is due: the DeadlineCheck's timestamp (the
 # fold's ``now``) is its send time truncated to the millisecond, and must not be earlier.
@@ -120,11 +122,13 @@ class FaustTracker:
         security: Mapping[str, Any] | None = None,
         store: str = "memory",
         rocksdb: RocksDBSizing | None = None,
+        retention: float | None = DEFAULT_RETENTION,
     ) -> None:
         """``security`` takes the same SASL/TLS options as ``KafkaTransport``; they reach
         both choreo's producer and faust's clients. ``store``: the table's local store,
         ``memory`` (a start replays the changelog) or ``rocksdb`` (in ``data_dir``, sized
-        by ``rocksdb``); see ``choreo.tracker.faust_store``."""
+        by ``rocksdb``); see ``choreo.tracker.faust_store``. ``retention``: seconds a
+        settled saga stays in the table (None: for ever); see ``TrackerPipeline``."""
         self.core = TrackerCore(contracts)
         self.security = dict(security or {})
         self.broker = broker
@@ -158,6 +162,7 @@ class FaustTracker:
             load=self._load,
             save=self._save,
             limits=limits,
+            retention=retention,
         )
         self.states = self.pipeline.states
         self.folded = FoldedOffsets()
@@ -348,17 +353,21 @@ class FaustTracker:
         cached = self.states.get(gid)
         return cached if cached is not None else SagaState.model_validate_json(raw)
 
-    async def _save(self, changed: Sequence[tuple[SagaState, Record]]) -> None:
-        """The table's ``__setitem__``, done as faust does it but in bulk: each changelog
-        record (key and value raw, as faust writes them) goes to its source record's
-        partition with choreo's idempotent acks=all producer, all of them are awaited
-        together, and only then do the states reach the local store, with the offsets
-        the store persists (so a store on disk is never ahead of the changelog)."""
+    async def _save(
+        self, changed: Sequence[tuple[SagaState, Record]], removed: Sequence[tuple[str, Record]]
+    ) -> None:
+        """The table's ``__setitem__`` and ``__delitem__``, done as faust does them but in
+        bulk: each changelog record (key and value raw, as faust writes them; a removed
+        saga's value None, a tombstone that compaction and recovery apply) goes to its
+        source record's partition with choreo's idempotent acks=all producer, all of them
+        are awaited together, and only then do they reach the local store, with the
+        offsets the store persists (so a store on disk is never ahead of the changelog)."""
         topic = self._table.changelog_topic.get_topic_name()
-        writes = [
+        writes: list[tuple[int, bytes, bytes | None]] = [
             (record.partition, state.gid.encode(), state.model_dump_json().encode())
             for state, record in changed
         ]
+        writes += [(record.partition, gid.encode(), None) for gid, record in removed]
         # After the states, in their partitions: a marker implies the states before it.
         writes += [
             (partition, marker_key(partition), encode_marker(self.folded.marker(partition)))

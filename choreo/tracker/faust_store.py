@@ -86,12 +86,19 @@ class TableStore:
         return found
 
     def write(
-        self, topic: str, writes: Sequence[tuple[int, bytes, bytes]], offsets: Mapping[int, int]
+        self,
+        topic: str,
+        writes: Sequence[tuple[int, bytes, bytes | None]],
+        offsets: Mapping[int, int],
     ) -> None:
-        """Put acknowledged changelog records in the store with the offsets they reached."""
+        """Put acknowledged changelog records in the store (None: delete the key) with the
+        offsets they reached."""
         if self.kind == "memory":
             for _partition, key, value in writes:
-                self.data[key] = value
+                if value is None:
+                    self.data.data.pop(key, None)  # faust's memory store holds a dict
+                else:
+                    self.data[key] = value
             for partition, offset in offsets.items():
                 self.data.set_persisted_offset(TP(topic, partition), offset)
             return
@@ -102,7 +109,10 @@ class TableStore:
             batch = batches.get(partition)
             if batch is None:
                 batch = batches[partition] = WriteBatch(raw_mode=True)
-            batch.put(key, value)
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
         for partition, batch in batches.items():
             batch.put(OFFSET_KEY, str(offsets[partition]).encode())
             self.data._db_for_partition(partition).write(batch)

@@ -22,9 +22,11 @@ from dataclasses import dataclass, field
 from choreo import codec
 from choreo.deadletter import DLQ_TOPIC, DeadLetter, dead_letter_record
 from choreo.errors import PoisonEvent, TransportError, UnknownEventType
+from choreo.events import Message
 from choreo.retry import INFRASTRUCTURE_RETRY, Backoff
 from choreo.saga.state import SagaState
 from choreo.saga.transition import Publish
+from choreo.system_events import DeadlineCheck
 from choreo.tracker.core import TRACKER_SOURCE, DeadlineIndex, TrackerCore
 from choreo.tracker.view import TrackerMetrics
 from choreo.transport.base import OutgoingRecord, Record
@@ -33,9 +35,10 @@ log = logging.getLogger("choreo.tracker")
 
 Send = Callable[[Sequence[OutgoingRecord]], Awaitable[object]]
 Load = Callable[[str], SagaState | None]
-Save = Callable[[Sequence[tuple[SagaState, Record]]], Awaitable[None]]
-"""Make new states durable: each with the record whose fold produced it (its partition is
-the changelog record's). Called for every batch, even one that changed no state."""
+Save = Callable[[Sequence[tuple[SagaState, Record]], Sequence[tuple[str, Record]]], Awaitable[None]]
+"""Make new states durable, each with the record whose fold produced it (its partition is
+the changelog record's), and remove expired sagas (gid, the record that expired it).
+Called for every batch, even one that changed nothing."""
 
 
 @dataclass
@@ -45,6 +48,7 @@ class _Batch:
     out: list[OutgoingRecord] = field(default_factory=list)
     states: dict[str, SagaState] = field(default_factory=dict)  # the batch's view of states
     changed: dict[str, tuple[SagaState, Record]] = field(default_factory=dict)
+    removed: dict[str, Record] = field(default_factory=dict)  # expired (retention)
     observed: list[tuple[SagaState | None, SagaState, Sequence[Publish]]] = field(
         default_factory=list
     )
@@ -75,10 +79,14 @@ class TrackerPipeline:
         save: Save | None = None,
         dlq_topic: str = DLQ_TOPIC,
         limits: codec.Limits | None = None,
+        retention: float | None = None,
     ) -> None:
+        """``retention``: seconds a settled saga (``SagaState.settled_at``) stays; then
+        the timer's ``DeadlineCheck`` removes it (None: kept for ever)."""
         self.core = core
+        self.retention = retention
         self.states: dict[str, SagaState] = {}
-        self.deadlines = DeadlineIndex()
+        self.deadlines = DeadlineIndex(self.wake_at)
         self.metrics = TrackerMetrics()
         self.processed = 0
         self.stopping: asyncio.Event | None = None  # set by the shell while it runs
@@ -117,8 +125,12 @@ class TrackerPipeline:
         await self.publish(batch.out)
         sent_at = self.clock()
         if self._save is not None and items:  # even unchanged: the shell may note progress
-            await self._save(list(batch.changed.values()))
+            await self._save(list(batch.changed.values()), list(batch.removed.items()))
         self.states.update(batch.states)
+        for gid in batch.removed:
+            self.states.pop(gid, None)
+            self.deadlines.forget(gid)
+        self.metrics.expired += len(batch.removed)
         for state in batch.states.values():
             self.deadlines.track(state)
         for before, after, actions in batch.observed:
@@ -134,9 +146,14 @@ class TrackerPipeline:
             return
         gid = message.gid
         try:
-            before = batch.states[gid] if gid in batch.states else self._load(gid)
+            if gid in batch.removed:
+                before = None
+            else:
+                before = batch.states[gid] if gid in batch.states else self._load(gid)
         except ValueError as exc:
             batch.out.append(self._dead_letter(record, "failed", f"stored state unreadable: {exc}"))
+            return
+        if self._retained(batch, before, message, record, now):
             return
         transition = self.core.transition(before, message, now)
         if transition is None:
@@ -147,6 +164,40 @@ class TrackerPipeline:
         if after is not before:
             batch.changed[gid] = (after, record)  # the saga's last version is what is saved
         batch.observed.append((before, after, transition.actions))
+
+    def wake_at(self, state: SagaState) -> float | None:
+        """When the timer must next send a ``DeadlineCheck`` for ``state``: its next
+        deadline, or the end of its retention once it is settled."""
+        due = state.next_deadline()
+        settled = state.settled_at()
+        if self.retention is None or settled is None:
+            return due
+        expiry = settled + self.retention
+        return expiry if due is None else min(due, expiry)
+
+    def _retained(
+        self,
+        batch: _Batch,
+        before: SagaState | None,
+        message: Message,
+        record: Record,
+        now: float,
+    ) -> bool:
+        """A ``DeadlineCheck`` of a settled saga is retention's: past it, the saga is
+        removed (a tombstone in the changelog), before it, nothing happens (the machine
+        would only stamp the state and push its retention out). True when handled."""
+        if self.retention is None or before is None:
+            return False
+        if not isinstance(message.event, DeadlineCheck):
+            return False
+        settled = before.settled_at()
+        if settled is None:
+            return False
+        if now >= settled + self.retention:
+            batch.states.pop(before.gid, None)
+            batch.changed.pop(before.gid, None)
+            batch.removed[before.gid] = record
+        return True
 
     def _dead_letter(self, record: Record, kind: str, reason: str) -> OutgoingRecord:
         log.warning("dead-lettering %s[%d]@%d: %s", record.topic, record.partition,

@@ -62,6 +62,7 @@ class TrackerMetrics:
     # found in the log itself (choreo.tracker.offsets).
     read_gaps: int = 0
     log_gaps: int = 0
+    expired: int = 0  # settled sagas removed after their retention
     deadline_to_compensation: Summary = field(default_factory=Summary)
 
     def observe(
