@@ -328,6 +328,10 @@ class Service(Router):
             self.worker.consumer and self.worker.consumer.assignment()
         ):
             problems["worker"] = "no partition assigned yet (joining the consumer group)"
+        elif self.worker is not None and self.worker.consumer is not None:
+            blocked = self.worker.consumer.blocked()
+            if blocked:
+                problems["partitions"] = "; ".join(f"{tp}: {why}" for tp, why in blocked.items())
         probes = {
             "store": store.get("choreo:readiness-probe"),
             "broker": transport.partitions_for(self.dlq_topic),

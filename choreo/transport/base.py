@@ -103,6 +103,11 @@ class Consumer(abc.ABC):
     @abc.abstractmethod
     def assignment(self) -> frozenset[TopicPartition]: ...
 
+    def blocked(self) -> dict[TopicPartition, str]:
+        """Assigned partitions this consumer cannot read on, with the reason (a record
+        the client library cannot unpack); empty when all flow."""
+        return {}
+
     @abc.abstractmethod
     async def committed(self, tp: TopicPartition) -> int | None: ...
 

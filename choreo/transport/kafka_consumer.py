@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import CommitFailedError, ConsumerStoppedError, IllegalStateError
+from aiokafka.errors import (
+    CommitFailedError,
+    ConsumerStoppedError,
+    CorruptRecordException,
+    IllegalStateError,
+)
 
 from choreo.errors import TransportError
 from choreo.transport.base import Consumer, Record, RevokeCallback, TopicPartition
@@ -21,6 +28,10 @@ from choreo.transport.kafka_common import (
 )
 
 EnsureTopics = Callable[[Sequence[str]], Awaitable[None]]
+# What aiokafka raises while unpacking a fetched batch it cannot read: a header key that is
+# not UTF-8 (which Kafka's protocol allows any client to write) or a malformed record.
+_UNREADABLE = (UnicodeDecodeError, CorruptRecordException)
+_ISOLATE_SECONDS = 3.0  # to find the culprit, and to read up to its unreadable batch
 
 
 class _RevokeListener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -63,6 +74,7 @@ class KafkaConsumer(Consumer):
         self.topics = tuple(dict.fromkeys(topics))
         self.on_revoke = on_revoke
         self._consumer: Any = None
+        self._blocked: dict[TopicPartition, str] = {}
 
     async def start(self) -> None:
         if self._consumer is not None:
@@ -105,11 +117,70 @@ class KafkaConsumer(Consumer):
             raise TransportError("consumer is not started") from exc
         except TRANSIENT as exc:
             raise TransportError(f"Kafka fetch failed: {exc}") from exc
+        except _UNREADABLE:
+            batch = await self._isolate(max_records)
         return {
             from_kafka(tp): [to_record(message) for message in messages]
             for tp, messages in batch.items()
             if messages
         }
+
+    async def _isolate(self, max_records: int) -> dict[Any, list[Any]]:
+        """aiokafka could not unpack a fetched batch, and would raise on every poll
+        without moving on (its position stays before the batch), stopping every
+        partition. Poll the partitions one by one to find the culprit (its fetch comes
+        back within a moment), read it one record at a time up to the unreadable batch,
+        and pause it there, so only its partition stops; ``blocked()`` and the log say
+        where. The unreadable records cannot be dead-lettered: the client cannot read
+        them, so neither can choreo. What the readable partitions return meanwhile is
+        kept, in order."""
+        consumer = self._require()
+        batch: dict[Any, list[Any]] = {}
+        deadline = time.monotonic() + _ISOLATE_SECONDS
+        while time.monotonic() < deadline:
+            for tp in sorted(consumer.assignment() - consumer.paused()):
+                try:
+                    got = await consumer.getmany(tp, timeout_ms=0, max_records=max_records)
+                except _UNREADABLE:
+                    await self._block(tp, batch)
+                    return batch
+                except TRANSIENT as exc:
+                    raise TransportError(f"Kafka fetch failed: {exc}") from exc
+                for part, records in got.items():
+                    batch.setdefault(part, []).extend(records)
+            await asyncio.sleep(0.05)
+        return batch  # not refetched in time: the next poll raises and isolates again
+
+    async def _block(self, tp: Any, batch: dict[Any, list[Any]]) -> None:
+        consumer = self._require()
+        deadline = time.monotonic() + _ISOLATE_SECONDS
+        error: BaseException | None = None
+        while time.monotonic() < deadline:  # the readable records before the bad batch
+            try:
+                got = await consumer.getmany(tp, timeout_ms=100, max_records=1)
+            except _UNREADABLE as exc:
+                error = exc
+                break
+            for part, records in got.items():
+                batch.setdefault(part, []).extend(records)
+        consumer.pause(tp)
+        position = await consumer.position(tp)
+        ours = from_kafka(tp)
+        cause = f"{type(error).__name__}: {str(error)[:200]}" if error else "unreadable"
+        reason = (
+            f"the record batch at offset {position} cannot be read by the Kafka client "
+            f"({cause}); partition paused. To skip it, stop the service and move group "
+            f"{self.group!r} past it (kafka-consumer-groups.sh --reset-offsets "
+            f"--to-offset N --topic {ours.topic}:{ours.partition})"
+        )
+        self._blocked[ours] = reason
+        logger.error("group %s: %s: %s", self.group, ours, reason)
+
+    def blocked(self) -> dict[TopicPartition, str]:
+        """Partitions stopped on records the Kafka client cannot read, with the reason;
+        a rebalance resumes them (and they stop again if the record is still there)."""
+        assigned = self.assignment()
+        return {tp: why for tp, why in self._blocked.items() if tp in assigned}
 
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         """Commit ``next offset to read`` per partition. Partitions this member no longer
