@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 from collections.abc import AsyncIterator, Sequence
 
 from choreo import BusinessFailure, Context, Middleware, Service
@@ -137,6 +138,20 @@ class _Killer:
 
 
 KILLER = _Killer()
+
+
+def _dump_tasks(signum: int, frame: object) -> None:
+    """SIGUSR1: print every asyncio task's stack (the harness asks before a SIGKILL, so a
+    participant that does not stop on SIGTERM says where it waits)."""
+    loop = asyncio._get_running_loop()
+    print(f"faults: SIGUSR1, {'no loop' if loop is None else 'tasks:'}", flush=True)
+    if loop is not None:
+        for task in asyncio.all_tasks(loop):
+            task.print_stack(file=sys.stdout)
+    sys.stdout.flush()
+
+
+signal.signal(signal.SIGUSR1, _dump_tasks)
 SLOW = float(os.environ.get("FAULTS_SLOW", "0") or 0)
 
 

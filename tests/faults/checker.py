@@ -15,7 +15,9 @@ lost               every acknowledged start event is in the log; every applied e
                    participant's barrier (a record for its (gid, step, op))
 order              a gid's records are all in one partition; every event is in the log
                    after the event that caused it
-late               a late success is never applied: its saga COMPENSATED, no shipment
+late               a late success is never applied once its deadline fired: its saga
+                   COMPENSATED, no shipment (one read before the tracker's DeadlineCheck,
+                   possible when the broker was down at the deadline, completes the saga)
 poison             every injected poison record is in the DLQ with a reason, from each
                    reader that must reject it (``POISON_READERS``)
 replay             the tracker's state (state API) equals a replay of the topics through
@@ -161,6 +163,29 @@ def check(out: Outcome) -> Verdict:
     everything = saga_log + system_log
     ids_in_log = {env.event_id for _, env in everything}
 
+    # A late success is compensated when it arrives after the tracker fired the deadline
+    # (invariant 8). The tracker fires it when it reads its own DeadlineCheck from the
+    # saga topic; when the broker was down at the deadline, the success may be written
+    # before that check and then completes the saga, as the machine's rules say. Such
+    # sagas are counted (``late_won``) and must still balance; any other late success
+    # applied is a violation.
+    first_check: dict[str, int] = {}
+    late_at: dict[str, int] = {}
+    for record, env in saga_log:
+        position = record.offset  # a gid's records share one partition
+        if env.event_type == "choreo.DeadlineCheck" or (
+            env.source == TRACKER_SOURCE and env.op == "compensate"
+        ):
+            first_check.setdefault(env.gid, position)
+        if env.event_type == "ShipmentScheduled":
+            late_at.setdefault(env.gid, position)
+    never = 1 << 62
+    late_won = {
+        gid
+        for gid, at in late_at.items()
+        if faults_app.mode_of(gid) == "late" and at < first_check.get(gid, never)
+    }
+
     # terminal, and what each mode must end as
     for gid in orders:
         state = out.states.get(gid)
@@ -169,6 +194,8 @@ def check(out: Outcome) -> Verdict:
             v.add("terminal", f"{gid}={status}")
             continue
         mode = faults_app.mode_of(gid)
+        if mode == "late" and status == "COMPLETED" and gid in late_won:
+            continue  # see below: the success reached the tracker before its deadline fired
         if mode != "ok" and status == "COMPLETED":
             v.add("terminal", f"{gid}: mode {mode} COMPLETED")
 
@@ -194,7 +221,8 @@ def check(out: Outcome) -> Verdict:
         booked = out.store[faults_app.shipment_key(gid)] is not None
         if booked != (gid in done_gids):
             v.add("books", f"{gid}: shipment {'booked' if booked else 'missing'}")
-        if faults_app.mode_of(gid) == "late" and (booked or gid in done_gids):
+        applied = booked or gid in done_gids
+        if faults_app.mode_of(gid) == "late" and applied and gid not in late_won:
             v.add("late", gid)
 
     # once: the store's own count, then the records' event ids
@@ -318,7 +346,15 @@ def check(out: Outcome) -> Verdict:
         "dead-lettered": str(len(dead)),
         "comp delay p99": "-" if worst is None else f"{worst:.2f} s",
         "duration": f"{out.duration:.0f} s",
-        "faults": "; ".join(out.notes)[:160] or "-",
+        "faults": "; ".join(
+            out.notes
+            + (
+                [f"{len(late_won)} late successes read before their deadline check (completed)"]
+                if late_won
+                else []
+            )
+        )
+        or "-",
         "verdict": "ok" if v.ok else "FAIL: " + ", ".join(v.violations),
     }
     return v

@@ -141,7 +141,13 @@ class Proc:
             self.signal(signal.SIGCONT)
             self.paused = False
         if self.alive():
-            terminate(self.proc.pid, timeout, self.proc)
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.signal(signal.SIGUSR1)  # the app prints its tasks' stacks
+                time.sleep(1.0)
+                terminate(self.proc.pid, 0.1, self.proc)
         return self.reap()
 
     def output(self) -> str:
@@ -399,8 +405,14 @@ async def run_scenario(scenario: Scenario, workdir: Path) -> Outcome:
         finally:
             codes = fleet.stop()
         for name in SERVICES:  # a clean stop of the survivors, or their logs say why not
-            if codes.get(name) not in (0, None) and not run.allow_exits:
-                fleet.unexpected_exits.append(f"{name} stopped with {codes[name]}")
+            code = codes.get(name)
+            if code == -signal.SIGKILL:
+                fleet.unexpected_exits.append(
+                    f"{name} did not stop within 20 s of SIGTERM (SIGKILLed); "
+                    f"log {fleet.procs[name].log}"
+                )
+            elif code not in (0, None) and not run.allow_exits:
+                fleet.unexpected_exits.append(f"{name} stopped with {code}")
         from tests.faults.checker import replay  # the pure machine over the topics
 
         return Outcome(

@@ -184,9 +184,11 @@ def broker_restarts(pause_for: float = 15.0) -> Scenario:
             await run.progress(share)
             began = time.monotonic()
             await asyncio.to_thread(kafka.stop if how == "stop" else kafka.kill)
+            stopped = time.monotonic() - began
             await asyncio.sleep(2.0)
             assert await asyncio.to_thread(kafka.start) == address
-            run.note(f"broker {how} + restart in place, down {time.monotonic() - began:.0f} s")
+            run.note(f"broker {how} ({stopped:.0f} s) + restart in place, "
+                     f"down {time.monotonic() - began:.0f} s")  # fmt: skip
         await run.progress(0.75)
         kafka.pause()
         await asyncio.sleep(pause_for)

@@ -105,6 +105,7 @@ async def test_poison(tmp_path: Path) -> None:
     await run_and_check(scenarios.poison(), tmp_path)
 
 
+@pytest.mark.timeout(480)
 async def test_broker_restarts(tmp_path: Path) -> None:
     """(3) Broker stopped, SIGKILLed and SIGSTOPped, restarted in place."""
     await run_and_check(scenarios.broker_restarts(), tmp_path)
