@@ -11,6 +11,7 @@ Everything else may change between releases.
 """
 
 from choreo.app import Service
+from choreo.breaker import CircuitBreaker, CircuitOpen
 from choreo.context import Context
 from choreo.errors import (
     BusinessFailure,
@@ -47,6 +48,8 @@ __all__ = [
     "AdminCommand",
     "BusinessFailure",
     "ChoreoError",
+    "CircuitBreaker",
+    "CircuitOpen",
     "CompensationSkipped",
     "ConfigurationError",
     "Context",

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from choreo import codec
+from choreo.breaker import BreakerState, CircuitBreaker
 from choreo.deadletter import DLQ_TOPIC
 from choreo.dispatch import Dispatcher
 from choreo.errors import ConfigurationError, StoreLost, TransportError
@@ -309,6 +310,10 @@ class Service(Router):
             log.info("%s consuming %s as group %s", self.name, self.subscribed_topics(), self.group)
             await self.until_stopped(stopping)
 
+    def breakers(self) -> dict[str, CircuitBreaker]:
+        """The circuit breakers of this service's handlers, by name."""
+        return {h.breaker.name: h.breaker for h in self.handlers if h.breaker is not None}
+
     def alive(self) -> bool:
         """Inside ``running()``: False once the worker has ended (only a failure ends it)."""
         task = self._worker_task
@@ -332,6 +337,13 @@ class Service(Router):
             blocked = self.worker.consumer.blocked()
             if blocked:
                 problems["partitions"] = "; ".join(f"{tp}: {why}" for tp, why in blocked.items())
+        open_circuits = [
+            f"{name} ({breaker.state.value})"
+            for name, breaker in self.breakers().items()
+            if breaker.state is not BreakerState.CLOSED
+        ]
+        if open_circuits:
+            problems["circuits"] = "not closed: " + ", ".join(open_circuits)
         probes = {
             "store": store.get("choreo:readiness-probe"),
             "broker": transport.partitions_for(self.dlq_topic),

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from choreo.breaker import CircuitBreaker
 from choreo.context import Context
 from choreo.errors import ConfigurationError
 from choreo.events import Event
@@ -28,6 +29,7 @@ class Handler:
     throws: tuple[type[BaseException], ...]
     wants_context: bool
     emits: tuple[type[Event], ...]
+    breaker: CircuitBreaker | None = None
 
     def with_step(self, step: str, op: HandlerOp) -> Handler:
         return Handler(
@@ -40,6 +42,7 @@ class Handler:
             self.throws,
             self.wants_context,
             self.emits,
+            self.breaker,
         )
 
 
@@ -61,6 +64,7 @@ def make_handler(
     op: HandlerOp,
     retry: RetryPolicy | None,
     throws: Sequence[type[BaseException]],
+    breaker: CircuitBreaker | None = None,
 ) -> Handler:
     where = getattr(func, "__qualname__", repr(func))
     if not (isinstance(event, type) and issubclass(event, Event)) or event is Event:
@@ -101,14 +105,22 @@ def make_handler(
             raise ConfigurationError(
                 f"{where}: the second parameter must be annotated `Context`, got {second!r}"
             )
+    policy = retry or RetryPolicy()
+    if breaker is not None and breaker.failures > policy.max_attempts:
+        raise ConfigurationError(
+            f"{where}: circuit breaker {breaker.name!r} opens after {breaker.failures} "
+            f"failures, but a record is dead-lettered after {policy.max_attempts} attempts: "
+            "lower failures= or raise the retry budget"
+        )
     return Handler(
         event=event,
         func=func,
         name=getattr(func, "__name__", "handler"),
         step=step,
         op=op,
-        retry=retry or RetryPolicy(),
+        retry=policy,
         throws=tuple(throws),
         wants_context=len(params) == 2,
         emits=_events_in(hints.get("return")),
+        breaker=breaker,
     )

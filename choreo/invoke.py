@@ -9,10 +9,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from choreo.breaker import CircuitOpen
 from choreo.context import Context
 from choreo.deadletter import DeadLetter
 from choreo.errors import BusinessFailure, is_retriable
 from choreo.events import Event, Message
+from choreo.handlers import Handler
 from choreo.middleware import Hooks
 from choreo.routes import Route
 from choreo.store.base import Effect, Status, Store, StoreTransaction
@@ -40,6 +42,12 @@ def as_events(result: Any) -> list[Event]:
     raise TypeError(
         f"a handler returned {type(result).__name__}; return an Event, a list of Events or None"
     )
+
+
+def _abandon(handler: Handler) -> None:
+    """The call ended without a verdict on the dependency (cancelled, the store failed)."""
+    if handler.breaker is not None:
+        handler.breaker.abandon()
 
 
 class Invoker:
@@ -70,6 +78,8 @@ class Invoker:
             if envelope.attempt != attempt:
                 envelope = envelope.evolve(attempt=attempt)
             ctx = Context(envelope, route.step, self.store, self.logger)
+            if handler.breaker is not None:
+                handler.breaker.before_call()  # CircuitOpen: the batch waits, not the DLQ
             try:
                 if self.hooks:
                     await self.hooks.before_handle(message, handler)
@@ -81,24 +91,39 @@ class Invoker:
                     result = await handler.func(message.event, ctx)
                 else:
                     result = await handler.func(message.event)
+                if handler.breaker is not None:
+                    handler.breaker.success()
                 return Ran("done", as_events(result) + ctx.outbox, ctx.tx.effects)
             except BusinessFailure as exc:
                 if tx is not None and tx.broken:
+                    _abandon(handler)
                     raise tx.broken from exc
+                if handler.breaker is not None:
+                    handler.breaker.success()  # the dependency answered, with a refusal
                 event = exc.event if isinstance(exc.event, Event) else None
                 failure = self._failure(route, attempt, exc.reason, event)
             except asyncio.CancelledError:
+                _abandon(handler)
                 raise
             except Exception as exc:
                 if tx is not None and tx.broken:
                     # The database failed under the handler: the store's trouble, not the
                     # handler's; the batch is retried (see docs/delivery.md, Errors).
+                    _abandon(handler)
                     raise tx.broken from exc
                 reason = f"{type(exc).__name__}: {exc}"
+                answered = (handler.throws and isinstance(exc, handler.throws)) or (
+                    not is_retriable(exc)
+                )
+                if answered and handler.breaker is not None:
+                    handler.breaker.success()  # the handler's answer, not an outage
                 if handler.throws and isinstance(exc, handler.throws):
                     failure = self._failure(route, attempt, reason, None)
                 elif not is_retriable(exc):
                     return DeadLetter("failed", reason, self.service, handler.name, attempt)
+                elif handler.breaker is not None and handler.breaker.failure():
+                    # The dependency is down, not this record: wait with the partition.
+                    raise CircuitOpen(f"{handler.name}: {reason}") from exc
                 elif attempt == policy.max_attempts:
                     return DeadLetter(
                         "budget",

@@ -11,11 +11,12 @@ services in one process, or one per test, never share or collide.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from choreo.breaker import BreakerState, CircuitBreaker
 from choreo.middleware import Middleware
 
 if TYPE_CHECKING:
@@ -79,6 +80,18 @@ class ServiceMetrics(Middleware):
             ["service"],
             registry=r,
         )
+        self.circuit_open = Gauge(
+            "choreo_circuit_open",
+            "1 while a handler's circuit breaker is open or half-open (consuming waits)",
+            ["service", "breaker"],
+            registry=r,
+        )
+        self.circuit_trips = Gauge(
+            "choreo_circuit_trips",
+            "Times a circuit breaker opened since the service started",
+            ["service", "breaker"],
+            registry=r,
+        )
         self.lag = Gauge(
             "choreo_consumer_lag",
             "Records in a subscribed partition not yet committed by the service's group",
@@ -115,6 +128,12 @@ class ServiceMetrics(Middleware):
         for tp in tps:
             lag = max(0, ends.get(tp, 0) - committed.get(tp, 0))
             self.lag.labels(self.service, tp.topic, str(tp.partition)).set(lag)
+
+    def refresh_breakers(self, breakers: Mapping[str, CircuitBreaker]) -> None:
+        for name, breaker in breakers.items():
+            closed = breaker.state is BreakerState.CLOSED
+            self.circuit_open.labels(self.service, name).set(0 if closed else 1)
+            self.circuit_trips.labels(self.service, name).set(breaker.trips)
 
     def exposition(self) -> bytes:
         """The registry in Prometheus' text format."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+from choreo.breaker import CircuitBreaker
 from choreo.errors import ConfigurationError
 from choreo.events import Event
 from choreo.handlers import Handler, HandlerFunc, HandlerOp, make_handler
@@ -45,6 +46,7 @@ class Router:
         op: HandlerOp = "action",
         retry: RetryPolicy | None = None,
         throws: Sequence[type[BaseException]] = (),
+        breaker: CircuitBreaker | None = None,
     ) -> Callable[[F], F]:
         """Register an async handler for ``event``.
 
@@ -53,12 +55,16 @@ class Router:
         compensation (``op="compensate"``) that no contract places must name its action's
         ``step``: the barrier pairs the two by step, so it is refused without one.
         ``throws`` lists exceptions that mean business failure (compensate, no retry);
-        any other exception is retried per ``retry`` and then dead-lettered.
+        any other exception is retried per ``retry`` and then dead-lettered. ``breaker``
+        (a ``CircuitBreaker``, shareable between handlers of one dependency) stops
+        consuming while the dependency fails, instead of dead-lettering (choreo.breaker).
         """
 
         def register(func: F) -> F:
             self.add_handler(
-                make_handler(event, func, step=step, op=op, retry=retry, throws=throws)
+                make_handler(
+                    event, func, step=step, op=op, retry=retry, throws=throws, breaker=breaker
+                )
             )
             return func
 

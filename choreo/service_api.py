@@ -57,6 +57,7 @@ def build_service_api(
         )
 
     async def scrape(request: web.Request) -> web.Response:
+        metrics.refresh_breakers(service.breakers())
         if service.alive():
             try:
                 async with asyncio.timeout(LAG_TIMEOUT):

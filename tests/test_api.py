@@ -12,7 +12,8 @@ import choreo
 from choreo import ConfigurationError, Context, Event, RetryPolicy, Router, Service
 
 EXPECTED_API = {
-    "AdminCommand", "BusinessFailure", "ChoreoError", "CompensationSkipped",
+    "AdminCommand", "BusinessFailure", "ChoreoError", "CircuitBreaker", "CircuitOpen",
+    "CompensationSkipped",
     "ConfigurationError", "Context", "ContractError", "Envelope", "Event", "Message",
     "Middleware", "PoisonEvent", "RetriableError", "RetryPolicy", "Router", "SagaCompensated",
     "SagaCompleted", "SagaContract", "SagaStuck", "SchemaViolation", "Service", "Step",
