@@ -41,6 +41,8 @@ def add_client_arguments(parser: argparse.ArgumentParser, *, json_flag: bool = T
 
 def client_from(args: argparse.Namespace) -> TrackerClient:
     url = args.tracker or os.environ.get("CHOREO_TRACKER") or DEFAULT_TRACKER
+    if "://" not in url:
+        url = f"http://{url}"  # HOST:PORT, as --http takes it on the serving side
     token = args.token or os.environ.get("CHOREO_TRACKER_TOKEN") or None
     return TrackerClient(url, token)
 

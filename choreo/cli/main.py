@@ -25,6 +25,14 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"log at debug level (the Kafka clients' own logs too only if {PROTOCOL_ENV} "
         "names them: they hold SASL credentials)",
     )
+    parser.add_argument(
+        "--tracker",
+        metavar="URL",
+        dest="global_tracker",
+        default=None,
+        help="the tracker's state API, for the commands that talk to one (also accepted "
+        "after the command)",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in (run, dev, db, demo, tracker, sagas, dashboard, dlq, graph):
         module.register(commands)
@@ -48,6 +56,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
+    if args.global_tracker is not None:
+        if not hasattr(args, "tracker"):
+            print(f"choreo: error: `choreo {args.command}` does not talk to a tracker; "
+                  "drop --tracker", file=sys.stderr)  # fmt: skip
+            return 2
+        args.tracker = args.tracker or args.global_tracker
     try:
         return int(args.func(args))
     except UsageError as exc:  # messages may quote the tracker's answers: cleaned

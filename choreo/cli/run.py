@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -57,6 +58,16 @@ def command(args: argparse.Namespace) -> int:
             **app.transport_options.get("security", {}),
             **security,
         }
+    given = args.broker or app.broker
+    if isinstance(given, str) and given.startswith("memory://"):
+        print(
+            f"choreo: warning: {app.name} runs on memory://, a broker only this process sees: "
+            "nothing outside it can publish to the service or read what it publishes. "
+            "Pass --broker kafka://HOST:PORT (or CHOREO_BROKER), or run several services "
+            "in one process with choreo.testing.Harness or `choreo demo`.",
+            file=sys.stderr,
+            flush=True,
+        )
     http: tuple[str, int] | None = None
     token: str | None = None
     if args.http:
