@@ -403,7 +403,7 @@ async def run_scenario(scenario: Scenario, workdir: Path) -> Outcome:
             history = await read_history(broker)
             store, barrier = await read_store(store_url, run.orders)
         finally:
-            codes = fleet.stop()
+            codes = await asyncio.to_thread(fleet.stop)  # the loop keeps any proxy going
         for name in SERVICES:  # a clean stop of the survivors, or their logs say why not
             code = codes.get(name)
             if code == -signal.SIGKILL:
