@@ -445,16 +445,36 @@ class FaustTracker:
                  sorted(owned), len(states), len(self.pipeline.deadlines))  # fmt: skip
 
     async def _measure_backlog(self) -> None:
-        """What the agent has to read before deadlines may fire: each owned partition's
-        records past the group's committed offset, as they stand now."""
+        """After a rebalance: put each owned partition where its folded marker says, if
+        faust's group committed past it (``FoldedOffsets``: faust then starts past records
+        never folded, and with nothing newer arriving no delivery would show the gap), and
+        note what the agent has to read before deadlines may fire: each owned partition's
+        records past its marker, as they stand now."""
         tps = self.owned()
         ends = await self.transport.end_offsets(tps)
         committed = await self.transport.group_offsets(self.app_id)
-        for tp in tps:  # what was folded, not what faust committed (FoldedOffsets)
+        folded: dict[TopicPartition, int] = {}
+        unknown: list[TopicPartition] = []
+        for tp in tps:
             raw = self.store.get(marker_key(tp.partition))
-            if raw is not None and tp.topic in (marker := decode_marker(raw)):
-                committed[tp] = marker[tp.topic]
-        self._backlog = {tp: end for tp, end in ends.items() if committed.get(tp, 0) < end}
+            marker = decode_marker(raw) if raw is not None else {}
+            if tp.topic in marker:
+                folded[tp] = marker[tp.topic]
+            else:
+                unknown.append(tp)
+        if unknown:  # never folded: from the partition's first record
+            consumer = self._app.consumer
+            first = await consumer.earliest_offsets(*(TP(tp.topic, tp.partition) for tp in unknown))
+            for tp in unknown:
+                folded[tp] = int(first.get(TP(tp.topic, tp.partition)) or 0)
+        for tp, offset in folded.items():
+            if offset < committed.get(tp, 0):
+                log.warning("tracker: the group committed %s up to %d, but it is folded up to "
+                            "%d only: seeking back", tp, committed[tp], offset)  # fmt: skip
+                self.folded.gaps += 1
+                await self._app.consumer.seek(TP(tp.topic, tp.partition), offset)
+        self.pipeline.metrics.read_gaps = self.folded.gaps
+        self._backlog = {tp: end for tp, end in ends.items() if folded.get(tp, 0) < end}
         self._backlog_until = time.monotonic() + _BACKLOG_WAIT
 
     def caught_up(self) -> bool:
