@@ -10,6 +10,8 @@ The public API is exactly ``__all__`` and these modules:
 Everything else may change between releases.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from choreo.app import Service
 from choreo.breaker import CircuitBreaker, CircuitOpen
 from choreo.context import Context
@@ -44,6 +46,9 @@ from choreo.system_events import (
 from choreo.transport.base import Transport
 from choreo.urls import open_store, open_transport
 
+if TYPE_CHECKING:
+    from choreo.store.postgres import PostgresStore
+
 __all__ = [
     "AdminCommand",
     "BusinessFailure",
@@ -61,6 +66,7 @@ __all__ = [
     "Message",
     "Middleware",
     "PoisonEvent",
+    "PostgresStore",
     "Put",
     "RetriableError",
     "RetryPolicy",
@@ -85,3 +91,11 @@ __all__ = [
     "open_store",
     "open_transport",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PostgresStore":  # imported on first use: it brings in asyncpg
+        from choreo.store.postgres import PostgresStore
+
+        return PostgresStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -33,6 +33,11 @@ class Context:
     sql: Any = None  # the store transaction's connection, on a PostgreSQL store
 
     @property
+    def has_db(self) -> bool:
+        """True when the service's store is a database whose transaction ``db`` is."""
+        return self.sql is not None
+
+    @property
     def db(self) -> Connection:
         """The open transaction on the service's PostgreSQL store (an asyncpg connection):
         the handler's SQL commits together with the step's barrier record and outgoing

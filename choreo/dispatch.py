@@ -3,7 +3,11 @@ publish, in batches that behave exactly as if each record were handled alone.
 
 A batch costs one store round trip to check every barrier, one to commit every result
 (more only when a barrier pair repeats inside the batch, or a guard refuses), and one
-wait for the acknowledgements of every outgoing record together. The dispatcher never
+wait for the acknowledgements of every outgoing record together. On a store whose barrier
+lives in the user's database (``TransactionalStore``: PostgreSQL) the handlers run inside
+the store's transaction instead, one per chunk of a wave, each job under a savepoint
+(claim the barrier row, run the handler with ``ctx.db``, record), so that the handler's
+SQL commits with its barrier record and outgoing events (docs/postgres.md). The dispatcher never
 loses a record: a poison record or a handler that cannot succeed is dead-lettered (the
 dead letter is acknowledged with the batch's other records, before the caller commits),
 business failures become failure events, and only infrastructure trouble (the store or
@@ -28,7 +32,15 @@ from choreo.events import Envelope, Event, EventRegistry, Message, Outcome, deri
 from choreo.invoke import Invoker, Ran
 from choreo.middleware import Hooks, Middleware
 from choreo.routes import Route, RouteTable
-from choreo.store.base import BarrierKey, BarrierResult, Commit, Decision, Store
+from choreo.store.base import (
+    BarrierKey,
+    BarrierResult,
+    Commit,
+    Decision,
+    Store,
+    StoreTransaction,
+    TransactionalStore,
+)
 from choreo.system_events import CompensationSkipped, StepFailed, bounded_reason
 from choreo.tracing import Tracing
 from choreo.transport.base import OutgoingRecord, Record, Transport
@@ -45,6 +57,10 @@ _SETTLED = frozenset(
         Decision.NULL_COMPENSATION,
     }
 )
+
+
+# Jobs per SQL transaction on a TransactionalStore, at most (docs/postgres.md).
+SQL_JOBS_PER_TRANSACTION = 32
 
 
 @dataclass(slots=True)
@@ -205,6 +221,9 @@ class Dispatcher:
 
     async def _settle(self, wave: list[_Job]) -> None:
         """Check, run and commit a wave until every job is settled or dead."""
+        if isinstance(self.store, TransactionalStore):
+            await self._settle_in_transactions(wave, self.store)
+            return
         todo = list(zip(wave, await self.store.check_many([job.key for job in wave]), strict=True))
         while todo:
             commits: list[Commit] = []
@@ -218,6 +237,77 @@ class Dispatcher:
             if not commits:
                 return
             todo = list(zip(owners, await self.store.commit_many(commits), strict=True))
+
+    async def _settle_in_transactions(self, wave: list[_Job], store: TransactionalStore) -> None:
+        """The wave on a store whose barrier shares the handler's transaction: what the
+        check finds recorded is settled at once; the rest is claimed, run and recorded in
+        transactions of up to SQL_JOBS_PER_TRANSACTION jobs (one claim statement, the
+        handlers, one record statement, one commit each), at most one of them a handler
+        that takes a Context (the last)."""
+        todo: list[_Job] = []
+        checks = await store.check_many([job.key for job in wave])
+        for job, result in zip(wave, checks, strict=True):
+            if result.decision in (Decision.DUPLICATE, Decision.HANGING):
+                await self._next(job, result)
+            else:
+                self._prepare_null(job)
+                todo.append(job)
+        chunk: list[_Job] = []
+        for job in todo:
+            chunk.append(job)
+            # A handler that takes a Context may lock the user's rows: it ends its
+            # transaction, so no transaction holds two handlers' locks (which could
+            # deadlock with another partition's transaction taking them the other way).
+            if len(chunk) == SQL_JOBS_PER_TRANSACTION or job.route.handler.wants_context:
+                await self._transaction(store, chunk)
+                chunk = []
+        if chunk:
+            await self._transaction(store, chunk)
+
+    async def _transaction(self, store: TransactionalStore, chunk: list[_Job]) -> None:
+        """Claim, run and record ``chunk`` in one transaction."""
+        finishing: list[tuple[_Job, Commit]] = []
+        async with store.transaction() as tx:
+            claims = await tx.claim_many([j.key for j in chunk], [j.null_blob for j in chunk])
+            drop: list[BarrierKey] = []
+            for job, claim in zip(chunk, claims, strict=True):
+                job.committed = True  # a claim records a null compensation itself
+                if claim.decision is not Decision.RUN:
+                    await self._next(job, claim)
+                    continue
+                commit = await self._run_claimed(tx, job)
+                if commit is None:
+                    drop.append(job.key)
+                else:
+                    finishing.append((job, commit))
+            results = await tx.finish_many([commit for _, commit in finishing], drop)
+        for (job, _), result in zip(finishing, results, strict=True):
+            await self._next(job, result)
+
+    async def _run_claimed(self, tx: StoreTransaction, job: _Job) -> Commit | None:
+        """Run a claimed job's handler and apply its effects: the commit that records it,
+        or None when the job is dead (its SQL and effects undone, its claim to drop)."""
+        guarded = job.route.handler.wants_context  # only these can write SQL or effects
+        if guarded:
+            await tx.savepoint()
+        ran = await self._invoke(job, tx)
+        if isinstance(ran, DeadLetter):
+            job.dead = ran
+        else:
+            job.ran = ran
+            commit = self._recorded(job)
+            if commit is not None:
+                refused = await tx.apply(commit)
+                if refused is None:
+                    return commit
+                if guarded:
+                    await tx.rollback()
+                # REJECTED: the refusal recorded as a failed step in the handler's place;
+                # INVALID (or a compensation's refusal): dead.
+                return await self._next(job, refused)
+        if guarded:
+            await tx.rollback()
+        return None
 
     async def _next(self, job: _Job, result: BarrierResult) -> Commit | None:
         """The commit a job needs after ``result``, or None once it is settled or dead."""
@@ -240,26 +330,12 @@ class Dispatcher:
             return None
         if decision is Decision.RUN:
             if job.ran is None:
-                if job.span is None:
-                    ran = await self.invoke(route, job.message)
-                else:  # the handler's own spans become children of the job's
-                    with trace.use_span(job.span, end_on_exit=False):
-                        ran = await self.invoke(route, job.message)
+                ran = await self._invoke(job)
                 if isinstance(ran, DeadLetter):
                     job.dead = ran
                     return None
                 job.ran = ran
-            self._prepare_null(job)
-            outcome: Outcome = "done" if job.ran.status == "done" else "failed"
-            job.pending = self._outgoing(job, outcome, job.ran.events)
-            too_big = self._oversized(job.pending)
-            if too_big:
-                # Refused before the commit: nothing applied, nothing that could never be
-                # published stored in the outbox to block the partition on every replay.
-                job.dead = DeadLetter("failed", too_big, self.service, route.handler.name, 1)
-                return None
-            blob = codec.pack_outbox(job.pending)
-            return Commit(job.key, job.ran.status, blob, job.ran.effects, job.null_blob)
+            return self._recorded(job)
         name = route.handler.name
         if decision is Decision.INVALID:
             job.dead = DeadLetter("failed", f"the store refused the effects: {result.detail}",
@@ -274,6 +350,27 @@ class Dispatcher:
             job, "failed", [StepFailed(step=route.step, reason=bounded_reason(result.detail))]
         )
         return Commit(job.key, "failed", codec.pack_outbox(job.pending), (), job.null_blob)
+
+    async def _invoke(self, job: _Job, tx: StoreTransaction | None = None) -> Ran | DeadLetter:
+        if job.span is None:
+            return await self.invoke(job.route, job.message, tx)
+        with trace.use_span(job.span, end_on_exit=False):  # the handler's spans nest
+            return await self.invoke(job.route, job.message, tx)
+
+    def _recorded(self, job: _Job) -> Commit | None:
+        """The commit of a job whose handler ran, or None when its outputs are refused."""
+        assert job.ran is not None
+        self._prepare_null(job)
+        outcome: Outcome = "done" if job.ran.status == "done" else "failed"
+        job.pending = self._outgoing(job, outcome, job.ran.events)
+        too_big = self._oversized(job.pending)
+        if too_big:
+            # Refused before the commit: nothing applied, nothing that could never be
+            # published stored in the outbox to block the partition on every replay.
+            job.dead = DeadLetter("failed", too_big, self.service, job.route.handler.name, 1)
+            return None
+        blob = codec.pack_outbox(job.pending)
+        return Commit(job.key, job.ran.status, blob, job.ran.effects, job.null_blob)
 
     def _oversized(self, records: Sequence[OutgoingRecord]) -> str:
         limit = self.limits.max_record_bytes

@@ -21,6 +21,7 @@ EXPECTED_API = {
     # the store's effects and types, saga states, transports and stores by URL
     "Delete", "Incr", "Put", "Store", "Transaction", "SagaState", "SagaStatus", "Transport",
     "open_store", "open_transport",
+    "PostgresStore",  # the SQL barrier in the user's database (docs/postgres.md)
 }  # fmt: skip
 # Modules besides ``choreo`` itself that users (and services_demo) may import.
 PUBLIC_MODULES = ("choreo.testing", "choreo.client", "choreo.dashboard", "choreo.local")
