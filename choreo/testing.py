@@ -5,6 +5,11 @@
         await h.drain()
         assert [m.envelope.event_type for m in h.history(gid)] == [...]
 
+    async with Harness(orders, inventory, payment, MemoryTracker([order_saga])) as h:
+        gid = await h.publish(OrderPlaced(order_id="o2", amount=5))
+        state = await h.wait(gid)              # COMPLETED, COMPENSATED or STUCK
+        assert state.status is SagaStatus.COMPLETED
+
 Every participant shares one transport and one store. ``broker=`` (or the
 ``CHOREO_TEST_BROKER`` environment variable) switches the same test to a real broker,
 e.g. ``kafka://127.0.0.1:9092``; ``store=`` (``CHOREO_TEST_STORE``) to ``redis://...``.
@@ -26,6 +31,7 @@ from typing import Any, Protocol
 from choreo import codec
 from choreo.errors import ConfigurationError, PoisonEvent
 from choreo.events import Event, EventRegistry, Message
+from choreo.saga.state import SagaState, SagaStatus
 from choreo.store.base import Store
 from choreo.tracker.memory import MemoryTracker
 from choreo.transport.base import Consumer, OutgoingRecord, Record, TopicPartition, Transport
@@ -167,6 +173,44 @@ class Harness:
         if event is None:
             return list(self.messages)
         return [m for m in self.messages if m.envelope.event_type == event.event_type]
+
+    @property
+    def tracker(self) -> MemoryTracker:
+        """The harness's ``MemoryTracker`` participant (ConfigurationError without one)."""
+        for participant in self.participants:
+            if isinstance(participant, MemoryTracker):
+                return participant
+        raise ConfigurationError(
+            "this harness has no tracker: add MemoryTracker([contract]) to its participants"
+        )
+
+    async def wait_for(self, gid: str, *statuses: SagaStatus, timeout: float = 30.0) -> SagaState:
+        """The saga's state once the tracker has it in one of ``statuses`` (default: any
+        final one: COMPLETED, COMPENSATED or STUCK); TimeoutError naming where it is
+        otherwise. Records are collected meanwhile, so ``history`` is current."""
+        wanted = set(statuses) or {
+            SagaStatus.COMPLETED,
+            SagaStatus.COMPENSATED,
+            SagaStatus.STUCK,
+        }
+        tracker = self.tracker
+        deadline = time.monotonic() + timeout
+        while True:
+            await self._collect()
+            state = tracker.get(gid)
+            if state is not None and state.status in wanted:
+                return state
+            if time.monotonic() > deadline:
+                where = "unknown to the tracker" if state is None else state.status.value
+                raise TimeoutError(
+                    f"saga {gid} is {where} after {timeout}s, waiting for "
+                    + ", ".join(sorted(s.value for s in wanted))
+                )
+            await asyncio.sleep(0.02)
+
+    async def wait(self, gid: str, timeout: float = 30.0) -> SagaState:
+        """The saga's final state (COMPLETED, COMPENSATED or STUCK), see ``wait_for``."""
+        return await self.wait_for(gid, timeout=timeout)
 
     def dead_letters(self, gid: str | None = None) -> list[Record]:
         """Dead-lettered records, optionally of one saga (the record key is its gid)."""

@@ -177,7 +177,6 @@ TEST = '''"""The {name} saga end to end: both services and the tracker in one pr
 
 from __future__ import annotations
 
-import asyncio
 import os
 import uuid
 
@@ -200,13 +199,8 @@ async def run_order(amount: int, stock: int) -> tuple[SagaStatus, int, int]:
         await h.store.apply([Put(f"stock:{{sku}}", str(stock)), Put("revenue", "0")])
         order = OrderPlaced(order_id=uuid.uuid4().hex, sku=sku, qty=2, amount=amount)
         gid = await h.publish(order)
-        for _ in range(200):
-            await h.drain()
-            state = tracker.get(gid)
-            if state is not None and state.status is not SagaStatus.RUNNING:
-                break
-            await asyncio.sleep(0.05)
-        assert state is not None
+        state = await h.wait(gid)  # the tracker's final state: COMPLETED, COMPENSATED, STUCK
+        await h.drain()  # and every participant done with what the saga published
         return (
             state.status,
             await h.store.get_int(f"stock:{{sku}}"),
