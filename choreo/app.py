@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from choreo import codec
@@ -97,6 +97,8 @@ class Service(Router):
         self.limits = limits or codec.Limits()
         self.middleware = list(middleware)
         self.tracer_provider = tracer_provider
+        # What handler retries sleep on; a test harness swaps in a virtual clock's.
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
         self.group = group or f"choreo.{name}"
         self.transport_options = dict(transport_options or {})
         self.store_options = dict(store_options or {})
@@ -203,6 +205,7 @@ class Service(Router):
                             limits=self.limits,
                             middleware=self.middleware,
                             tracer_provider=self.tracer_provider,
+                            sleep=self.sleep,
                         ),
                         middleware=self.middleware,
                         batch_size=self.batch_size,

@@ -16,6 +16,9 @@ e.g. ``kafka://127.0.0.1:9092``; ``store=`` (``CHOREO_TEST_STORE``) to ``redis:/
 
 A ``MemoryTracker([contract])`` is a participant too: the saga tracker with its states in
 a dict (``tracker.states()``), for tests and for demos that run in one process.
+
+``Harness(..., clock=VirtualClock())`` skips time: ``await h.advance(600)`` makes a
+10-minute deadline due (the tracker compensates) and ends handler retry sleeps, at once.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 
 from choreo import codec
+from choreo.app import Service
+from choreo.clock import VirtualClock
 from choreo.errors import ConfigurationError, PoisonEvent
 from choreo.events import Event, EventRegistry, Message
 from choreo.saga.state import SagaState, SagaStatus
@@ -37,7 +42,7 @@ from choreo.tracker.memory import MemoryTracker
 from choreo.transport.base import Consumer, OutgoingRecord, Record, TopicPartition, Transport
 from choreo.urls import open_store, open_transport
 
-__all__ = ["Harness", "MemoryTracker", "Participant"]
+__all__ = ["Harness", "MemoryTracker", "Participant", "VirtualClock"]
 
 
 class Participant(Protocol):
@@ -64,10 +69,18 @@ class Harness:
         broker: str | None = None,
         store: str | None = None,
         partitions: int = 4,
+        clock: VirtualClock | None = None,
     ) -> None:
         if not participants:
             raise ConfigurationError("Harness needs at least one service")
         self.participants = participants
+        self.clock = clock
+        if clock is not None:
+            for participant in participants:
+                if isinstance(participant, MemoryTracker):
+                    participant.use_clock(clock.now)
+                elif isinstance(participant, Service):
+                    participant.sleep = clock.sleep
         self.broker_url = broker or os.environ.get("CHOREO_TEST_BROKER", "memory://")
         self.store_url = store or os.environ.get("CHOREO_TEST_STORE", "memory://")
         self.partitions = partitions
@@ -183,6 +196,15 @@ class Harness:
         raise ConfigurationError(
             "this harness has no tracker: add MemoryTracker([contract]) to its participants"
         )
+
+    async def advance(self, seconds: float) -> None:
+        """Move the harness's ``VirtualClock`` ahead (deadlines due, retry sleeps over),
+        then give the tracker a tick to act on it."""
+        if self.clock is None:
+            raise ConfigurationError("advance() needs Harness(..., clock=VirtualClock())")
+        await self.clock.advance(seconds)
+        ticks = [p.tick for p in self.participants if isinstance(p, MemoryTracker)]
+        await asyncio.sleep(2 * max(ticks, default=0.0))
 
     async def wait_for(self, gid: str, *statuses: SagaStatus, timeout: float = 30.0) -> SagaState:
         """The saga's state once the tracker has it in one of ``statuses`` (default: any

@@ -66,6 +66,11 @@ class MemoryTracker:
         self.transport: Transport | None = None  # while running, for the ops routes
         self._tasks: list[asyncio.Task[None]] = []
 
+    def use_clock(self, clock: Callable[[], float]) -> None:
+        """Read time from ``clock`` from now on (a test's ``VirtualClock.now``)."""
+        self.clock = clock
+        self.pipeline.clock = clock
+
     # -- the harness's Participant protocol and the API's read side ------------------
     def subscribed_topics(self) -> list[str]:
         return self.core.topics()
