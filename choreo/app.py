@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +68,7 @@ class Service(Router):
         batch_size: int = 500,
         outbox_relay: bool = True,
         tracer_provider: TracerProvider | None = None,
+        state: Any = None,
     ) -> None:
         """``transport_options`` go to the transport (for Kafka: ``security`` with SASL/TLS
         settings, ``consumer_options``, ``producer_options``...), ``store_options`` to the
@@ -80,7 +82,10 @@ class Service(Router):
         relay of the outbox (``transaction()``'s events) in the service; turn it off when
         relays run on their own (``choreo db relay``). ``tracer_provider``: where the
         spans of handled records go (default: OpenTelemetry's global provider, looked up
-        at start; see ``choreo.tracing``)."""
+        at start; see ``choreo.tracing``). ``state``: what handlers reach as ``ctx.state``,
+        for resources opened in ``lifespan`` (a client, a pool) without globals; by
+        default an empty ``types.SimpleNamespace`` to set attributes on
+        (``app.state.http = client``), or an object of your own class for types."""
         super().__init__()
         if not name or any(c in name for c in " /:"):
             raise ConfigurationError(f"service name {name!r} must be non-empty, without ' /:'")
@@ -97,6 +102,7 @@ class Service(Router):
         self.limits = limits or codec.Limits()
         self.middleware = list(middleware)
         self.tracer_provider = tracer_provider
+        self.state: Any = types.SimpleNamespace() if state is None else state
         # What handler retries sleep on; a test harness swaps in a virtual clock's.
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
         self.group = group or f"choreo.{name}"
@@ -206,6 +212,7 @@ class Service(Router):
                             middleware=self.middleware,
                             tracer_provider=self.tracer_provider,
                             sleep=self.sleep,
+                            state=self.state,
                         ),
                         middleware=self.middleware,
                         batch_size=self.batch_size,

@@ -31,6 +31,7 @@ class Context:
     tx: Transaction = field(default_factory=Transaction)
     outbox: list[Event] = field(default_factory=list)
     sql: Any = None  # the store transaction's connection, on a PostgreSQL store
+    state: Any = None  # the service's ``state`` (see ``Service``): resources for handlers
 
     @property
     def has_db(self) -> bool:

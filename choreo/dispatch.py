@@ -21,6 +21,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.trace import Span
@@ -122,6 +123,7 @@ class Dispatcher:
         middleware: Sequence[Middleware] = (),
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         tracer_provider: trace.TracerProvider | None = None,
+        state: Any = None,
     ) -> None:
         self.service = service
         self.routes = routes
@@ -131,7 +133,7 @@ class Dispatcher:
         self.dlq_topic = dlq_topic
         self.limits = limits
         self.hooks = Hooks(middleware)
-        self.invoke = Invoker(service, store, self.hooks, sleep)
+        self.invoke = Invoker(service, store, self.hooks, sleep, state)
         self.tracing = Tracing(service, tracer_provider)
 
     async def handle(self, record: Record) -> None:

@@ -57,8 +57,10 @@ class Invoker:
         store: Store,
         hooks: Hooks,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        state: Any = None,
     ) -> None:
         self.service = service
+        self.state = state
         self.store = store
         self.hooks = hooks
         self.sleep = sleep
@@ -77,7 +79,7 @@ class Invoker:
             envelope = message.envelope
             if envelope.attempt != attempt:
                 envelope = envelope.evolve(attempt=attempt)
-            ctx = Context(envelope, route.step, self.store, self.logger)
+            ctx = Context(envelope, route.step, self.store, self.logger, state=self.state)
             if handler.breaker is not None:
                 handler.breaker.before_call()  # CircuitOpen: the batch waits, not the DLQ
             try:
