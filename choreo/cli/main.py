@@ -8,7 +8,19 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
-from choreo.cli import dashboard, db, demo, dev, dlq, graph, new, run, sagas, tracker
+from choreo.cli import (
+    asyncapi,
+    dashboard,
+    db,
+    demo,
+    dev,
+    dlq,
+    graph,
+    new,
+    run,
+    sagas,
+    tracker,
+)
 from choreo.cli.fmt import clean
 from choreo.errors import ChoreoError, UsageError
 from choreo.redact import PROTOCOL_ENV, quiet_protocol_loggers
@@ -34,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
         "after the command)",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (new, run, dev, db, demo, tracker, sagas, dashboard, dlq, graph):
+    modules = (new, run, dev, db, demo, tracker, sagas, dashboard, dlq, graph, asyncapi)
+    for module in modules:
         module.register(commands)
     return parser
 
