@@ -439,19 +439,33 @@ class _Transaction(StoreTransaction):
         self._sql = store._sql
         self._retention = float(store.retention_seconds)
         self._savepoints = 0
+        self._pending = False
 
     # -- savepoints --------------------------------------------------------------------
 
+    # The job's savepoint is sent with its handler's first attempt (one round trip for
+    # both), and a successful attempt's savepoint is left open, not released: a
+    # rollback to the job's savepoint discards it with everything else.
+
     async def savepoint(self) -> None:
         self._savepoints += 1
-        await self._own(f"SAVEPOINT choreo_job_{self._savepoints}")
+        self._pending = True
 
     async def rollback(self) -> None:
+        if self._pending:  # never sent: nothing was written since
+            self._pending = False
+            return
         await self._own(f"ROLLBACK TO SAVEPOINT choreo_job_{self._savepoints}")
+
+    def _take_pending(self) -> str:
+        if not self._pending:
+            return ""
+        self._pending = False
+        return f"SAVEPOINT choreo_job_{self._savepoints}; "
 
     @contextlib.asynccontextmanager
     async def attempt(self) -> AsyncIterator[None]:
-        await self._own("SAVEPOINT choreo_attempt")
+        await self._own(f"{self._take_pending()}SAVEPOINT choreo_attempt")
         try:
             yield
         except BaseException:
@@ -459,7 +473,6 @@ class _Transaction(StoreTransaction):
                 "ROLLBACK TO SAVEPOINT choreo_attempt; RELEASE SAVEPOINT choreo_attempt"
             )
             raise
-        await self._own("RELEASE SAVEPOINT choreo_attempt")
 
     async def _own(self, sql: str) -> None:
         """One of choreo's statements around the handler's; its failure marks the
@@ -564,6 +577,9 @@ class _Transaction(StoreTransaction):
     async def apply(self, commit: Commit) -> BarrierResult | None:
         if commit.status != "done" or not commit.effects:
             return None
+        pending = self._take_pending()
+        if pending:
+            await self._own(pending)
         with _db_errors(self.store.url):
             try:
                 planned = await self.store._plan(self.db, commit.effects)
