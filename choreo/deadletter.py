@@ -27,6 +27,9 @@ H_PARTITION = "choreo-dlq-partition"
 H_OFFSET = "choreo-dlq-offset"
 H_AT = "choreo-dlq-at"
 H_DROPPED = "choreo-dlq-dropped"
+# On a replayed record: the service that dead-lettered it, the only one to handle it
+# again (every other group on the topic handled the original and skips the replay).
+H_REPLAY_FOR = "choreo-replay-for"
 DLQ_HEADERS = frozenset(
     {
         H_REASON,
@@ -130,7 +133,8 @@ def original_event_id(dead: Record) -> str:
 
 def original_record(dead: Record) -> OutgoingRecord:
     """The record as it was before it died, for replay after a fix: its key, value and
-    headers, to the topic choreo recorded, with its event id (see ``original_event_id``).
+    headers, to the topic choreo recorded, with its event id (see ``original_event_id``),
+    addressed to the service that gave up on it (``H_REPLAY_FOR``).
     NotReplayable (a ValueError) when that topic is not recorded or the value was dropped."""
     topic = original_topic(dead)
     dropped = dead.header(H_DROPPED)
@@ -139,7 +143,10 @@ def original_record(dead: Record) -> OutgoingRecord:
             f"dead letter {dead.partition}:{dead.offset} was too large to keep whole "
             f"({dropped.decode(errors='replace')[:200]}); it cannot be replayed"
         )
-    headers = tuple((k, v) for k, v in dead.headers if k not in DLQ_HEADERS)
+    headers = tuple((k, v) for k, v in dead.headers if k not in DLQ_HEADERS and k != H_REPLAY_FOR)
+    service = _header_text(dead, H_SERVICE)
+    if service:
+        headers = (*headers, (H_REPLAY_FOR, service.encode()))
     if not _header_text(dead, H_ID):  # none (or an empty one): the id it was read with
         headers = (*(h for h in headers if h[0] != H_ID), (H_ID, original_event_id(dead).encode()))
     return OutgoingRecord(topic=topic, key=dead.key, value=dead.value, headers=headers)

@@ -27,7 +27,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span
 
 from choreo import codec
-from choreo.deadletter import DeadLetter, dead_letter_record
+from choreo.deadletter import H_REPLAY_FOR, DeadLetter, dead_letter_record
 from choreo.errors import PoisonEvent, UnknownEventType
 from choreo.events import Envelope, Event, EventRegistry, Message, Outcome, derived_event_id
 from choreo.invoke import Invoker, Ran
@@ -135,6 +135,7 @@ class Dispatcher:
         self.hooks = Hooks(middleware)
         self.invoke = Invoker(service, store, self.hooks, sleep, state)
         self.tracing = Tracing(service, tracer_provider)
+        self._service_bytes = service.encode()
 
     async def handle(self, record: Record) -> None:
         await self.handle_batch([record])
@@ -199,6 +200,9 @@ class Dispatcher:
 
     def _plan(self, record: Record) -> _Slot:
         slot = _Slot(record)
+        replay_for = record.header(H_REPLAY_FOR)
+        if replay_for is not None and replay_for != self._service_bytes:
+            return slot  # a dead letter replayed for another service; handled it before
         try:
             envelope = codec.decode_envelope(record, self.limits)
         except PoisonEvent as exc:
