@@ -184,9 +184,11 @@ class Envelope:
         source: str,
         step: str = "",
         op: Op = "",
+        trace: str = "",
     ) -> Envelope:
         """The envelope of an event a component publishes on its own account (the
-        tracker's deadline checks and timer-driven compensations): no cause, a new trace."""
+        tracker's deadline checks and timer-driven compensations): no cause; a child span
+        in ``trace`` (the saga's last known traceparent), else a new trace."""
         return cls(
             event_type=event.event_type,
             gid=gid,
@@ -196,6 +198,7 @@ class Envelope:
             op=op,
             schema_version=event.schema_version,
             source=source,
+            traceparent=child_traceparent(trace) if trace else new_traceparent(),
         )
 
 

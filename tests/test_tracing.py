@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from choreo import Context, Event, Service
+from choreo import Context, Event, SagaStatus, Service
 from choreo.testing import Harness
 from choreo.tracing import Tracing
 
@@ -125,3 +125,27 @@ async def test_without_an_sdk_no_spans_and_the_trace_is_kept() -> None:
     assert len(parents) == 3
     assert len({trace_id(p) for p in parents}) == 1  # one trace
     assert len({span_id(p) for p in parents}) == 3  # a new span id per hop
+
+
+async def test_a_timed_out_saga_stays_one_trace() -> None:
+    """The tracker's deadline check and the compensations it issues after a timeout
+    continue the trace of the saga's last event, instead of starting their own."""
+    from choreo.testing import MemoryTracker, VirtualClock
+    from tests.scenarios.trip import Plan, TripBooked, build_travel
+
+    travel = build_travel(f"tr{uuid.uuid4().hex[:8]}", deadline=600.0)
+    async with Harness(*travel.services, MemoryTracker([travel.contract]),
+                       clock=VirtualClock()) as h:  # fmt: skip
+        gid = await h.publish(TripBooked(trip_id="t1", plan=Plan(silent="hotel")))
+        await h.wait_for(gid, SagaStatus.RUNNING)
+        await h.drain()
+        await h.advance(601)
+        state = await h.wait(gid, timeout=15)
+        await h.drain()
+    assert state.status is SagaStatus.COMPENSATED
+    history = h.history(gid)
+    by_tracker = [m for m in history if m.envelope.source == "tracker"]
+    assert any(m.envelope.op == "compensate" for m in by_tracker), h.types(gid)
+    assert {trace_id(m.envelope.traceparent) for m in history} == {
+        trace_id(history[0].envelope.traceparent)
+    }

@@ -37,6 +37,8 @@ def apply(
         return on_deadline(contract, state, now)
     run = Run(contract, state, now)
     run.record(message)
+    if message.envelope.traceparent:
+        run.state.traceparent = message.envelope.traceparent
     _route(run, message)
     settle(run)
     forget(run)

@@ -117,6 +117,9 @@ class SagaState(BaseModel):
     # A STUCK saga stays STUCK (terminal states never reopen); when every compensation it
     # owed is confirmed after all, this says since when it is clear.
     cleared_at: float | None = None
+    # The trace context of the last event folded: what the tracker publishes on its own
+    # account (deadline checks, compensations after a timeout) continues the saga's trace.
+    traceparent: str = ""
 
     @classmethod
     def new(cls, gid: str, saga: str, now: float) -> SagaState:

@@ -126,6 +126,7 @@ class TrackerCore:
                     source=TRACKER_SOURCE,
                     step=step,
                     op=op,
+                    trace=state.traceparent,
                 )
             out.append(codec.encode(Message(envelope, event, event.topic)))
         return out
@@ -146,6 +147,7 @@ class TrackerCore:
             saga=state.saga,
             event_id=f"deadline:{state.gid}:{state.version}",
             source=TRACKER_SOURCE,
+            trace=state.traceparent,
         )
         return codec.encode(Message(envelope, check, topic))
 
