@@ -66,3 +66,12 @@ def test_choreo_run_on_memory_warns_that_nothing_else_sees_it(tmp_path: Path) ->
     text = log.read_text()
     assert "runs on memory://, a broker only this process sees" in text, text
     assert process.returncode == 0, text
+
+
+def test_choreo_dev_help_names_itself(capsys: pytest.CaptureFixture[str]) -> None:
+    for server in ("kafka", "redis", "postgres"):
+        with pytest.raises(SystemExit) as exit_:
+            choreo(capsys, "dev", server, "--help")
+        assert exit_.value.code == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"usage: choreo dev {server} "), out

@@ -18,5 +18,5 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 def command(args: argparse.Namespace) -> int:
     modules = {"kafka": kafka_broker, "redis": redis_server, "postgres": postgres_server}
-    exit_code: int = modules[args.server].main(list(args.action))
+    exit_code: int = modules[args.server].main(list(args.action), f"choreo dev {args.server}")
     return exit_code

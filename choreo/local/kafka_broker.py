@@ -356,11 +356,11 @@ def default_run_dir() -> Path:
     return cache_dir() / "run" / "kafka"
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "choreo.local.kafka_broker") -> int:
     def factory(run_dir: Path) -> KafkaBroker:
         return KafkaBroker(run_dir, in_place=True)
 
-    return run_cli("choreo.local.kafka_broker", factory, default_run_dir(), argv)
+    return run_cli(prog, factory, default_run_dir(), argv)
 
 
 if __name__ == "__main__":

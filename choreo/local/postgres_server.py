@@ -260,8 +260,8 @@ def default_run_dir() -> Path:
     return cache_dir() / "run" / "postgres"
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run_cli("choreo.local.postgres_server", PostgresServer, default_run_dir(), argv)
+def main(argv: list[str] | None = None, prog: str = "choreo.local.postgres_server") -> int:
+    return run_cli(prog, PostgresServer, default_run_dir(), argv)
 
 
 if __name__ == "__main__":

@@ -146,8 +146,8 @@ def default_run_dir() -> Path:
     return cache_dir() / "run" / "redis"
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run_cli("choreo.local.redis_server", RedisServer, default_run_dir(), argv)
+def main(argv: list[str] | None = None, prog: str = "choreo.local.redis_server") -> int:
+    return run_cli(prog, RedisServer, default_run_dir(), argv)
 
 
 if __name__ == "__main__":
