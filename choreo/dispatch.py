@@ -39,6 +39,7 @@ from choreo.store.base import (
     Commit,
     Decision,
     Store,
+    StoreSession,
     StoreTransaction,
     TransactionalStore,
 )
@@ -250,30 +251,31 @@ class Dispatcher:
         transactions of up to SQL_JOBS_PER_TRANSACTION jobs (one claim statement, the
         handlers, one record statement, one commit each), at most one of them a handler
         that takes a Context (the last)."""
-        todo: list[_Job] = []
-        checks = await store.check_many([job.key for job in wave])
-        for job, result in zip(wave, checks, strict=True):
-            if result.decision in (Decision.DUPLICATE, Decision.HANGING):
-                await self._next(job, result)
-            else:
-                self._prepare_null(job)
-                todo.append(job)
-        chunk: list[_Job] = []
-        for job in todo:
-            chunk.append(job)
-            # A handler that takes a Context may lock the user's rows: it ends its
-            # transaction, so no transaction holds two handlers' locks (which could
-            # deadlock with another partition's transaction taking them the other way).
-            if len(chunk) == SQL_JOBS_PER_TRANSACTION or job.route.handler.wants_context:
-                await self._transaction(store, chunk)
-                chunk = []
-        if chunk:
-            await self._transaction(store, chunk)
+        async with store.session() as session:  # one connection for the wave
+            todo: list[_Job] = []
+            checks = await session.check_many([job.key for job in wave])
+            for job, result in zip(wave, checks, strict=True):
+                if result.decision in (Decision.DUPLICATE, Decision.HANGING):
+                    await self._next(job, result)
+                else:
+                    self._prepare_null(job)
+                    todo.append(job)
+            chunk: list[_Job] = []
+            for job in todo:
+                chunk.append(job)
+                # A handler that takes a Context may lock the user's rows: it ends its
+                # transaction, so no transaction holds two handlers' locks (which could
+                # deadlock with another partition's transaction taking them the other way).
+                if len(chunk) == SQL_JOBS_PER_TRANSACTION or job.route.handler.wants_context:
+                    await self._transaction(session, chunk)
+                    chunk = []
+            if chunk:
+                await self._transaction(session, chunk)
 
-    async def _transaction(self, store: TransactionalStore, chunk: list[_Job]) -> None:
+    async def _transaction(self, session: StoreSession, chunk: list[_Job]) -> None:
         """Claim, run and record ``chunk`` in one transaction."""
         finishing: list[tuple[_Job, Commit]] = []
-        async with store.transaction() as tx:
+        async with session.transaction() as tx:
             claims = await tx.claim_many([j.key for j in chunk], [j.null_blob for j in chunk])
             drop: list[BarrierKey] = []
             for job, claim in zip(chunk, claims, strict=True):

@@ -305,8 +305,25 @@ class StoreTransaction(abc.ABC):
         release the claims of ``drop`` (jobs that were dead-lettered: nothing recorded)."""
 
 
+class StoreSession(abc.ABC):
+    """One connection of a ``TransactionalStore``, held for a wave: its check and its
+    transactions one after another, without going back to the pool in between."""
+
+    @abc.abstractmethod
+    async def check_many(self, keys: Sequence[BarrierKey]) -> list[BarrierResult]:
+        """As ``Store.check_many``."""
+
+    @abc.abstractmethod
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[StoreTransaction]:
+        """An open transaction, committed when the block ends without an exception."""
+
+
 class TransactionalStore(Store):
     """A store whose barrier shares a transaction with the handler's own SQL."""
+
+    @abc.abstractmethod
+    def session(self) -> contextlib.AbstractAsyncContextManager[StoreSession]:
+        """A connection held until the block ends."""
 
     @abc.abstractmethod
     def transaction(self) -> contextlib.AbstractAsyncContextManager[StoreTransaction]:

@@ -37,6 +37,7 @@ from choreo.store.base import (
     Commit,
     Decision,
     Effect,
+    StoreSession,
     StoreTransaction,
     TransactionalStore,
     plan_effects,
@@ -220,10 +221,7 @@ class PostgresStore(TransactionalStore):
             rows = await self.pool.fetch(
                 self._sql.check_many, [k.gid for k in keys], [k.step for k in keys]
             )
-        found: list[dict[str, tuple[str, bytes]]] = [{} for _ in keys]
-        for row in rows:
-            found[row["i"] - 1][row["op"]] = (row["status"], row["outputs"])
-        return [_decide(key, pair) for key, pair in zip(keys, found, strict=True)]
+        return _decisions(keys, rows)
 
     async def commit_many(self, commits: Sequence[Commit]) -> list[BarrierResult]:
         """Handlers that already ran, recorded through the same claim, apply and finish as
@@ -261,6 +259,12 @@ class PostgresStore(TransactionalStore):
         with _db_errors(self.url):
             async with self.pool.acquire() as conn, conn.transaction():
                 yield _Transaction(self, conn)
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[StoreSession]:
+        with _db_errors(self.url):
+            async with self.pool.acquire() as conn:
+                yield _Session(self, conn)
 
     async def records(self, gid: str) -> list[BarrierRecord]:
         with _db_errors(self.url):
@@ -332,6 +336,13 @@ class PostgresStore(TransactionalStore):
                         if count < limit:
                             break
         return removed
+
+
+def _decisions(keys: Sequence[BarrierKey], rows: Sequence[Any]) -> list[BarrierResult]:
+    found: list[dict[str, tuple[str, bytes]]] = [{} for _ in keys]
+    for row in rows:
+        found[row["i"] - 1][row["op"]] = (row["status"], row["outputs"])
+    return [_decide(key, pair) for key, pair in zip(keys, found, strict=True)]
 
 
 def _decide(key: BarrierKey, pair: dict[str, tuple[str, bytes]]) -> BarrierResult:
@@ -430,6 +441,27 @@ def _distinct_runs(items: list[tuple[int, Commit]]) -> list[list[tuple[int, Comm
         runs[-1].append(item)
         seen.add(pair)
     return [run for run in runs if run]
+
+
+class _Session(StoreSession):
+    def __init__(self, store: PostgresStore, conn: Connection) -> None:
+        self.store = store
+        self.conn = conn
+
+    async def check_many(self, keys: Sequence[BarrierKey]) -> list[BarrierResult]:
+        if not keys:
+            return []
+        with _db_errors(self.store.url):
+            rows = await self.conn.fetch(
+                self.store._sql.check_many, [k.gid for k in keys], [k.step for k in keys]
+            )
+        return _decisions(keys, rows)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[StoreTransaction]:
+        with _db_errors(self.store.url):
+            async with self.conn.transaction():
+                yield _Transaction(self.store, self.conn)
 
 
 class _Transaction(StoreTransaction):
