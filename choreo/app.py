@@ -14,7 +14,7 @@ from choreo.breaker import BreakerState, CircuitBreaker
 from choreo.deadletter import DLQ_TOPIC
 from choreo.dispatch import Dispatcher
 from choreo.errors import ConfigurationError, StoreLost, TransportError
-from choreo.events import Envelope, Event, EventRegistry, Message
+from choreo.events import Envelope, Event, EventRegistry, Message, derived_event_id
 from choreo.handlers import Handler
 from choreo.middleware import Middleware
 from choreo.redact import redact_text, redact_url
@@ -34,6 +34,18 @@ if TYPE_CHECKING:
     from choreo.saga.contract import SagaContract
 
 log = logging.getLogger("choreo.app")
+
+
+def keyed_envelope(
+    event: Event, *, key: str | None, gid: str | None, saga: str, source: str
+) -> Envelope:
+    """The envelope of an event nothing caused; with ``key``, its gid (unless given) and
+    its event id are derived from the key, so the same key makes the same event."""
+    if key is None:
+        return Envelope.first(event, gid=gid, saga=saga, source=source)
+    gid = gid or derived_event_id("choreo-start-gid", key)
+    envelope = Envelope.first(event, gid=gid, saga=saga, source=source)
+    return envelope.evolve(event_id=derived_event_id("choreo-start", key))
 
 
 class Service(Router):
@@ -303,14 +315,22 @@ class Service(Router):
         store.fresh = False
 
     async def publish(
-        self, event: Event, *, gid: str | None = None, saga: str | None = None
+        self,
+        event: Event,
+        *,
+        gid: str | None = None,
+        saga: str | None = None,
+        key: str | None = None,
     ) -> Envelope:
         """Publish an event outside a handler, typically the one that starts a saga.
         Without ``gid`` a new saga id is made; ``saga`` defaults to the contract whose
-        start event this is."""
+        start event this is. ``key`` makes a start idempotent: the gid (unless given) and
+        the event id are derived from it, so publishing again after an ambiguous failure
+        repeats the same event, which the first step's barrier and the tracker take for
+        a duplicate instead of a second saga."""
         if saga is None:
             saga = self._saga_of(event)
-        envelope = Envelope.first(event, gid=gid, saga=saga, source=self.name)
+        envelope = keyed_envelope(event, key=key, gid=gid, saga=saga, source=self.name)
         await self.transport.send(codec.encode(Message(envelope, event, event.topic)))
         return envelope
 

@@ -29,7 +29,7 @@ import asyncpg
 
 from choreo import codec
 from choreo.errors import TransportError
-from choreo.events import Envelope, Event, Message, derived_event_id
+from choreo.events import Envelope, Event, Message
 from choreo.retry import INFRASTRUCTURE_RETRY, Backoff
 from choreo.store.postgres import Connection, PostgresStore, Tables, _db_errors
 from choreo.transport.base import OutgoingRecord, Transport
@@ -85,15 +85,13 @@ class LocalTransaction:
         start idempotent: the gid and the event id are derived from it, and a second start
         with the same key writes nothing (it is listed in ``repeated``), so a start retried
         after an ambiguous failure never starts a second saga. Without either, a new gid."""
-        if key is not None and gid is None:
-            gid = derived_event_id("choreo-start-gid", key)
-        envelope = Envelope.first(
-            event, gid=gid, saga=self._saga_of(event) if saga is None else saga,
+        from choreo.app import keyed_envelope
+
+        dedupe = key if key is not None else gid
+        envelope = keyed_envelope(
+            event, key=dedupe, gid=gid, saga=self._saga_of(event) if saga is None else saga,
             source=self._service,
         )  # fmt: skip
-        dedupe = key if key is not None else gid
-        if dedupe is not None:
-            envelope = envelope.evolve(event_id=derived_event_id("choreo-start", dedupe))
         record = codec.encode(Message(envelope, event, event.topic))
         if not await enqueue(self.db, self._tables, envelope.gid, [record], dedupe_key=dedupe):
             self.repeated.append(envelope)

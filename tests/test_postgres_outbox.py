@@ -159,3 +159,18 @@ async def test_transaction_needs_a_postgres_store() -> None:
         with pytest.raises(ConfigurationError, match="postgresql://"):
             async with app.transaction():
                 pass
+
+
+async def test_a_keyed_publish_repeats_the_same_start() -> None:
+    app = Service(f"shop{uuid.uuid4().hex[:6]}")
+    app.register_events(OutboxOrderPlaced)
+    async with app.running():
+        first = await app.publish(OutboxOrderPlaced(order_id="o-9", amount=1), key="o-9")
+        again = await app.publish(OutboxOrderPlaced(order_id="o-9", amount=1), key="o-9")
+        other = await app.publish(OutboxOrderPlaced(order_id="o-10", amount=1), key="o-10")
+        plain = await app.publish(OutboxOrderPlaced(order_id="o-9", amount=1), gid=first.gid)
+    assert (again.gid, again.event_id) == (first.gid, first.event_id)
+    assert other.gid != first.gid
+    assert other.event_id != first.event_id
+    assert plain.gid == first.gid
+    assert plain.event_id != first.event_id  # without a key, every publish is a new event
