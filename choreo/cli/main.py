@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 
 from choreo.cli import (
     asyncapi,
+    conformance,
     dashboard,
     db,
     demo,
@@ -46,7 +47,20 @@ def build_parser() -> argparse.ArgumentParser:
         "after the command)",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    modules = (new, run, dev, db, demo, tracker, sagas, dashboard, dlq, graph, asyncapi)
+    modules = (
+        new,
+        run,
+        dev,
+        db,
+        demo,
+        tracker,
+        sagas,
+        dashboard,
+        dlq,
+        graph,
+        asyncapi,
+        conformance,
+    )
     for module in modules:
         module.register(commands)
     return parser
