@@ -63,7 +63,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument(
         "--app-id",
         default=os.environ.get("CHOREO_TRACKER_ID") or None,
-        help="faust app id: names its consumer group and changelog (env CHOREO_TRACKER_ID)",
+        help="faust app id: names its consumer group, changelog and state subdirectory "
+        "(env CHOREO_TRACKER_ID; choreo-tracker)",
     )
     parser.add_argument(
         "--data-dir",

@@ -48,7 +48,6 @@ from typing import Any
 
 import faust
 from aiokafka import AIOKafkaProducer
-from faust.types import TP
 
 from choreo import codec
 from choreo.deadletter import DLQ_TOPIC
@@ -57,11 +56,9 @@ from choreo.saga.contract import SagaContract
 from choreo.saga.state import SagaState
 from choreo.tracker.core import TrackerCore
 from choreo.tracker.faust_io import faust_credentials, faust_errors, to_record
+from choreo.tracker.faust_position import ReadPosition
 from choreo.tracker.faust_store import RocksDBSizing, TableStore, remove_stale, store_url
 from choreo.tracker.offsets import (
-    FoldedOffsets,
-    Verdict,
-    decode_marker,
     encode_marker,
     is_marker,
     marker_key,
@@ -165,7 +162,9 @@ class FaustTracker:
             retention=retention,
         )
         self.states = self.pipeline.states
-        self.folded = FoldedOffsets()
+        # Where to read: the folded markers, not faust's offsets (faust_position).
+        self.position = ReadPosition(lambda key: self.store.get(key), lambda: self._app.consumer)
+        self.folded = self.position.folded
         self.partitions = 0
         self._stale = True  # the index and ``states`` must be rebuilt from the table
         # After a rebalance: offsets the agent must read up to before deadlines fire, so
@@ -270,25 +269,10 @@ class FaustTracker:
         await self.handle_batch([event])
 
     async def handle_delivered(self, events: Sequence[Any]) -> list[Any]:
-        """Check each delivered event against the folded markers (``FoldedOffsets``), fold
-        the next ones, seek back a partition delivered past a gap; returns the events to
-        ack: those folded, now durable, and those folded before. If this raises, nothing
-        is acked and the batch's progress is forgotten: its records are read again."""
-        folding: list[Any] = []
-        done: list[Any] = []
-        for event in events:
-            message = event.message
-            tp = TopicPartition(str(message.topic), int(message.partition))
-            if not self.folded.knows(tp):
-                await self._learn_start(tp)
-            verdict, seek_to = self.folded.verdict(tp, int(message.offset))
-            if verdict is Verdict.FOLD:
-                folding.append(event)
-                done.append(event)
-            elif verdict is Verdict.SKIP:
-                done.append(event)
-            elif seek_to is not None:
-                await self._app.consumer.seek(TP(tp.topic, tp.partition), seek_to)
+        """Fold what ``ReadPosition.judge`` says is next; returns the events to ack: those
+        folded, now durable, and those folded before. If this raises, nothing is acked
+        and the batch's progress is forgotten: its records are read again."""
+        folding, done = await self.position.judge(events)
         try:
             await self.handle_batch(folding)
         except BaseException:
@@ -298,16 +282,6 @@ class FaustTracker:
         self.pipeline.metrics.read_gaps = self.folded.gaps
         self.pipeline.metrics.log_gaps = self.folded.accepted_gaps
         return done
-
-    async def _learn_start(self, tp: TopicPartition) -> None:
-        """The next offset of ``tp`` to fold: its changelog partition's marker, else (never
-        folded) the partition's first offset."""
-        raw = self.store.get(marker_key(tp.partition))
-        if raw is not None:
-            self.folded.load(tp.partition, decode_marker(raw))
-        if not self.folded.knows(tp):
-            first = await self._app.consumer.earliest_offsets(TP(tp.topic, tp.partition))
-            self.folded.start_at(tp, int(next(iter(first.values()), 0) or 0))
 
     async def handle_batch(self, events: Sequence[Any]) -> None:
         """Fold records (``TrackerPipeline.handle_batch``), each with its timestamp as
@@ -445,34 +419,13 @@ class FaustTracker:
                  sorted(owned), len(states), len(self.pipeline.deadlines))  # fmt: skip
 
     async def _measure_backlog(self) -> None:
-        """After a rebalance: put each owned partition where its folded marker says, if
-        faust's group committed past it (``FoldedOffsets``: faust then starts past records
-        never folded, and with nothing newer arriving no delivery would show the gap), and
-        note what the agent has to read before deadlines may fire: each owned partition's
-        records past its marker, as they stand now."""
+        """After a rebalance: put each owned partition where its folded marker says
+        (``ReadPosition.realign``) and note what the agent has to read before deadlines
+        may fire: each owned partition's records past its marker, as they stand now."""
         tps = self.owned()
         ends = await self.transport.end_offsets(tps)
         committed = await self.transport.group_offsets(self.app_id)
-        folded: dict[TopicPartition, int] = {}
-        unknown: list[TopicPartition] = []
-        for tp in tps:
-            raw = self.store.get(marker_key(tp.partition))
-            marker = decode_marker(raw) if raw is not None else {}
-            if tp.topic in marker:
-                folded[tp] = marker[tp.topic]
-            else:
-                unknown.append(tp)
-        if unknown:  # never folded: from the partition's first record
-            consumer = self._app.consumer
-            first = await consumer.earliest_offsets(*(TP(tp.topic, tp.partition) for tp in unknown))
-            for tp in unknown:
-                folded[tp] = int(first.get(TP(tp.topic, tp.partition)) or 0)
-        for tp, offset in folded.items():
-            if offset < committed.get(tp, 0):
-                log.warning("tracker: the group committed %s up to %d, but it is folded up to "
-                            "%d only: seeking back", tp, committed[tp], offset)  # fmt: skip
-                self.folded.gaps += 1
-                await self._app.consumer.seek(TP(tp.topic, tp.partition), offset)
+        folded = await self.position.realign(tps, committed)
         self.pipeline.metrics.read_gaps = self.folded.gaps
         self._backlog = {tp: end for tp, end in ends.items() if folded.get(tp, 0) < end}
         self._backlog_until = time.monotonic() + _BACKLOG_WAIT
