@@ -25,8 +25,9 @@ async def test_the_payment_ledger_in_postgres_conserves_money(postgres_url: str)
     conn = await asyncpg.connect(postgres_url)
     try:
         accounts = await conn.fetch("SELECT customer, balance FROM payment_accounts")
+        demo_keys = [f"balance:{customer}" for customer in run.workload.customers]
         kv_balances = await conn.fetchval(
-            "SELECT count(*) FROM choreo_kv WHERE key LIKE 'balance:%' OR key = 'revenue'"
+            "SELECT count(*) FROM choreo_kv WHERE key = ANY($1)", [*demo_keys, "revenue"]
         )
     finally:
         await conn.close()
