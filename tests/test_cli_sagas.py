@@ -116,11 +116,11 @@ def test_errors_for_people(capsys: pytest.CaptureFixture[str], tracker: Served) 
     assert code == 2
     assert err.startswith("choreo: error: cannot reach the tracker at http://127.0.0.1:9 (")
     assert "hint: is `choreo tracker` running? pass --tracker URL" in err
-    code, _, err = choreo(capsys, "sagas", "list", "--tracker", "localhost:8088")
+    code, _, err = choreo(capsys, "sagas", "list", "--tracker", "ftp://localhost:8088")
     assert (code, err.splitlines()[0]) == (
         2,
-        "choreo: error: 'localhost:8088' is not an http(s) URL",
-    )
+        "choreo: error: 'ftp://localhost:8088' is not an http(s) URL",
+    )  # HOST:PORT alone means http (tests/test_cli_edges.py)
     code, _, err = choreo(capsys, *at(tracker, "sagas", "list", "--since", "soon"))
     assert (code, err.splitlines()[0]) == (2, "choreo: error: 'soon' is not a duration")
     with pytest.raises(SystemExit) as exited:
