@@ -5,7 +5,8 @@ its evidence (``choreo conformance``; the scenarios are in ``choreo.conformance.
 from __future__ import annotations
 
 from choreo.conformance.checks import Check
-from choreo.conformance.kit import Kit, Target, pick_step, run, sample_payload
+from choreo.conformance.inputs import Target, pick_step, sample_payload
+from choreo.conformance.kit import Kit, run
 from choreo.conformance.report import passed, render
 
 __all__ = ["Check", "Kit", "Target", "passed", "pick_step", "render", "run", "sample_payload"]

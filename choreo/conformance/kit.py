@@ -17,80 +17,21 @@ import contextlib
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
-
-from pydantic import ValidationError
 
 from choreo import codec
 from choreo.deadletter import DLQ_TOPIC
-from choreo.errors import TransportError, UsageError
-from choreo.events import Envelope, Event, Message, new_event_id
-from choreo.saga.contract import SagaContract
-from choreo.saga.step import Step
+from choreo.errors import TransportError
+from choreo.events import Event
 from choreo.system_events import CompensationSkipped, StepFailed
 from choreo.transport.base import Delivered, OutgoingRecord, Record, TopicPartition
 from choreo.transport.kafka import KafkaTransport
 from choreo.transport.partitioner import partition_for
 
 from .checks import Check, Expected, describe, header, ids, should_problems, wire_problems
+from .inputs import Inputs, Target, header_of
 from .reader import Reader
-
-SOURCE = "conformance"
-_SAMPLES: dict[Any, Any] = {str: "conformance", int: 1, float: 1.0, bool: False}
-
-
-@dataclass
-class Target:
-    """The participant under test and how to drive it."""
-
-    broker: str
-    service: str
-    contract: SagaContract
-    step: Step
-    group: str
-    timeout: float = 30.0
-    payload: dict[str, Any] = field(default_factory=dict)
-    failing_payload: dict[str, Any] | None = None
-    security: Mapping[str, Any] | None = None
-
-
-def pick_step(contract: SagaContract, service: str, name: str | None) -> Step:
-    if name is not None:
-        if not contract.has_step(name):
-            raise UsageError(
-                f"saga {contract.name!r} has no step {name!r}",
-                hint=f"its steps: {', '.join(contract.step_names)}",
-            )
-        return contract.step(name)
-    mine = [step for step in contract.steps if step.service == service]
-    if len(mine) != 1:
-        raise UsageError(
-            f"saga {contract.name!r} has {len(mine)} steps of service {service!r}",
-            hint=f"name one with --step ({', '.join(contract.step_names)})",
-        )
-    return mine[0]
-
-
-def sample_payload(cls: type[Event], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """A valid payload of ``cls``: ``overrides``, then a sample for each other required
-    field of a plain type (a string, 1, 1.0, false)."""
-    data: dict[str, Any] = {}
-    for name, info in cls.model_fields.items():
-        if name in overrides or not info.is_required():
-            continue
-        if info.annotation in _SAMPLES:
-            data[name] = _SAMPLES[info.annotation]
-    data.update(overrides)
-    try:
-        cls.model_validate(data)
-    except ValidationError as exc:
-        raise UsageError(
-            f"cannot make a valid {cls.event_type} payload: {exc.errors()[0]['msg']} "
-            f"({'.'.join(map(str, exc.errors()[0]['loc']))})",
-            hint="give its fields with --payload '{\"field\": ...}'",
-        ) from None
-    return data
 
 
 def gid_of(record: Record) -> str:
@@ -124,6 +65,7 @@ class Round:
 class Kit:
     def __init__(self, target: Target) -> None:
         self.t = target
+        self.inputs = Inputs(target)
         self.checks: list[Check] = []
         step = target.step
         self.transport = KafkaTransport(target.broker, security=target.security)
@@ -150,46 +92,6 @@ class Kit:
     ) -> Expected:
         t = self.t
         return Expected(types, op, outcome, t.step.name, "", "", t.service, t.contract.name)
-
-    # -- records the kit sends -----------------------------------------------------------
-
-    def trigger(self, gid: str, payload: Mapping[str, Any], event_id: str = "") -> OutgoingRecord:
-        """The step's trigger as its producer would publish it: a client's start event, or
-        the previous step's done event (op action, outcome done, that step's name)."""
-        step, contract = self.t.step, self.t.contract
-        event = step.on.model_validate(payload)
-        env = Envelope.first(event, gid=gid, saga=contract.name, source=SOURCE)
-        previous = contract.dependency(step)
-        if previous is not None:
-            env = env.evolve(
-                op="action", outcome="done", step=previous.name, source=previous.service or SOURCE
-            )
-        if event_id:
-            env = env.evolve(event_id=event_id)
-        return codec.encode(Message(env, event, step.on.topic))
-
-    def compensation(self, gid: str, done: tuple[str, Mapping[str, Any]] | None) -> OutgoingRecord:
-        """The step's compensation as the tracker issues it (op compensate, no outcome,
-        attempt 1, a new id), built by the contract from the trigger and done event."""
-        step, contract = self.t.step, self.t.contract
-        try:
-            event, _ = step.build_compensation(self.t.payload, done)
-        except (ValueError, TypeError, ValidationError) as exc:
-            raise UsageError(
-                f"cannot build the compensation of step {step.name!r}: {exc}",
-                hint="give the trigger's fields with --payload",
-            ) from None
-        env = Envelope.own(
-            event,
-            gid=gid,
-            saga=contract.name,
-            event_id=new_event_id(),
-            source="tracker",
-            step=step.name,
-            op="compensate",
-        )
-        assert step.compensation is not None
-        return codec.encode(Message(env, event, step.compensation.topic))
 
     async def fresh_gid(self, topic: str, partition: int) -> str:
         count = await self.transport.partitions_for(topic)
@@ -220,9 +122,9 @@ class Kit:
         last = (await self.send(inputs))[-1]
         sentinel = await self.fresh_gid(last.topic, last.partition)
         if last.topic == self.t.step.on.topic:
-            probe = self.trigger(sentinel, self.t.payload)
+            probe = self.inputs.trigger(sentinel, self.t.payload)
         else:
-            probe = self.compensation(sentinel, None)
+            probe = self.inputs.compensation(sentinel, None)
         await self.send([probe])
         wanted = {*gids, sentinel}
 
@@ -366,7 +268,7 @@ class Kit:
 
     async def _trigger(self) -> tuple[str, Mapping[str, Any]] | None:
         gid = f"conformance-{uuid.uuid4()}"
-        record = self.trigger(gid, self.t.payload)
+        record = self.inputs.trigger(gid, self.t.payload)
         rnd = await self.exchange([record], {gid})
         out = self.expect_one(
             "trigger",
@@ -403,7 +305,7 @@ class Kit:
 
     async def _duplicate_trigger(self) -> None:
         gid = f"conformance-{uuid.uuid4()}"
-        record = self.trigger(gid, self.t.payload)
+        record = self.inputs.trigger(gid, self.t.payload)
         first = await self.exchange([record], {gid})
         self.expect_one(
             "duplicate trigger",
@@ -419,13 +321,13 @@ class Kit:
 
     async def _compensation(self, done: tuple[str, Mapping[str, Any]] | None) -> None:
         gid = f"conformance-{uuid.uuid4()}"
-        trigger = self.trigger(gid, self.t.payload)
+        trigger = self.inputs.trigger(gid, self.t.payload)
         ran = await self.exchange([trigger], {gid})
         outputs = ran.outputs(gid)
         if outputs:
             with contextlib.suppress(ValueError):
                 done = (header(outputs[0], "choreo-type"), codec.loads(outputs[0].value))
-        comp = self.compensation(gid, done)
+        comp = self.inputs.compensation(gid, done)
         rnd = await self.exchange([comp], {gid})
         self.expect_one(
             "compensation",
@@ -439,13 +341,14 @@ class Kit:
         first = rnd.outputs(gid)
         again = await self.exchange([comp], {gid})
         self.expect_same("duplicate compensation", first, again, gid, "10")
-        reissued = self.compensation(gid, done)  # the tracker's re-issue: a new id, attempt 1
+        # The tracker's re-issue of an unconfirmed compensation: a new id, attempt 1.
+        reissued = self.inputs.compensation(gid, done)
         later = await self.exchange([reissued], {gid})
         self.expect_same("re-issued compensation (new id)", first, later, gid, "7, 10")
 
     async def _null_compensation_and_hanging(self) -> None:
         gid = f"conformance-{uuid.uuid4()}"
-        comp = self.compensation(gid, None)
+        comp = self.inputs.compensation(gid, None)
         rnd = await self.exchange([comp], {gid})
         out = self.expect_one(
             "null compensation",
@@ -465,7 +368,7 @@ class Kit:
                 step == self.t.step.name,
                 [f"payload step = {step!r}"],
             )
-        hang = await self.exchange([self.trigger(gid, self.t.payload)], {gid})
+        hang = await self.exchange([self.inputs.trigger(gid, self.t.payload)], {gid})
         outputs = hang.outputs(gid)
         self.add(
             "hanging action",
@@ -479,7 +382,7 @@ class Kit:
     async def _failure(self) -> None:
         assert self.t.failing_payload is not None
         gid = f"conformance-{uuid.uuid4()}"
-        record = self.trigger(gid, self.t.failing_payload)
+        record = self.inputs.trigger(gid, self.t.failing_payload)
         rnd = await self.exchange([record], {gid})
         self.expect_one(
             "failure",
@@ -493,7 +396,7 @@ class Kit:
 
     async def _poison(self) -> None:
         gid = f"conformance-{uuid.uuid4()}"
-        good = self.trigger(gid, self.t.payload)
+        good = self.inputs.trigger(gid, self.t.payload)
         poison = OutgoingRecord(good.topic, good.key, b'{"not": json', good.headers)
         rnd = await self.exchange([poison], {gid})
         outputs, dead = rnd.outputs(gid), rnd.dead_letters(gid)
@@ -543,13 +446,6 @@ class Kit:
         self.add(
             "consumer group", f"{group} commits past every input", "12, 13", not behind, evidence
         )
-
-
-def header_of(record: OutgoingRecord, name: str) -> str:
-    for key, value in record.headers:
-        if key == name:
-            return value.decode()
-    return ""
 
 
 async def run(target: Target) -> list[Check]:
