@@ -10,6 +10,7 @@ from typing import Any
 
 import faust
 from faust.exceptions import FaustError
+from faust.types import TP
 
 from choreo.errors import TransportError
 from choreo.transport.base import Record
@@ -41,6 +42,11 @@ def faust_credentials(security: Mapping[str, Any]) -> Any:
     if context is not None:
         return faust.SSLCredentials(context)
     return None
+
+
+def faust_tp(topic: str, partition: int) -> Any:
+    """faust's TopicPartition (what its consumer's seek and offset calls take)."""
+    return TP(topic, partition)
 
 
 def to_record(message: Any) -> Record:

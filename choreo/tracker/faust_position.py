@@ -10,8 +10,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from faust.types import TP
-
+from choreo.tracker.faust_io import faust_tp
 from choreo.tracker.offsets import FoldedOffsets, Verdict, decode_marker, marker_key
 from choreo.transport.base import TopicPartition
 
@@ -45,7 +44,7 @@ class ReadPosition:
             elif verdict is Verdict.SKIP:
                 done.append(event)
             elif seek_to is not None:
-                await self._consumer().seek(TP(tp.topic, tp.partition), seek_to)
+                await self._consumer().seek(faust_tp(tp.topic, tp.partition), seek_to)
         return folding, done
 
     def marker_of(self, tp: TopicPartition) -> int | None:
@@ -60,7 +59,7 @@ class ReadPosition:
         if raw is not None:
             self.folded.load(tp.partition, decode_marker(raw))
         if not self.folded.knows(tp):
-            first = await self._consumer().earliest_offsets(TP(tp.topic, tp.partition))
+            first = await self._consumer().earliest_offsets(faust_tp(tp.topic, tp.partition))
             self.folded.start_at(tp, int(next(iter(first.values()), 0) or 0))
 
     async def realign(
@@ -80,14 +79,14 @@ class ReadPosition:
                 folded[tp] = offset
         if unknown:
             first = await self._consumer().earliest_offsets(
-                *(TP(tp.topic, tp.partition) for tp in unknown)
+                *(faust_tp(tp.topic, tp.partition) for tp in unknown)
             )
             for tp in unknown:
-                folded[tp] = int(first.get(TP(tp.topic, tp.partition)) or 0)
+                folded[tp] = int(first.get(faust_tp(tp.topic, tp.partition)) or 0)
         for tp, offset in folded.items():
             if offset < committed.get(tp, 0):
                 log.warning("tracker: the group committed %s up to %d, but it is folded up to "
                             "%d only: seeking back", tp, committed[tp], offset)  # fmt: skip
                 self.folded.gaps += 1
-                await self._consumer().seek(TP(tp.topic, tp.partition), offset)
+                await self._consumer().seek(faust_tp(tp.topic, tp.partition), offset)
         return folded
