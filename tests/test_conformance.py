@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ import pytest
 
 from choreo.cli.main import main
 from choreo.conformance import Check, Target, passed, pick_step, render, run, sample_payload
+from choreo.local._process import cache_dir
 from choreo.store.redis import RedisStore
 from choreo.transport.kafka import KafkaTransport
 from tests.procs.conformance_app import SERVICE, TOPIC, hold_saga, runs_key
@@ -227,3 +229,107 @@ async def test_broken_participant_is_reported(
         assert verdict(scenario, prefix) == "kept", table
     # it dead-letters nothing: a SHOULD, reported as a warning
     assert verdict("poison", "dead-letters it") == "warn", table
+
+
+NODE_EXAMPLE = ROOT / "examples" / "node-participant"
+
+
+def node_modules() -> Path:
+    """examples/node-participant's npm dependencies, installed once into choreo's cache."""
+    npm, node = shutil.which("npm"), shutil.which("node")
+    if npm is None or node is None:
+        message = "node and npm are needed for the Node.js participant"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    target = cache_dir() / "node-participant"
+    target.mkdir(parents=True, exist_ok=True)
+    manifest = (NODE_EXAMPLE / "package.json").read_text()
+    installed = target / "package.json"
+    if (
+        installed.exists()
+        and installed.read_text() == manifest
+        and (target / "node_modules" / "kafkajs").is_dir()
+    ):
+        return target / "node_modules"
+    (target / "package.json").write_text(manifest)
+    done = subprocess.run(
+        [npm, "install", "--no-audit", "--no-fund", "--omit=dev"],
+        cwd=target,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if done.returncode != 0:
+        message = f"npm install failed: {done.stderr[-2000:]}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return target / "node_modules"
+
+
+async def test_node_participant_passes(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """examples/node-participant (kafkajs, written from the docs) plays the hold step."""
+    modules = node_modules()
+    async with KafkaTransport(f"kafka://{kafka_bootstrap}") as transport:
+        # choreo creates topics, never the broker (rule 14): before the participant starts
+        await transport.ensure_topics([*hold_saga.topics(), "choreo.dlq"])
+    service = f"node-hold-{uuid.uuid4().hex[:6]}"
+    log = tmp_path / "node.log"
+    env = {
+        "BROKERS": kafka_bootstrap,
+        "SERVICE": service,
+        "NODE_PATH": str(modules),
+        "KAFKAJS_NO_PARTITIONER_WARNING": "1",
+    }
+    process = spawn(["node", str(NODE_EXAMPLE / "participant.js")], env, log)
+    try:
+        step = pick_step(hold_saga, SERVICE, None)
+        target = Target(
+            broker=f"kafka://{kafka_bootstrap}",
+            service=service,
+            contract=hold_saga,
+            step=step,
+            group=f"choreo.{service}",
+            timeout=60,
+            payload=sample_payload(step.on, {}),
+            failing_payload=sample_payload(step.on, {"amount": 5000}),
+        )
+        checks = await run(target)
+    finally:
+        stop(process, log)
+    table = render(checks, evidence=True)
+    print(table)  # shown with -rP
+    assert passed(checks, strict=True), table
+    assert {c.scenario for c in checks} >= {"hanging action", "null compensation", "failure"}
+
+
+async def test_no_participant_is_reported_at_once(kafka_bootstrap: str) -> None:
+    """Nobody consuming the step's trigger topic: one broken check says so, and the
+    other scenarios are not run (each would wait its timeout for nothing)."""
+    step = pick_step(hold_saga, SERVICE, None)
+    target = Target(
+        broker=f"kafka://{kafka_bootstrap}",
+        service="nobody",
+        contract=hold_saga,
+        step=step,
+        group="choreo.nobody",
+        timeout=3,
+        payload=sample_payload(step.on, {}),
+    )
+    checks = await run(target)
+    assert not passed(checks)
+    assert [(c.scenario, c.verdict) for c in checks if not c.ok] == [("participant", "BROKEN")]
+    assert "is it running" in render(checks)
+
+
+def test_cli_refuses_what_it_cannot_use(capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["conformance", "--service", SERVICE, "--contract", CONTRACT]
+    assert main([*base, "--broker", "memory://"]) == 2
+    assert "kafka:// URL" in capsys.readouterr().err
+    assert main([*base, "--broker", "kafka://127.0.0.1:1", "--step", "nope"]) == 2
+    assert "has no step 'nope'" in capsys.readouterr().err
+    bad = ["--broker", "kafka://127.0.0.1:1", "--payload", '{"amount": -1}']
+    assert main([*base, *bad]) == 2
+    assert "--payload" in capsys.readouterr().err
