@@ -21,6 +21,7 @@ from choreo.conformance import Check, Target, passed, pick_step, render, run, sa
 from choreo.local._process import cache_dir
 from choreo.store.redis import RedisStore
 from choreo.transport.kafka import KafkaTransport
+from services_demo.inventory import seed_stock
 from tests.procs.conformance_app import SERVICE, TOPIC, hold_saga, runs_key
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
@@ -333,3 +334,47 @@ def test_cli_refuses_what_it_cannot_use(capsys: pytest.CaptureFixture[str]) -> N
     bad = ["--broker", "kafka://127.0.0.1:1", "--payload", '{"amount": -1}']
     assert main([*base, *bad]) == 2
     assert "--payload" in capsys.readouterr().err
+
+
+async def test_demo_inventory_passes(
+    kafka_bootstrap: str, redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """services_demo's inventory service, as deployed (``choreo run``), plays the order
+    saga's stock step by the rules; an order of more than the stock is its failure."""
+    sku = f"conformance-{uuid.uuid4().hex[:8]}"
+    store = RedisStore(redis_url)
+    await store.start()
+    try:
+        await seed_stock(store, {sku: 1000})
+    finally:
+        await store.stop()
+    log = tmp_path / "inventory.log"
+    broker = f"kafka://{kafka_bootstrap}"
+    argv = [sys.executable, "-m", "choreo.cli.main", "run", "services_demo.inventory:app"]
+    process = spawn([*argv, "--broker", broker, "--store", redis_url], {}, log)
+    try:
+        code = await asyncio.to_thread(
+            main,
+            [
+                "conformance",
+                "--broker",
+                broker,
+                "--service",
+                "inventory",
+                "--contract",
+                "services_demo.contract:order_saga",
+                "--payload",
+                f'{{"sku": "{sku}", "qty": 1}}',
+                "--failing-payload",
+                '{"qty": 5000}',
+                "--timeout",
+                "90",
+                "--strict",
+            ],
+        )
+    finally:
+        stop(process, log)
+    out = capsys.readouterr().out
+    print(out)  # shown with -rP
+    assert code == 0, out
+    assert "\nfailure " in out
