@@ -289,8 +289,10 @@ class Run:
     proxy: FaultProxy | None = None
 
     async def progress(self, share: float) -> None:
-        """Until ``share`` of the workload is published."""
+        """Until ``share`` of the workload is published (or publishing ended)."""
         while len(self.published) < share * len(self.orders):
+            if self.done_publishing.is_set():
+                return
             await asyncio.sleep(0.05)
 
     def note(self, text: str) -> None:
@@ -333,18 +335,30 @@ class Outcome:
     logs: Path
 
 
+PUBLISH_PATIENCE = 90.0  # the front desk gives up an order it could not publish that long
+
+
 async def _publish(desk: Service, run: Run, rate: float) -> None:
     interval = 1.0 / rate
     began = time.monotonic()
-    for n, order in enumerate(run.orders):
-        await asyncio.sleep(max(0.0, began + n * interval - time.monotonic()))
-        while True:
-            try:
-                run.published.append(await desk.publish(order, gid=order.order_id))
-                break
-            except TransportError:  # the broker is down (a fault): the client retries
-                await asyncio.sleep(0.5)
-    run.done_publishing.set()
+    try:
+        for n, order in enumerate(run.orders):
+            await asyncio.sleep(max(0.0, began + n * interval - time.monotonic()))
+            first_try = time.monotonic()
+            while True:
+                try:
+                    run.published.append(await desk.publish(order, gid=order.order_id))
+                    break
+                except TransportError as exc:  # the broker is down (a fault): retry
+                    if time.monotonic() - first_try > PUBLISH_PATIENCE:
+                        run.note(f"front desk gave up after {PUBLISH_PATIENCE:.0f} s of "
+                                 f"failed sends ({len(run.orders) - n} orders never "
+                                 f"started): {exc}")  # fmt: skip
+                        run.orders[n:] = []
+                        return
+                    await asyncio.sleep(0.5)
+    finally:
+        run.done_publishing.set()
 
 
 async def seed_books(store_url: str) -> None:
