@@ -578,15 +578,16 @@ async def test_sigkill_while_sagas_wait_on_deadlines(
     assert code == 0, f"tracker did not stop cleanly ({code})\n{tracker.output()}"
 
 
+@pytest.mark.parametrize("store", ["rocksdb", "memory"])
 async def test_retention_removes_settled_sagas_for_good(
-    kafka_bootstrap: str, redis_url: str, tmp_path: Path
+    kafka_bootstrap: str, redis_url: str, tmp_path: Path, store: str
 ) -> None:
-    """With a 3 s retention (RocksDB store): a completed saga leaves the table through a
+    """With a 3 s retention (each table store): a completed saga leaves the table through a
     tombstone in its changelog and does not come back after a SIGKILL and restart; a
     STUCK saga stays, long past the retention, until it is resolved or clear."""
     await drop_topics(kafka_bootstrap)  # only these sagas (others would expire too)
     broker = f"kafka://{kafka_bootstrap}"
-    env = {**tracker_env(store="rocksdb"), "CHOREO_TRACKER_RETENTION": "3s"}
+    env = {**tracker_env(store=store), "CHOREO_TRACKER_RETENTION": "3s"}
     tracker = TrackerProcess(broker, f"{APP_PREFIX}ret-{uuid.uuid4().hex[:8]}", tmp_path, env)
     tracker.start()
     try:
