@@ -12,7 +12,6 @@ import sys
 from typing import Any
 
 from choreo.cli.loading import load_object
-from choreo.conformance import Target, passed, pick_step, render, run, sample_payload
 from choreo.errors import UsageError
 from choreo.saga.contract import SagaContract
 from choreo.transport.kafka_config import security_from_env
@@ -73,6 +72,9 @@ def _json_object(text: str) -> dict[str, Any]:
 
 
 def command(args: argparse.Namespace) -> int:
+    # Imported here: the kit reads Kafka with aiokafka, which no other command loads at start.
+    from choreo.conformance import Target, passed, pick_step, render, run, sample_payload
+
     if not args.broker or not args.broker.startswith("kafka://"):
         raise UsageError(
             f"--broker must be a kafka:// URL, got {args.broker!r}",
