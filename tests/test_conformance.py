@@ -229,7 +229,8 @@ async def test_broken_participant_is_reported(
     for scenario, prefix in kept:
         assert verdict(scenario, prefix) == "kept", table
     # it dead-letters nothing: a SHOULD, reported as a warning
-    assert verdict("poison", "dead-letters it") == "warn", table
+    assert verdict("poison", "dead-letters invalid JSON") == "warn", table
+    assert verdict("poison", "publishes nothing for a payload its schema") == "kept", table
 
 
 NODE_EXAMPLE = ROOT / "examples" / "node-participant"

@@ -413,11 +413,29 @@ class Kit:
         )
 
     async def _poison(self) -> None:
+        """Invalid JSON, then (when the trigger has required fields) a JSON object that
+        lacks them, on one partition: neither handled, the partition still flowing."""
         gid = f"conformance-{uuid.uuid4()}"
         good = self.inputs.trigger(gid, self.t.payload)
-        poison = OutgoingRecord(good.topic, good.key, b'{"not": json', good.headers)
-        rnd = await self.exchange([poison], {gid})
-        outputs, dead = rnd.outputs(gid), rnd.dead_letters(gid)
+        cases = [
+            (
+                "invalid JSON",
+                gid,
+                OutgoingRecord(good.topic, good.key, b'{"not": json', good.headers),
+            )
+        ]
+        if any(info.is_required() for info in self.t.step.on.model_fields.values()):
+            count = await self.transport.partitions_for(good.topic)
+            other = await self.fresh_gid(good.topic, partition_for(gid.encode(), count))
+            record = self.inputs.trigger(other, self.t.payload)
+            cases.append(
+                (
+                    "a payload its schema refuses ({})",
+                    other,
+                    OutgoingRecord(record.topic, record.key, b"{}", record.headers),
+                )
+            )
+        rnd = await self.exchange([record for _, _, record in cases], {g for _, g, _ in cases})
         self.add(
             "poison",
             "keeps consuming: a trigger behind it is handled",
@@ -427,21 +445,23 @@ class Kit:
             if rnd.complete
             else rnd.incomplete(self.t.timeout),
         )
-        self.add(
-            "poison",
-            "publishes nothing for invalid JSON",
-            "poison",
-            not outputs,
-            [describe(r) for r in outputs] or ["nothing published for " + gid],
-        )
-        self.add(
-            "poison",
-            "dead-letters it on choreo.dlq",
-            "poison",
-            bool(dead),
-            [describe(r) for r in dead] or [f"no dead letter for {gid} on {DLQ_TOPIC}"],
-            level="SHOULD",
-        )
+        for what, case_gid, _ in cases:
+            outputs, dead = rnd.outputs(case_gid), rnd.dead_letters(case_gid)
+            self.add(
+                "poison",
+                f"publishes nothing for {what}",
+                "1, poison",
+                not outputs,
+                [describe(r) for r in outputs] or ["nothing published for " + case_gid],
+            )
+            self.add(
+                "poison",
+                f"dead-letters {what} on choreo.dlq",
+                "poison",
+                bool(dead),
+                [describe(r) for r in dead] or [f"no dead letter for {case_gid} on {DLQ_TOPIC}"],
+                level="SHOULD",
+            )
 
     async def _group(self) -> None:
         group, deadline = self.t.group, time.monotonic() + self.t.timeout

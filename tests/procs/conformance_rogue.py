@@ -34,7 +34,8 @@ def reply(
         return []
     try:
         data = codec.loads(record.value)
-    except ValueError:
+        account, amount = data["account"], data.get("amount")
+    except (ValueError, KeyError, TypeError, AttributeError):
         return []  # poison: skipped, not dead-lettered
     gid = (record.header("choreo-gid") or b"").decode()
     out_type, op = REPLIES[event_type]
@@ -42,9 +43,9 @@ def reply(
         return barrier[(gid, op)]
     if mode != "rerun" and op == "action" and (gid, "compensate") in barrier:
         return []
-    payload = {"account": data["account"]}
+    payload = {"account": account}
     if out_type == "FundsHeld":
-        payload["amount"] = data["amount"]
+        payload["amount"] = amount
     headers = {
         "choreo-type": out_type,
         "choreo-id": str(uuid.uuid4()),
