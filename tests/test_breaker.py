@@ -139,7 +139,8 @@ async def test_an_outage_costs_no_dead_letters(backend: tuple[str, str]) -> None
         problems = await app.readiness()
         assert "circuits" in problems, problems  # open or probing while the API is down
         await h.drain(timeout=60)
-        assert h.dead_letters() == []
+        # (the dead-letter topic is shared with other tests on a real broker: look at ours)
+        assert [letter for gid in gids for letter in h.dead_letters(gid)] == []
         assert sorted(applied) == sorted(gids)
         assert set(applied.values()) == {1}
         assert await h.store.get_int(f"breaker:{tag}:charged") == ORDERS
