@@ -18,8 +18,9 @@ import types
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from choreo.cli.http_options import add_token_arguments, announce_token, api_token, parse_http
 from choreo.cli.loading import load_object
-from choreo.cli.tracker import add_token_arguments, announce_token, api_token, parse_http
+from choreo.cli.tracker import TOKEN
 from choreo.errors import UsageError
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="after the batch, keep running and serve the tracker's state API there "
         "(port 0: any free one) until Ctrl-C, for `choreo dashboard`, `choreo sagas list`...",
     )
-    add_token_arguments(parser)
+    add_token_arguments(parser, TOKEN)
     parser.set_defaults(func=command)
 
 
@@ -64,7 +65,9 @@ def command(args: argparse.Namespace) -> int:
     if args.orders < 1:
         raise UsageError("--orders must be at least 1")
     serve = None if args.serve is None else parse_http(args.serve, "--serve")
-    token, generated = (None, False) if serve is None else api_token(args, serve[0], "--serve")
+    token, generated = (
+        (None, False) if serve is None else api_token(args, serve[0], TOKEN, "--serve")
+    )
     run_demo = load_object(DEMO, types.FunctionType, "demo")
 
     async def serving(
@@ -121,6 +124,6 @@ async def serve_until_signalled(
             f"choreo: demo tracker's state API on http://{shown}:{bound} (Ctrl-C to stop)",
             flush=True,
         )
-        announce_token(token, generated)
+        announce_token(token, generated, TOKEN)
         await stopping.wait()
     print("choreo: demo stopped", flush=True)

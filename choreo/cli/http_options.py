@@ -15,10 +15,12 @@ from choreo.http_guard import check_token, is_loopback, new_token
 
 @dataclass(frozen=True)
 class TokenSource:
-    """Whose token: ``env`` names the variable, ``what`` the surface in messages."""
+    """Whose token: ``env`` names the variable, ``what`` the surface in messages, and
+    ``risk`` what anyone could do were it served open beyond this machine."""
 
     env: str
     what: str
+    risk: str
 
 
 def add_token_arguments(parser: argparse.ArgumentParser, source: TokenSource) -> None:
@@ -47,8 +49,7 @@ def api_token(
             raise UsageError("--no-auth and --token contradict each other")
         if not is_loopback(host):
             raise UsageError(
-                f"--no-auth is refused on {host}: anyone who can reach it could use the "
-                f"{source.what}",
+                f"--no-auth is refused on {host}: anyone who can reach it could {source.risk}",
                 hint=f"serve on 127.0.0.1 ({option} 127.0.0.1:PORT) or keep the token",
             )
         return None, False

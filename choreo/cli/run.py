@@ -33,7 +33,9 @@ from choreo.transport.kafka_config import security_from_env
 if TYPE_CHECKING:
     from choreo.metrics import ServiceMetrics
 
-TOKEN = TokenSource("CHOREO_SERVICE_TOKEN", "service's metrics endpoint")
+TOKEN = TokenSource(
+    "CHOREO_SERVICE_TOKEN", "service's metrics endpoint", "read the service's metrics"
+)
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -20,8 +20,15 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from choreo.cli.http_options import (
+    TokenSource,
+    add_token_arguments,
+    announce_token,
+    api_token,
+    parse_http,
+)
 from choreo.cli.loading import load_object
-from choreo.errors import ConfigurationError, UsageError
+from choreo.errors import UsageError
 from choreo.redact import quiet_protocol_loggers, redact_url
 from choreo.saga.contract import SagaContract
 from choreo.tracker.view import StateView
@@ -31,6 +38,7 @@ from choreo.urls import open_transport
 
 DEFAULT_HTTP = "127.0.0.1:8088"
 TOKEN_ENV = "CHOREO_TRACKER_TOKEN"
+TOKEN = TokenSource(TOKEN_ENV, "state API", "act on sagas")
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -51,7 +59,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         default=os.environ.get("CHOREO_TRACKER_HTTP", DEFAULT_HTTP),
         help=f"HOST:PORT of the state API (env CHOREO_TRACKER_HTTP; {DEFAULT_HTTP})",
     )
-    add_token_arguments(parser)
+    add_token_arguments(parser, TOKEN)
     parser.add_argument(
         "--engine",
         choices=["faust", "memory"],
@@ -130,73 +138,11 @@ def parse_groups(values: Sequence[str]) -> dict[str, str]:
     return groups
 
 
-def add_token_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--token",
-        default=None,
-        help=f"bearer token the state API requires (env {TOKEN_ENV}; "
-        "default: a random one, printed at start)",
-    )
-    parser.add_argument(
-        "--no-auth",
-        action="store_true",
-        help="serve the state API without a token (on a loopback address only)",
-    )
-
-
-def api_token(
-    args: argparse.Namespace, host: str, option: str = "--http"
-) -> tuple[str | None, bool]:
-    """(token, generated) for the state API on ``host``: ``--token``, else
-    ``CHOREO_TRACKER_TOKEN``, else a new random one; (None, False) with ``--no-auth``,
-    which is refused beyond the loopback interface."""
-    from choreo.tracker.api import check_token, is_loopback, new_token
-
-    given = args.token or os.environ.get(TOKEN_ENV) or None
-    if args.no_auth:
-        if args.token:
-            raise UsageError("--no-auth and --token contradict each other")
-        if not is_loopback(host):
-            raise UsageError(
-                f"--no-auth is refused on {host}: anyone who can reach it could act on sagas",
-                hint=f"serve on 127.0.0.1 ({option} 127.0.0.1:PORT) or keep the token",
-            )
-        return None, False
-    if given is None:
-        return new_token(), True
-    try:
-        return check_token(given), False
-    except ConfigurationError as exc:
-        raise UsageError(str(exc), hint="leave --token out to get a random one") from None
-
-
-def announce_token(token: str | None, generated: bool) -> None:
-    """Say how clients get in; a generated token is printed, once, so they can."""
-    if token is None:
-        print("choreo: the state API is open (--no-auth): no token needed", flush=True)
-    elif generated:
-        print(
-            f"choreo: state API token (generated): {token}\n"
-            f"  clients: export {TOKEN_ENV}={token}  (or pass --token)",
-            flush=True,
-        )
-
-
-def parse_http(value: str, option: str = "--http") -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    host = host.strip("[]")  # [::1]:8088
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise UsageError(
-            f"{option} {value!r} is not HOST:PORT", hint=f"e.g. {option} 127.0.0.1:8088"
-        )
-    return host, int(port)
-
-
 def command(args: argparse.Namespace) -> int:
     contracts = [load_object(spec, SagaContract, "saga contract") for spec in args.contracts]
     host, port = parse_http(args.http)
     groups = parse_groups(args.service_group)
-    token, generated = api_token(args, host)
+    token, generated = api_token(args, host, TOKEN)
     api = StateApi(contracts, (host, port), token, groups, generated)
     engine = args.engine or ("faust" if args.broker.startswith("kafka://") else "memory")
     if engine == "memory":
@@ -238,7 +184,7 @@ class StateApi:
             names = ", ".join(c.name for c in self.contracts)
             print(f"choreo: tracker {engine} following {names}; state API on "
                   f"http://{shown}:{bound}", flush=True)  # fmt: skip
-            announce_token(self.token, self.generated)
+            announce_token(self.token, self.generated, TOKEN)
             yield bound
 
 

@@ -16,16 +16,20 @@ that long between requests) is closed, and a body must arrive within ``BODY_TIME
 from __future__ import annotations
 
 import contextlib
-import hmac
-import ipaddress
 import math
-import re
-import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from choreo.errors import ConfigurationError
+from choreo.http_guard import (
+    HEADER_TIMEOUT,
+    check_token,
+    is_loopback,
+    new_token,
+    refuse_open_beyond_loopback,
+    serve_app,
+    token_guard,
+)
 from choreo.saga.state import SagaStatus
 from choreo.tracker.api_ops import OpsContext, add_ops_routes
 from choreo.tracker.http import (
@@ -54,12 +58,7 @@ __all__ = [
 
 MAX_LIMIT = 1000
 MAX_BODY_BYTES = 64 * 1024  # an admin command or a replay of ids needs a few kB
-MAX_LINE = 4096  # the request line, and any one header
-MAX_HEADERS = 64
-HEADER_TIMEOUT = 15.0
-_TOKEN = re.compile(r"[\x21-\x7e]{1,512}")  # visible ASCII: it travels in a header
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _value(number: float) -> str:
@@ -104,59 +103,13 @@ def render_metrics(view: StateView) -> str:
     return "\n".join(lines) + "\n"
 
 
-def new_token() -> str:
-    """A random bearer token (32 URL-safe characters, 192 bits)."""
-    return secrets.token_urlsafe(24)
-
-
-def check_token(token: str) -> str:
-    if not _TOKEN.fullmatch(token):
-        raise ConfigurationError(
-            "the state API's token must be 1 to 512 visible ASCII characters (no spaces)"
-        )
-    return token
-
-
-def is_loopback(host: str) -> bool:
-    """True for an address only this machine can reach (``localhost``, 127.0.0.0/8, ::1)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def build_app(
     view: StateView, token: str | None = None, *, open_access: bool = False
 ) -> web.Application:
     """The API's routes behind its token guard. Without ``token`` it needs
     ``open_access=True`` (ConfigurationError otherwise): nothing is served open by
     accident."""
-    if token is not None:
-        expected: bytes | None = f"Bearer {check_token(token)}".encode()
-    elif open_access:
-        expected = None
-    else:
-        raise ConfigurationError(
-            "the state API needs a bearer token; pass open_access=True to serve it without"
-        )
-
-    @web.middleware
-    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if expected is not None and request.path != "/healthz":
-            try:
-                given = request.headers.get("Authorization", "").encode()
-            except UnicodeError:
-                return error(400, "the Authorization header is not UTF-8")
-            if not hmac.compare_digest(given, expected):
-                return error(401, "missing or wrong bearer token")
-        try:
-            return await handler(request)
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            return error(exc.status, exc.reason)
+    guard = token_guard("state API", token, open_access=open_access, public=("/healthz",))
 
     async def sagas(request: web.Request) -> web.Response:
         raw_status = text(request, "status", 32)
@@ -216,28 +169,9 @@ async def serve_api(
     """Serve until the block exits; yields the bound port (``port=0`` picks a free one).
     With ``ops`` the operator routes (why, admin commands, dead letters) are served too.
     ``open_access`` (no token) is refused on an address beyond the loopback interface."""
-    if open_access and token is None and not is_loopback(host):
-        raise ConfigurationError(
-            f"refusing to serve the state API without a token on {host}: only a loopback "
-            "address (127.0.0.1, ::1, localhost) may be served open"
-        )
+    refuse_open_beyond_loopback("state API", host, token, open_access)
     app = build_app(view, token, open_access=open_access)
     if ops is not None:
         add_ops_routes(app, ops)  # before setup: aiohttp freezes the router there
-    runner = web.AppRunner(
-        app,
-        access_log=None,
-        # aiohttp arms this timer when a connection opens, and closes a connection whose
-        # request headers are not complete when it fires: the header read timeout.
-        keepalive_timeout=header_timeout,
-        max_line_size=MAX_LINE,
-        max_field_size=MAX_LINE,
-        max_headers=MAX_HEADERS,
-    )
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        yield int(runner.addresses[0][1])
-    finally:
-        await runner.cleanup()
+    async with serve_app(app, host, port, header_timeout) as bound:
+        yield bound

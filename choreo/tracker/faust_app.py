@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import tempfile
@@ -52,6 +51,7 @@ from aiokafka import AIOKafkaProducer
 from choreo import codec
 from choreo.deadletter import DLQ_TOPIC
 from choreo.errors import ConfigurationError, TransportError
+from choreo.runtime import tune_gc
 from choreo.saga.contract import SagaContract
 from choreo.saga.state import SagaState
 from choreo.tracker.core import TrackerCore
@@ -80,13 +80,6 @@ DEFAULT_APP_ID = "choreo-tracker"
 _TIMESTAMP_SLACK = 0.002
 # The longest deadlines wait, after a rebalance, for the agent to read the backlog.
 _BACKLOG_WAIT = 30.0
-# Container allocations between two young-generation collections of Python's cyclic
-# garbage collector (CPython's default: 700). A tracker holds many long-lived objects (the
-# states, the table, faust's structures) and allocates about fifty per event, so with
-# the default the collector ran about 75 times a second and every few seconds rescanned
-# the whole heap (0.3 s at 20k sagas): 12% of the tracker's CPU, measured with
-# ``benchmarks/tracker_fold.py``. Garbage in reference cycles is still collected, later.
-GC_YOUNG_THRESHOLD = 50_000
 
 
 def default_data_dir() -> Path:
@@ -208,11 +201,13 @@ class FaustTracker:
 
     def build_app(self, loop: asyncio.AbstractEventLoop | None = None) -> Any:
         """The faust app of this tracker; the process running it is the tracker's, so this
-        also sets its garbage collector's threshold (``GC_YOUNG_THRESHOLD``)."""
+        also tunes its garbage collector (``choreo.runtime.tune_gc``: a tracker holds many
+        long-lived states and allocates about fifty objects per event; with CPython's
+        default threshold the collector took 12% of its CPU, 0.3 s full scans at 20k
+        sagas, measured with ``benchmarks/tracker_fold.py``)."""
         if not self.partitions:
             raise ConfigurationError("call prepare() before build_app()")
-        _young, *older = gc.get_threshold()
-        gc.set_threshold(max(_young, GC_YOUNG_THRESHOLD), *older)
+        tune_gc()
         app = faust.App(
             self.app_id,
             broker=[f"kafka://{server}" for server in self.transport.bootstrap_servers],
