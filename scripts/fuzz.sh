@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export CHOREO_FUZZ_EXAMPLES="${CHOREO_FUZZ_EXAMPLES:-5000}"
-.venv/bin/python -m pytest -q -p no:logging tests/test_fuzz.py tests/test_codec.py "$@"
+.venv/bin/python -m pytest -q -p no:logging tests/test_fuzz.py tests/test_codec.py tests/test_api_fuzz.py "$@"
