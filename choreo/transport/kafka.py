@@ -9,6 +9,7 @@ with the settings choreo relies on written out explicitly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -28,7 +29,7 @@ from choreo.transport.base import (
     TopicPartition,
     Transport,
 )
-from choreo.transport.kafka_common import TRANSIENT, quietly
+from choreo.transport.kafka_common import PRODUCER_STATE_LOST, TRANSIENT, logger, quietly
 from choreo.transport.kafka_config import parse_kafka_url, security_options
 from choreo.transport.kafka_consumer import KafkaConsumer
 
@@ -113,6 +114,7 @@ class KafkaTransport(Transport):
         self._producer_options = dict(producer_options or {})
         self._consumer_options = dict(consumer_options or {})
         self._producer: Any = None
+        self._producer_lock = asyncio.Lock()
         self._admin: Any = None
         self._offsets_reader: Any = None  # a group-less consumer, made on first use
         self._known_topics: set[str] = set()
@@ -298,6 +300,26 @@ class KafkaTransport(Transport):
     async def send(self, record: OutgoingRecord) -> Delivered:
         return (await self.send_many([record]))[0]
 
+    async def _replace_producer(self, broken: Any, exc: BaseException) -> None:
+        """The idempotent producer lost its sequence state (a batch expired while the
+        broker was away, the broker forgot the producer id): it would fail every send to
+        those partitions for good. Start a new producer (a new producer id, sequences
+        from zero), as Kafka's Java client does; records the old one may have written
+        are then sent again, which the barrier and the event ids make harmless."""
+        async with self._producer_lock:
+            if self._producer is not broken:
+                return  # another send replaced it already
+            logger.warning("Kafka producer lost its sequence state (%s); starting a new one", exc)
+            producer = AIOKafkaProducer(**self.producer_kwargs())
+            try:
+                await producer.start()
+            except TRANSIENT as start_error:
+                await quietly(producer.stop())
+                raise TransportError(f"cannot restart the Kafka producer: {start_error}") from exc
+            self._producer = producer
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(broken.stop(), 10)
+
     async def send_many(self, records: Sequence[OutgoingRecord]) -> list[Delivered]:
         """Enqueue every record, then await every acknowledgement. Records of one key keep
         their order: they go to one partition, and the idempotent producer never reorders
@@ -319,11 +341,15 @@ class KafkaTransport(Transport):
                 )
         except TRANSIENT as exc:
             await asyncio.gather(*futures, return_exceptions=True)
+            if isinstance(exc, PRODUCER_STATE_LOST):
+                await self._replace_producer(producer, exc)
             raise TransportError(f"Kafka send failed: {exc}") from exc
         results = await asyncio.gather(*futures, return_exceptions=True)
         delivered: list[Delivered] = []
         for result in results:
             if isinstance(result, BaseException):
+                if isinstance(result, PRODUCER_STATE_LOST):
+                    await self._replace_producer(producer, result)
                 if isinstance(result, TRANSIENT):
                     raise TransportError(f"Kafka send failed: {result}") from result
                 raise result

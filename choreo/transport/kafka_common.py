@@ -6,7 +6,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+)
 from aiokafka.structs import TopicPartition as KafkaTopicPartition
 
 from choreo.transport.base import Record, TopicPartition
@@ -15,6 +20,13 @@ logger = logging.getLogger("choreo.transport.kafka")
 
 #: Errors of the network or the broker; anything else (TypeError...) is a bug, not retried.
 TRANSIENT: tuple[type[BaseException], ...] = (KafkaError, OSError, TimeoutError)
+# Errors after which an idempotent producer cannot send to a partition again (its
+# sequence numbers no longer match the broker's): the transport replaces the producer.
+PRODUCER_STATE_LOST: tuple[type[BaseException], ...] = (
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+    InvalidProducerEpoch,
+)
 
 
 def to_kafka(tp: TopicPartition) -> Any:
