@@ -149,6 +149,15 @@ def document(
                     **{"x-choreo-service": service.name},
                 )
     for contract in every_contract.values():
+        for step in contract.steps:
+            if step.service:  # what the contract says the step's service replies
+                builder.operation(
+                    step.service,
+                    "send",
+                    [*step.done, *step.failed, *step.compensated],
+                    summary=f"step {step.name}'s replies (contract {contract.name})",
+                    **{"x-choreo-service": step.service},
+                )
         builder.operation(
             f"tracker.{contract.name}",
             "receive",
@@ -164,6 +173,9 @@ def document(
             summary="compensations after a failure or a deadline, and the saga's own events",
             **{"x-choreo-role": "tracker"},
         )
+    for contract in every_contract.values():  # what starts a saga comes from outside
+        builder.message(contract.start)
+        builder.messages[_id(contract.start.event_type)]["x-choreo-start"] = True
     names = [s.name for s in services] + [c.name for c in every_contract.values()]
     return {
         "asyncapi": ASYNCAPI_VERSION,
@@ -181,3 +193,28 @@ def document(
             "schemas": dict(sorted(builder.schemas.items())),
         },
     }
+
+
+def edges_of(doc: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(source, target, kind) of a document's operations: ``handles`` from a message to
+    the participant that receives it, ``emits`` from a participant to what it sends.
+    A participant is an operation's ``x-choreo-service``, else ``tracker`` for the
+    tracker's, else the operation's name before its first dot (``choreo graph
+    --asyncapi`` draws them)."""
+    messages = doc.get("components", {}).get("messages", {})
+    edges: set[tuple[str, str, str]] = set()
+    for key, operation in doc.get("operations", {}).items():
+        participant = operation.get("x-choreo-service") or (
+            TRACKER_NODE if operation.get("x-choreo-role") == "tracker" else key.split(".")[0]
+        )
+        for ref in operation.get("messages", []):
+            name = ref.get("$ref", "").rsplit("/", 1)[-1]
+            event = messages.get(name, {}).get("name", name)
+            if operation.get("action") == "receive":
+                edges.add((event, participant, "handles"))
+            else:
+                edges.add((participant, event, "emits"))
+    return sorted(edges)
+
+
+TRACKER_NODE = "tracker"

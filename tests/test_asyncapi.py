@@ -90,3 +90,29 @@ def test_the_command(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None
     code, _, err = choreo(capsys, "asyncapi", "services_demo.knobs:Knobs")
     assert code == 2
     assert "not a Service or a SagaContract" in err
+
+
+def test_graph_reads_the_document(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    full = tmp_path / "demo.json"
+    full.write_text(json.dumps(document(SERVICES, [order_saga])))
+    code, out, _ = choreo(capsys, "graph", "--asyncapi", str(full), "--lint", "--strict")
+    assert (code, out.strip()) == (0, "0 error(s), 0 warning(s)")
+    code, out, _ = choreo(capsys, "graph", "--asyncapi", str(full))
+    assert code == 0
+    assert "OrderPlaced => inventory" in out
+    assert "tracker -> RefundPayment" in out
+    code, out, _ = choreo(capsys, "graph", "--asyncapi", str(full), "--format", "mermaid")
+    assert out.startswith("flowchart LR")
+    # A service without a contract, alone: nothing sends what it receives, nothing
+    # receives what it sends.
+    from tests.procs.svcapi_app import app as lone
+
+    alone = tmp_path / "alone.json"
+    alone.write_text(json.dumps(document([lone])))
+    code, out, _ = choreo(capsys, "graph", "--asyncapi", str(alone), "--lint", "--strict")
+    assert code == 1
+    assert "svcapi.Ask is received but nobody in the document sends it" in out
+    assert "svcapi.Answer is sent but nobody in the document receives it" in out
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"openapi": "3.1.0"}')
+    assert choreo(capsys, "graph", "--asyncapi", str(bad))[0] == 2

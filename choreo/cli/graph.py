@@ -8,9 +8,12 @@ are documented in ``choreo.graph``.
 from __future__ import annotations
 
 import argparse
+import json
 import re
+from pathlib import Path
 
 from choreo.app import Service
+from choreo.asyncapi import edges_of
 from choreo.cli.loading import load_object
 from choreo.errors import UsageError
 from choreo.graph import TRACKER, Choreography, Finding, build, lint
@@ -40,10 +43,20 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--lint", action="store_true", help="print only the findings; exit 1 on an error"
     )
     parser.add_argument("--strict", action="store_true", help="with --lint: warnings fail too")
+    parser.add_argument(
+        "--asyncapi",
+        type=Path,
+        metavar="FILE",
+        help="draw (and lint) an AsyncAPI document (choreo asyncapi's, or a team's own)",
+    )
     parser.set_defaults(func=command)
 
 
 def command(args: argparse.Namespace) -> int:
+    if args.asyncapi is not None:
+        if args.apps or args.contract:
+            raise UsageError("--asyncapi draws the document alone: drop MODULE:APP/--contract")
+        return from_document(args)
     if not args.apps and not args.contract:
         raise UsageError(
             "nothing to draw",
@@ -163,3 +176,47 @@ def text(graph: Choreography, findings: list[Finding]) -> str:
         )
         lines.append(f"  {name}: from {', '.join(by)} to {', '.join(to) or 'nobody'}")
     return "\n".join([*lines, "", lint_report(findings)])
+
+
+def from_document(args: argparse.Namespace) -> int:
+    """The map of an AsyncAPI document: who receives and who sends each message. Lint: a
+    message some participant receives that none sends (warning unless it is a saga's
+    start, which comes from outside), and one sent that none receives (warning)."""
+    try:
+        doc = json.loads(args.asyncapi.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read {args.asyncapi}: {exc}") from None
+    if not isinstance(doc, dict) or not str(doc.get("asyncapi", "")).startswith("3."):
+        raise UsageError(f"{args.asyncapi} is not an AsyncAPI 3 document")
+    edges = edges_of(doc)
+    sent = {target for _, target, kind in edges if kind == "emits"}
+    received = {source for source, _, kind in edges if kind == "handles"}
+    starts = {m["name"] for m in doc.get("components", {}).get("messages", {}).values()
+              if m.get("x-choreo-start")}  # fmt: skip
+    findings = [
+        Finding("warning", f"{event} is received but nobody in the document sends it")
+        for event in sorted(received - sent - starts)
+    ] + [
+        Finding("warning", f"{event} is sent but nobody in the document receives it")
+        for event in sorted(sent - received)
+    ]
+    if args.lint:
+        print(lint_report(findings))
+        failing = {"error", "warning"} if args.strict else {"error"}
+        return 1 if any(f.level in failing for f in findings) else 0
+    if args.format == "mermaid":
+        names = sorted({n for source, target, _ in edges for n in (source, target)})
+        ids = {name: f"n{index}" for index, name in enumerate(names)}
+        events = sent | received
+        lines = ["flowchart LR"]
+        for name in names:
+            shape = f"([{_label(name)}])" if name in events else f"[[{_label(name)}]]"
+            lines.append(f"  {ids[name]}{shape}")
+        lines += [f"  {ids[source]} --> {ids[target]}" for source, target, _ in edges]
+        print("\n".join(lines))
+        return 0
+    print(f"choreography of {args.asyncapi}: {len(edges)} edge(s)")
+    for source, target, kind in edges:
+        print(f"  {source} {'->' if kind == 'emits' else '=>'} {target}")
+    print(lint_report(findings))
+    return 0
