@@ -105,25 +105,15 @@ async def test_poison(tmp_path: Path) -> None:
     await run_and_check(scenarios.poison(), tmp_path)
 
 
-PRODUCER_FENCED = (
-    "choreo bug (choreo/transport/kafka.py): after a broker restart the idempotent "
-    "producers of the participants and the front desk get OutOfOrderSequenceNumber "
-    "(Kafka error 45) on every send and the worker retries the batch forever: a batch "
-    "that expired while the broker was down left a gap in the producer's sequence, and "
-    "the transport never starts a new producer (new producer id) to recover, as Kafka's "
-    "Java producer does; the sagas of those partitions stall"
-)
-
-
-@pytest.mark.xfail(reason=PRODUCER_FENCED, strict=True)
+# Both scenarios once found the idempotent producers stalled for good after a broker
+# restart (OutOfOrderSequenceNumber on every send); the transport now replaces its
+# producer (choreo/transport/kafka.py), and they pass.
 @pytest.mark.timeout(480)
 async def test_broker_down_longer_than_the_request_timeout(tmp_path: Path) -> None:
     """(3) The broker down 45 s, restarted in place."""
     await run_and_check(scenarios.broker_down_long(), tmp_path)
 
 
-@pytest.mark.xfail(reason="intermittently (when a restart keeps the broker down long "
-                   "enough): " + PRODUCER_FENCED, strict=False)  # fmt: skip
 @pytest.mark.timeout(480)
 async def test_broker_restarts(tmp_path: Path) -> None:
     """(3) Broker stopped, SIGKILLed and SIGSTOPped, restarted in place."""
