@@ -35,18 +35,12 @@ Scenario 2 (tracker kills) belongs to the tracker's own suite. Not here yet: sce
 (reordering: a compensation before its action), the PostgreSQL barrier, several runs of
 one scenario with different seeds.
 
-**Found: after a broker restart the idempotent producers stall** (the broker-down
-scenario fails every time, the broker-restarts one when a restart is slow; both are
-xfail until it is fixed). Every send of the participants and of the front desk gets
-`OutOfOrderSequenceNumber` (Kafka error 45; the broker logs "Out of order sequence number
-for producer 4 at offset 51 in partition demo.orders-3: 16654 (incoming seq. number), 1
-(current end sequence number)"), and the worker retries the batch forever: a batch that
-expired on the client while the broker was down left a gap in the producer's sequence,
-and `choreo/transport/kafka.py` never replaces the producer (a new producer id), as
-Kafka's Java producer does. The partitions of those batches stop: nothing is applied
-twice, but the sagas behind them never end, the outcomes of effects already committed
-stay unpublished (the rows' "lost": in the store's outbox, not in the log), and
-compensations the tracker cannot publish or see confirmed end STUCK.
+**Found and fixed: after a broker restart the idempotent producers stalled.** With the
+broker down longer than aiokafka's request timeout, every send of the participants, the
+front desk and the tracker got `OutOfOrderSequenceNumber` (Kafka error 45; a batch that
+expired on the client left a gap in the producer's sequence) and the worker retried the
+batch forever. `choreo/transport/kafka.py` now replaces its producer (a new producer id)
+on that error, as Kafka's Java client does, and the broker scenarios pass.
 
 **Seen, by design:** a participant killed again and again while it rejoins its group
 (each restart waits out the dead member's 10 s session) can stay away longer than the
