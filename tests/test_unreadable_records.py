@@ -40,13 +40,19 @@ async def test_an_unreadable_record_stops_only_its_partition(
     async def answer(event: In, ctx: Context) -> None:
         seen[ctx.gid] += 1
 
+    from choreo.transport.kafka import KafkaTransport
+
+    async with KafkaTransport(f"kafka://{kafka_bootstrap}", partitions=2) as transport:
+        await transport.ensure_topics([topic], 2)
+    # Written before the service starts, so its first fetch brings both partitions at
+    # once: the poll that fails on partition 0 may already have drained partition 1.
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.procs.unreadable_producer", kafka_bootstrap, topic],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
     async with app.running(broker=f"kafka://{kafka_bootstrap}", store=redis_url):
-        done = subprocess.run(
-            [sys.executable, "-m", "tests.procs.unreadable_producer", kafka_bootstrap, topic],
-            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
         readable = {"g0-0", "g0-1", "g1-0", "g1-1", "g1-2", "g1-3"}
         deadline = time.monotonic() + 60
         while set(seen) < readable and time.monotonic() < deadline:

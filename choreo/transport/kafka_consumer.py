@@ -45,6 +45,8 @@ class _RevokeListener(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_revoked(self, revoked: Any) -> None:
         lost = frozenset(from_kafka(tp) for tp in revoked)
         logger.debug("group %s: revoking %s", self._consumer.group, sorted(lost))
+        for tp in revoked:
+            self._consumer.returned.pop(tp, None)
         if self._on_revoke is not None and lost:
             await self._on_revoke(lost)
 
@@ -75,6 +77,9 @@ class KafkaConsumer(Consumer):
         self.on_revoke = on_revoke
         self._consumer: Any = None
         self._blocked: dict[TopicPartition, str] = {}
+        # Next offset per (aiokafka) partition past what getmany returned: where to go
+        # back to when a poll failed midway (see _isolate).
+        self.returned: dict[Any, int] = {}
 
     async def start(self) -> None:
         if self._consumer is not None:
@@ -119,6 +124,9 @@ class KafkaConsumer(Consumer):
             raise TransportError(f"Kafka fetch failed: {exc}") from exc
         except _UNREADABLE:
             batch = await self._isolate(max_records)
+        for tp, messages in batch.items():
+            if messages:
+                self.returned[tp] = messages[-1].offset + 1
         return {
             from_kafka(tp): [to_record(message) for message in messages]
             for tp, messages in batch.items()
@@ -135,6 +143,21 @@ class KafkaConsumer(Consumer):
         them, so neither can choreo. What the readable partitions return meanwhile is
         kept, in order."""
         consumer = self._require()
+        # The failed poll may have drained other partitions' records before it raised
+        # (aiokafka collects partition by partition): they were never returned, but their
+        # positions moved past them. Go back to what was returned, or committed.
+        for tp in consumer.assignment():
+            if tp in self.returned:
+                consumer.seek(tp, self.returned[tp])
+                continue
+            try:
+                committed = await consumer.committed(tp)
+            except TRANSIENT as exc:
+                raise TransportError(f"cannot read committed offset of {tp}: {exc}") from exc
+            if committed is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, committed)
         batch: dict[Any, list[Any]] = {}
         deadline = time.monotonic() + _ISOLATE_SECONDS
         while time.monotonic() < deadline:
