@@ -15,12 +15,9 @@ from choreo.store.base import (
     Commit,
     Decision,
     Effect,
-    Incr,
-    Put,
     Status,
     Store,
-    guard_failure,
-    stored_int,
+    plan_effects,
 )
 
 
@@ -76,23 +73,8 @@ class MemoryStore(Store):
         return [self._check(key) for key in keys]
 
     def _plan(self, effects: Sequence[Effect]) -> dict[str, str | None] | str:
-        """Replay the effects on an overlay of the keys they touch: guards see the running
-        value, and a value that is no integer fails here, before anything is written.
-        Returns the new values (None: delete), or the guard's refusal."""
-        planned: dict[str, str | None] = {}
-        for effect in effects:
-            if isinstance(effect, Incr):
-                seen = planned[effect.key] if effect.key in planned else self._data.get(effect.key)
-                current = stored_int(effect.key, seen)
-                reason = guard_failure(effect, current)
-                if reason:
-                    return reason
-                planned[effect.key] = str(current + effect.delta)
-            elif isinstance(effect, Put):
-                planned[effect.key] = effect.value
-            else:
-                planned[effect.key] = None
-        return planned
+        """The effects planned on this store's values (see ``plan_effects``)."""
+        return plan_effects(effects, self._data.get)
 
     def _store_values(self, planned: dict[str, str | None]) -> None:
         for key, value in planned.items():
