@@ -13,6 +13,7 @@ import ipaddress
 import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from typing import Any
 
 from aiohttp import web
 
@@ -48,10 +49,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=codec.dumps(data), status=status, content_type="application/json")
+
+
 def json_error(status: int, message: str) -> web.Response:
-    return web.Response(
-        body=codec.dumps({"error": message}), status=status, content_type="application/json"
-    )
+    return json_response({"error": message}, status)
 
 
 def token_guard(

@@ -22,9 +22,13 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from choreo import codec
 from choreo.errors import TransportError
-from choreo.http_guard import refuse_open_beyond_loopback, serve_app, token_guard
+from choreo.http_guard import (
+    json_response,
+    refuse_open_beyond_loopback,
+    serve_app,
+    token_guard,
+)
 from choreo.metrics import CONTENT_TYPE, ServiceMetrics
 
 if TYPE_CHECKING:
@@ -36,10 +40,6 @@ PROBES = ("/healthz", "/readyz")
 LAG_TIMEOUT = 5.0  # a scrape still answers (without fresh lag) when the broker does not
 
 
-def _json(data: object, status: int = 200) -> web.Response:
-    return web.Response(body=codec.dumps(data), status=status, content_type="application/json")
-
-
 def build_service_api(
     service: Service, metrics: ServiceMetrics, token: str | None, *, open_access: bool = False
 ) -> web.Application:
@@ -47,11 +47,11 @@ def build_service_api(
 
     async def healthz(request: web.Request) -> web.Response:
         alive = service.alive()
-        return _json({"ok": alive, "service": service.name}, 200 if alive else 503)
+        return json_response({"ok": alive, "service": service.name}, 200 if alive else 503)
 
     async def readyz(request: web.Request) -> web.Response:
         problems = await service.readiness()
-        return _json(
+        return json_response(
             {"ready": not problems, "service": service.name, "problems": problems},
             503 if problems else 200,
         )

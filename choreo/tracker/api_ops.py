@@ -27,6 +27,7 @@ from typing import Any
 from aiohttp import web
 
 from choreo.errors import TransportError
+from choreo.http_guard import json_response
 from choreo.saga.contract import SagaContract
 from choreo.saga.state import SagaState, SagaStatus
 from choreo.tracker import ops
@@ -34,7 +35,6 @@ from choreo.tracker.deadletters import DeadLetterReader, describe
 from choreo.tracker.http import (
     Route,
     json_body,
-    json_response,
     known_gid,
     limit,
     problem,

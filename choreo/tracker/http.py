@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from choreo import codec
+from choreo.http_guard import json_error, json_response
 from choreo.saga.state import SagaState
 
 Route = Callable[[web.Request], Awaitable[web.Response]]
@@ -27,12 +28,7 @@ MAX_OFFSET = 10**12
 BODY_TIMEOUT = 10.0  # seconds to receive a request's body once its headers are in
 
 
-def json_response(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=codec.dumps(data), status=status, content_type="application/json")
-
-
-def error(status: int, message: str) -> web.Response:
-    return json_response({"error": message}, status)
+error = json_error  # the API's error body, {"error": message}: the guard's, one place
 
 
 def problem(status: int, message: str, hint: str = "") -> web.Response:
