@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from choreo import codec
 from choreo.events import Event
+from choreo.graph import TRACKER
 from choreo.saga.contract import SagaContract
 from choreo.system_events import SYSTEM_EVENTS
 
@@ -205,7 +206,7 @@ def edges_of(doc: dict[str, Any]) -> list[tuple[str, str, str]]:
     edges: set[tuple[str, str, str]] = set()
     for key, operation in doc.get("operations", {}).items():
         participant = operation.get("x-choreo-service") or (
-            TRACKER_NODE if operation.get("x-choreo-role") == "tracker" else key.split(".")[0]
+            TRACKER if operation.get("x-choreo-role") == "tracker" else key.split(".")[0]
         )
         for ref in operation.get("messages", []):
             name = ref.get("$ref", "").rsplit("/", 1)[-1]
@@ -215,6 +216,3 @@ def edges_of(doc: dict[str, Any]) -> list[tuple[str, str, str]]:
             else:
                 edges.add((participant, event, "emits"))
     return sorted(edges)
-
-
-TRACKER_NODE = "tracker"
