@@ -19,6 +19,11 @@ a dict (``tracker.states()``), for tests and for demos that run in one process.
 
 ``Harness(..., clock=VirtualClock())`` skips time: ``await h.advance(600)`` makes a
 10-minute deadline due (the tracker compensates) and ends handler retry sleeps, at once.
+
+Faults (``choreo.faults``), on memory and on real Kafka alike: ``h.faults.fail(handler,
+times=2)``, ``h.faults.drop/duplicate/delay(topic or Event class)``,
+``h.faults.crash_after(handler)``; ``await h.kill(service)`` / ``await h.restart(service)``;
+``h.pause(h.tracker)`` / ``h.resume(h.tracker)`` (or ``async with h.paused(h.tracker)``).
 """
 
 from __future__ import annotations
@@ -36,13 +41,15 @@ from choreo.app import Service
 from choreo.clock import VirtualClock
 from choreo.errors import ConfigurationError, PoisonEvent
 from choreo.events import Event, EventRegistry, Message
+from choreo.faults import Faults, FaultyTransport
+from choreo.handlers import Handler
 from choreo.saga.state import SagaState, SagaStatus
 from choreo.store.base import Store
 from choreo.tracker.memory import MemoryTracker
 from choreo.transport.base import Consumer, OutgoingRecord, Record, TopicPartition, Transport
 from choreo.urls import open_store, open_transport
 
-__all__ = ["Harness", "MemoryTracker", "Participant", "VirtualClock"]
+__all__ = ["Faults", "Harness", "MemoryTracker", "Participant", "VirtualClock"]
 
 
 class Participant(Protocol):
@@ -95,6 +102,12 @@ class Harness:
         self._spy: Consumer | None = None
         self._seen: dict[TopicPartition, int] = {}
         self._stack = contextlib.AsyncExitStack()
+        self.faults = Faults(clock.sleep if clock is not None else asyncio.sleep)
+        self.faults.crash = self._crash
+        # Per running participant: its exit stack and its view of the transport.
+        self._alive: dict[int, tuple[contextlib.AsyncExitStack, FaultyTransport]] = {}
+        self._original: dict[int, list[Handler]] = {}
+        self._crashes: set[asyncio.Task[None]] = set()
 
     @property
     def topics(self) -> list[str]:
@@ -111,17 +124,116 @@ class Harness:
     async def _lifespan(self) -> AsyncIterator[None]:
         async with self.transport, self.store:
             await self.transport.ensure_topics(self.topics, self.partitions)
-            async with contextlib.AsyncExitStack() as stack:
+            self._wrap_handlers()
+            try:
                 for participant in self.participants:
-                    await stack.enter_async_context(
-                        participant.running(broker=self.transport, store=self.store)
-                    )
+                    await self._start(participant)
                 self._spy = self.transport.consumer(f"choreo.harness.{uuid.uuid4()}", self.topics)
                 await self._spy.start()
                 try:
                     yield
                 finally:
                     await self._spy.stop()
+            finally:
+                await asyncio.gather(*self._crashes, return_exceptions=True)
+                for _, transport in self._alive.values():
+                    transport.resume()  # a frozen participant could not stop
+                for participant in reversed(self.participants):
+                    if id(participant) in self._alive:
+                        stack, _ = self._alive.pop(id(participant))
+                        await stack.aclose()
+                self._unwrap_handlers()
+
+    # -- participants' lives (kill, restart, pause) -------------------------------------
+    def _wrap_handlers(self) -> None:
+        """Put every service's handlers behind ``self.faults`` (undone on exit)."""
+        for participant in self.participants:
+            if isinstance(participant, Service):
+                self._original[id(participant)] = list(participant.handlers)
+                participant.handlers[:] = [
+                    self.faults.wrap(participant.name, handler) for handler in participant.handlers
+                ]
+
+    def _unwrap_handlers(self) -> None:
+        for participant in self.participants:
+            original = self._original.pop(id(participant), None)
+            if isinstance(participant, Service) and original is not None:
+                participant.handlers[:] = original
+
+    async def _start(self, participant: Participant) -> None:
+        transport = FaultyTransport(self.transport, self.faults)
+        stack = contextlib.AsyncExitStack()
+        await stack.enter_async_context(participant.running(broker=transport, store=self.store))
+        self._alive[id(participant)] = (stack, transport)
+
+    def participant(self, which: str | Participant) -> Participant:
+        """A participant by its name (a service's, or ``h.tracker.name``) or itself."""
+        for participant in self.participants:
+            if participant is which or participant.name == which:
+                return participant
+        names = ", ".join(p.name for p in self.participants)
+        raise ConfigurationError(f"{which!r} is not a participant of this harness ({names})")
+
+    def _life(self, which: str | Participant) -> FaultyTransport:
+        participant = self.participant(which)
+        alive = self._alive.get(id(participant))
+        if alive is None:
+            raise ConfigurationError(f"{participant.name} is not running (killed?)")
+        return alive[1]
+
+    async def kill(self, which: str | Participant) -> None:
+        """Kill a participant as a crash would: its handler calls in progress are
+        cancelled (their effects never reach the store), nothing it sends from now on
+        reaches the log and no offset it commits counts; it leaves its consumer group.
+        What it had not committed is redelivered to whoever reads next (``restart``)."""
+        participant = self.participant(which)
+        self._life(participant).kill()
+        self.faults.cancel_calls(participant.name)
+        await self._stop_dead(participant)
+
+    async def _stop_dead(self, participant: Participant) -> None:
+        stack, _ = self._alive.pop(id(participant))
+        await stack.aclose()
+
+    async def restart(self, which: str | Participant) -> None:
+        """Start a killed participant again, on a fresh connection to the log."""
+        participant = self.participant(which)
+        if id(participant) in self._alive:
+            raise ConfigurationError(f"{participant.name} is running; kill it first")
+        await self._start(participant)
+
+    def _crash(self, service: str, restart: bool) -> None:
+        """A ``crash_after`` fired: dead at once (the send and the offset commit that
+        follow are lost), stopped and maybe restarted in the background."""
+        participant = self.participant(service)
+        self._life(participant).kill()
+
+        async def stop_and_restart() -> None:
+            await self._stop_dead(participant)
+            if restart:
+                await self._start(participant)
+
+        task = asyncio.create_task(stop_and_restart(), name=f"harness-crash-{service}")
+        self._crashes.add(task)
+        task.add_done_callback(self._crashes.discard)
+
+    def pause(self, which: str | Participant) -> None:
+        """Freeze a participant (``h.tracker`` for one): it fetches nothing and what it
+        sends waits, as a stopped process; deadlines due meanwhile fire on ``resume``."""
+        self._life(which).pause()
+
+    def resume(self, which: str | Participant) -> None:
+        self._life(which).resume()
+
+    @contextlib.asynccontextmanager
+    async def paused(self, which: str | Participant) -> AsyncIterator[None]:
+        """``pause`` for the block, ``resume`` after it."""
+        self.pause(which)
+        try:
+            yield
+        finally:
+            if id(self.participant(which)) in self._alive:
+                self.resume(which)
 
     async def publish(
         self, event: Event, *, gid: str | None = None, saga: str | None = None
