@@ -15,10 +15,11 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from choreo.cli.http_options import (
     TokenSource,
@@ -32,6 +33,9 @@ from choreo.errors import UsageError
 from choreo.redact import quiet_protocol_loggers, redact_url
 from choreo.saga.contract import SagaContract
 from choreo.tracker.view import StateView
+
+if TYPE_CHECKING:
+    from choreo.tracker.routing import Workers
 from choreo.transport.base import Transport
 from choreo.transport.kafka_config import security_from_env
 from choreo.urls import open_transport
@@ -97,6 +101,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "saga (env CHOREO_TRACKER_RETENTION; 6h)",
     )
     parser.add_argument(
+        "--worker-url",
+        default=os.environ.get("CHOREO_TRACKER_URL") or None,
+        metavar="URL",
+        help="faust engine, one of several workers of one --app-id: this worker's state API "
+        "as the other workers reach it (env CHOREO_TRACKER_URL; default http://HOST:PORT of "
+        "--http, this machine's name for 0.0.0.0); each worker needs its own URL, --data-dir "
+        "and --http, and the same token; each then answers for every worker's sagas",
+    )
+    parser.add_argument(
         "--service-group",
         action="append",
         default=[],
@@ -150,11 +163,24 @@ def command(args: argparse.Namespace) -> int:
         code = 0
     else:
         retention = args.retention or None  # 0: keep every saga
-        code = run_faust(api, args.broker, args.app_id, args.data_dir, args.store, retention)
+        url = args.worker_url or worker_url(host, port)
+        code = run_faust(
+            api, args.broker, args.app_id, args.data_dir, args.store, retention, url=url
+        )
     print(
         f"choreo: tracker {'stopped cleanly' if code == 0 else f'exited with {code}'}", flush=True
     )
     return code
+
+
+def worker_url(host: str, port: int) -> str | None:
+    """How other workers reach the state API served on ``host:port`` (None when the port
+    is picked at start): a wildcard address by this machine's name."""
+    if port == 0:
+        return None
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname()
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 @dataclass(frozen=True)
@@ -170,16 +196,19 @@ class StateApi:
 
     @contextlib.asynccontextmanager
     async def serving(
-        self, view: StateView, transport: Transport, engine: str
+        self, view: StateView, transport: Transport, engine: str, workers: Workers | None = None
     ) -> AsyncIterator[int]:
-        """Serve the API with its ops routes until the block exits; yields the port."""
+        """Serve the API with its ops routes until the block exits; yields the port. With
+        ``workers``, it answers for the sagas of every worker (``tracker.routing``)."""
         from choreo.tracker.api import serve_api
         from choreo.tracker.api_ops import OpsContext
 
         host, port = self.http
         ops = OpsContext(view, transport, list(self.contracts), dict(self.groups))
         open_access = self.token is None
-        async with serve_api(view, host, port, self.token, ops, open_access=open_access) as bound:
+        async with serve_api(
+            view, host, port, self.token, ops, open_access=open_access, workers=workers
+        ) as bound:
             shown = f"[{host}]" if ":" in host else host
             names = ", ".join(c.name for c in self.contracts)
             print(f"choreo: tracker {engine} following {names}; state API on "
@@ -219,6 +248,8 @@ def run_faust(
     data_dir: str | None = None,
     store: str = "rocksdb",
     retention: float | None = 6 * 3600.0,
+    *,
+    url: str | None = None,
 ) -> int:
     """Run the faust tracker in this process until SIGTERM or SIGINT; returns the exit code.
 
@@ -229,6 +260,7 @@ def run_faust(
     (``rocksdb`` or ``memory``); faust's log level from ``CHOREO_TRACKER_LOGLEVEL``.
     aiokafka's, faust's and mode's own loggers stay at WARNING whatever that level is,
     unless ``CHOREO_LOG_PROTOCOL`` names them (their debug output holds SASL passwords).
+    ``url`` is this worker's state API as the other workers of its app id reach it.
     """
     if not broker.startswith("kafka://"):
         raise UsageError(
@@ -255,6 +287,7 @@ def run_faust(
         security=security_from_env(os.environ),
         store=store,
         retention=retention,
+        url=url,
     )
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
@@ -270,7 +303,8 @@ def run_faust(
     async def serve(*_: Any) -> None:
         quiet_protocol_loggers(os.environ)  # again, after faust set its logging up
         tracker.rebuild()  # before the first tick, so the API never starts empty
-        async with api.serving(tracker.view(), tracker.transport, f"{app_id} (faust engine)"):
+        engine = f"{app_id} (faust engine)"
+        async with api.serving(tracker.view(), tracker.transport, engine, tracker.workers()):
             await asyncio.Event().wait()  # cancelled when the app stops
 
     app.task(serve)

@@ -35,6 +35,7 @@ from choreo.saga.state import SagaStatus
 from choreo.tracker.api_ops import OpsContext, add_ops_routes
 from choreo.tracker.http import (
     BODY_TIMEOUT,
+    MAX_LIMIT,
     MAX_OFFSET,
     error,
     integer,
@@ -43,6 +44,7 @@ from choreo.tracker.http import (
     summary,
     text,
 )
+from choreo.tracker.routing import Workers, add_routing
 from choreo.tracker.view import QUANTILES, StateView
 
 __all__ = [
@@ -56,7 +58,6 @@ __all__ = [
     "serve_api",
 ]
 
-MAX_LIMIT = 1000
 MAX_BODY_BYTES = 64 * 1024  # an admin command or a replay of ids needs a few kB
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -165,13 +166,18 @@ async def serve_api(
     *,
     open_access: bool = False,
     header_timeout: float = HEADER_TIMEOUT,
+    workers: Workers | None = None,
 ) -> AsyncIterator[int]:
     """Serve until the block exits; yields the bound port (``port=0`` picks a free one).
-    With ``ops`` the operator routes (why, admin commands, dead letters) are served too.
-    ``open_access`` (no token) is refused on an address beyond the loopback interface."""
+    With ``ops`` the operator routes (why, admin commands, dead letters) are served too;
+    with ``workers`` (one of several tracker workers) every saga route answers for the
+    sagas of every worker (``choreo.tracker.routing``). ``open_access`` (no token) is
+    refused on an address beyond the loopback interface."""
     refuse_open_beyond_loopback("state API", host, token, open_access)
     app = build_app(view, token, open_access=open_access)
     if ops is not None:
         add_ops_routes(app, ops)  # before setup: aiohttp freezes the router there
+    if workers is not None:
+        add_routing(app, workers)
     async with serve_app(app, host, port, header_timeout) as bound:
         yield bound

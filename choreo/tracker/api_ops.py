@@ -33,6 +33,7 @@ from choreo.saga.state import SagaState, SagaStatus
 from choreo.tracker import ops
 from choreo.tracker.deadletters import DeadLetterReader, describe
 from choreo.tracker.http import (
+    MAX_ROWS,
     Route,
     json_body,
     known_gid,
@@ -43,8 +44,6 @@ from choreo.tracker.http import (
 )
 from choreo.tracker.view import StateView
 from choreo.transport.base import Transport
-
-MAX_ROWS = 1000
 
 
 @dataclass

@@ -3,8 +3,9 @@
 One agent reads every saga topic and the system topic. They are co-partitioned by gid
 (every record's key is its gid, every topic has the same partition count, the default
 partitioner places a gid in the same partition number on each), so one worker owns all of
-a saga's records and its entry in the table ``sagas`` (gid -> ``SagaState`` JSON), whose
-compacted changelog topic is the durable copy of the states.
+a saga's records and its entries in the table ``sagas`` (its packed state and its
+timeline records, ``choreo.tracker.states``), whose compacted changelog topic is the
+durable copy of the states.
 
 Records are folded in batches (what faust delivered within ``batch_within``), each
 record in partition order, by ``TrackerPipeline`` (steps 1 to 4) over this shell's I/O:
@@ -41,7 +42,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,17 +54,20 @@ from choreo.deadletter import DLQ_TOPIC
 from choreo.errors import ConfigurationError, TransportError
 from choreo.runtime import tune_gc
 from choreo.saga.contract import SagaContract
+from choreo.saga.packing import unpack_state
 from choreo.saga.state import SagaState
 from choreo.tracker.core import TrackerCore
 from choreo.tracker.faust_io import faust_credentials, faust_errors, to_record
 from choreo.tracker.faust_position import ReadPosition
 from choreo.tracker.faust_store import RocksDBSizing, TableStore, remove_stale, store_url
+from choreo.tracker.faust_workers import FaustWorkers
 from choreo.tracker.offsets import (
     encode_marker,
     is_marker,
     marker_key,
 )
 from choreo.tracker.pipeline import Stopping, TrackerPipeline
+from choreo.tracker.states import is_timeline_key, state_key
 from choreo.tracker.view import StatesView
 from choreo.transport.base import Record, TopicPartition
 from choreo.transport.kafka import KafkaTransport
@@ -113,12 +117,16 @@ class FaustTracker:
         store: str = "memory",
         rocksdb: RocksDBSizing | None = None,
         retention: float | None = DEFAULT_RETENTION,
+        url: str | None = None,
     ) -> None:
         """``security`` takes the same SASL/TLS options as ``KafkaTransport``; they reach
         both choreo's producer and faust's clients. ``store``: the table's local store,
         ``memory`` (a start replays the changelog) or ``rocksdb`` (in ``data_dir``, sized
         by ``rocksdb``); see ``choreo.tracker.faust_store``. ``retention``: seconds a
-        settled saga stays in the table (None: for ever); see ``TrackerPipeline``."""
+        settled saga stays in the table (None: for ever); see ``TrackerPipeline``.
+        ``url``: this worker's state API as the other workers of its app id reach it
+        (faust's ``canonical_url``; see ``workers()``)."""
+        self.url = url
         self.core = TrackerCore(contracts)
         self.security = dict(security or {})
         self.broker = broker
@@ -153,6 +161,7 @@ class FaustTracker:
             save=self._save,
             limits=limits,
             retention=retention,
+            read=lambda key: self.store.get(key),  # timelines: read from the table's store
         )
         self.states = self.pipeline.states
         # Where to read: the folded markers, not faust's offsets (faust_position).
@@ -227,6 +236,8 @@ class FaustTracker:
             autodiscover=False,
             worker_redirect_stdouts=False,
             broker_credentials=faust_credentials(self.security),
+            # What faust's assignor tells the other workers about this one (workers()).
+            canonical_url=self.url,  # None: faust's default (its web host and port)
         )
         self._table = app.Table(
             TABLE_NAME,
@@ -234,7 +245,7 @@ class FaustTracker:
             key_type=bytes,
             value_type=bytes,
             partitions=self.partitions,
-            help="saga states by gid (SagaState JSON)",
+            help="saga states by gid (packed) and their timelines",
             options=self.rocksdb.options() if self.store_kind == "rocksdb" else None,
         )
         self._store = TableStore(self._table.data, self.store_kind, self.partitions)
@@ -316,11 +327,8 @@ class FaustTracker:
         )
 
     def _load(self, gid: str) -> SagaState | None:
-        raw = self.store.get(gid.encode())
-        if raw is None:
-            return None
-        cached = self.states.get(gid)
-        return cached if cached is not None else SagaState.model_validate_json(raw)
+        raw = self.store.get(state_key(gid))
+        return None if raw is None else unpack_state(raw)
 
     async def _save(
         self, changed: Sequence[tuple[SagaState, Record]], removed: Sequence[tuple[str, Record]]
@@ -332,11 +340,7 @@ class FaustTracker:
         are awaited together, and only then do they reach the local store, with the
         offsets the store persists (so a store on disk is never ahead of the changelog)."""
         topic = self._table.changelog_topic.get_topic_name()
-        writes: list[tuple[int, bytes, bytes | None]] = [
-            (record.partition, state.gid.encode(), state.model_dump_json().encode())
-            for state, record in changed
-        ]
-        writes += [(record.partition, gid.encode(), None) for gid, record in removed]
+        writes = list(self.pipeline.writes(changed, removed))
         # After the states, in their partitions: a marker implies the states before it.
         writes += [
             (partition, marker_key(partition), encode_marker(self.folded.marker(partition)))
@@ -397,21 +401,23 @@ class FaustTracker:
         gids of partitions this worker owns (the memory store keeps keys it wrote even
         after their partition moved to another worker; those are dropped locally)."""
         owned = {tp.partition for tp in self.owned()}
-        states: dict[str, SagaState] = {}
-        for key, raw in self.store.items(owned):
-            if is_marker(key):
-                continue
-            try:
-                state = SagaState.model_validate_json(raw)
-            except ValueError as exc:
-                log.error("saga state of %r is unreadable, skipped: %s", key, exc)
-                continue
-            states[state.gid] = state
-        self.states.clear()  # in place: the state API's view holds this dict
-        self.states.update(states)
-        self.pipeline.deadlines.rebuild(states.values())
+
+        def stored() -> Iterator[SagaState]:  # one parsed state at a time
+            for key, raw in self.store.items(owned):
+                if is_marker(key) or is_timeline_key(key):
+                    continue
+                try:
+                    state = unpack_state(raw)
+                except ValueError as exc:
+                    log.error("saga state of %r is unreadable, skipped: %s", key, exc)
+                    continue
+                self.states.put(state.gid, raw)
+                yield state
+
+        self.states.clear()  # in place: the state API's view holds this table
+        self.pipeline.deadlines.rebuild(stored())
         log.info("tracker owns partitions %s: %d sagas, %d with a deadline",
-                 sorted(owned), len(states), len(self.pipeline.deadlines))  # fmt: skip
+                 sorted(owned), len(self.states), len(self.pipeline.deadlines))  # fmt: skip
 
     async def _measure_backlog(self) -> None:
         """After a rebalance: put each owned partition where its folded marker says
@@ -456,6 +462,13 @@ class FaustTracker:
     # -- the state API and shutdown ------------------------------------------------------
     def view(self) -> StatesView:
         return StatesView(self.states, self.pipeline.metrics)
+
+    def workers(self) -> FaustWorkers:
+        """Who owns which saga among the workers of this app id (faust's assignment),
+        for the state API to route requests (``choreo.tracker.routing``)."""
+        return FaustWorkers(
+            self._app, TABLE_NAME, self.partitions, lambda: {tp.partition for tp in self.owned()}
+        )
 
     async def _on_shutdown(self, *_: Any, **__: Any) -> None:
         producer, self._changelog = self._changelog, None

@@ -25,6 +25,8 @@ MAX_GID_CHARS = codec.Limits().max_gid_chars
 MAX_QUERY_CHARS = 200  # any one query parameter
 MAX_INT_DIGITS = 12
 MAX_OFFSET = 10**12
+MAX_LIMIT = 1000  # summaries in one page of GET /sagas
+MAX_ROWS = 1000  # rows of the ops routes' lists (stalled sagas, dead letters)
 BODY_TIMEOUT = 10.0  # seconds to receive a request's body once its headers are in
 
 
