@@ -26,6 +26,7 @@ from faust.types import TP
 
 from choreo.errors import ConfigurationError
 from choreo.tracker.offsets import is_marker, marker_partition
+from choreo.tracker.states import is_timeline_key, timeline_gid
 from choreo.transport.partitioner import partition_for
 
 log = logging.getLogger("choreo.tracker")
@@ -41,7 +42,8 @@ class RocksDBSizing:
     """Per partition database (a tracker opens one per partition it owns). faust's
     defaults are a 2 GiB block cache and three 64 MiB write buffers *per partition*: 12
     partitions could take 26 GiB. These keep a partition at most 32 MiB of cache plus
-    2 x 16 MiB of memtables; a saga state is a few KB, so a partition's hot sagas fit."""
+    2 x 16 MiB of memtables; a packed saga state is a few hundred bytes, so a
+    partition's hot sagas fit."""
 
     block_cache_mb: int = 32
     write_buffer_mb: int = 16
@@ -66,7 +68,9 @@ def store_url(kind: str) -> str:
 
 
 def key_partition(key: bytes, partitions: int) -> int:
-    return marker_partition(key) if is_marker(key) else partition_for(key, partitions)
+    if is_marker(key):
+        return marker_partition(key)
+    return partition_for(timeline_gid(key) if is_timeline_key(key) else key, partitions)
 
 
 class TableStore:

@@ -24,10 +24,12 @@ from choreo.deadletter import DLQ_TOPIC, DeadLetter, dead_letter_record
 from choreo.errors import PoisonEvent, TransportError, UnknownEventType
 from choreo.events import Message
 from choreo.retry import INFRASTRUCTURE_RETRY, Backoff
+from choreo.saga.packing import pack_entries, pack_state
 from choreo.saga.state import SagaState
 from choreo.saga.transition import Publish
 from choreo.system_events import DeadlineCheck
 from choreo.tracker.core import TRACKER_SOURCE, DeadlineIndex, TrackerCore
+from choreo.tracker.states import Read, SagaTable, Write, saga_writes
 from choreo.tracker.view import TrackerMetrics
 from choreo.transport.base import OutgoingRecord, Record
 
@@ -38,7 +40,14 @@ Load = Callable[[str], SagaState | None]
 Save = Callable[[Sequence[tuple[SagaState, Record]], Sequence[tuple[str, Record]]], Awaitable[None]]
 """Make new states durable, each with the record whose fold produced it (its partition is
 the changelog record's), and remove expired sagas (gid, the record that expired it).
-Called for every batch, even one that changed nothing."""
+Called for every batch, even one that changed nothing; the store records to write are
+``TrackerPipeline.writes(changed, removed)``."""
+
+# A saga's packed state, and the timeline lines one write of it adds, are each kept under
+# this: the faust tracker's changelog takes records up to the broker's 1 MiB message size
+# (``message.max.bytes``), with the record's framing and the batch's other records beside
+# it. An event whose fold would go past it is dead-lettered, the state left as it was.
+MAX_STATE_BYTES = 512 * 1024
 
 
 @dataclass
@@ -49,6 +58,8 @@ class _Batch:
     states: dict[str, SagaState] = field(default_factory=dict)  # the batch's view of states
     changed: dict[str, tuple[SagaState, Record]] = field(default_factory=dict)
     removed: dict[str, Record] = field(default_factory=dict)  # expired (retention)
+    packed: dict[str, bytes] = field(default_factory=dict)  # changed states, packed
+    versions: dict[str, int] = field(default_factory=dict)  # each saga's before the batch
     observed: list[tuple[SagaState | None, SagaState, Sequence[Publish]]] = field(
         default_factory=list
     )
@@ -80,12 +91,16 @@ class TrackerPipeline:
         dlq_topic: str = DLQ_TOPIC,
         limits: codec.Limits | None = None,
         retention: float | None = None,
+        read: Read | None = None,
+        max_state_bytes: int = MAX_STATE_BYTES,
     ) -> None:
         """``retention``: seconds a settled saga (``SagaState.settled_at``) stays; then
-        the timer's ``DeadlineCheck`` removes it (None: kept for ever)."""
+        the timer's ``DeadlineCheck`` removes it (None: kept for ever). ``read``: where
+        the shell's store keeps timeline records (None: ``states`` keeps them)."""
         self.core = core
         self.retention = retention
-        self.states: dict[str, SagaState] = {}
+        self.max_state_bytes = max_state_bytes
+        self.states = SagaTable(read)
         self.deadlines = DeadlineIndex(self.wake_at)
         self.metrics = TrackerMetrics()
         self.processed = 0
@@ -94,8 +109,10 @@ class TrackerPipeline:
         self.dlq_topic = dlq_topic
         self.limits = limits or codec.Limits()
         self._send = send
-        self._load = load or self.states.get
+        self._load = load or self.states.hot
         self._save = save
+        self._batch: _Batch | None = None
+        self._writes: list[Write] | None = None  # of the batch being saved
 
     async def handle(self, record: Record, now: float) -> None:
         """Fold one record at time ``now`` (see ``handle_batch``)."""
@@ -111,7 +128,8 @@ class TrackerPipeline:
         lost. Raises only ``Stopping`` (nothing of the batch then reaches ``states``);
         a poison record, an unreadable state or a failing fold is dead-lettered with its
         reason and the batch goes on."""
-        batch = _Batch()
+        batch = self._batch = _Batch()
+        self._writes = None
         for record, now in items:
             self.processed += 1
             try:
@@ -124,17 +142,39 @@ class TrackerPipeline:
                 )
         await self.publish(batch.out)
         sent_at = self.clock()
+        changed, removed = list(batch.changed.values()), list(batch.removed.items())
         if self._save is not None and items:  # even unchanged: the shell may note progress
-            await self._save(list(batch.changed.values()), list(batch.removed.items()))
-        self.states.update(batch.states)
+            await self._save(changed, removed)
+        self.states.apply(self.writes(changed, removed))
+        self._batch = self._writes = None
         for gid in batch.removed:
-            self.states.pop(gid, None)
             self.deadlines.forget(gid)
         self.metrics.expired += len(batch.removed)
         for state in batch.states.values():
             self.deadlines.track(state)
         for before, after, actions in batch.observed:
             self.metrics.observe(before, after, actions, sent_at)
+
+    def writes(
+        self, changed: Sequence[tuple[SagaState, Record]], removed: Sequence[tuple[str, Record]]
+    ) -> list[Write]:
+        """The store records of the batch being saved (``states.saga_writes``): each changed
+        saga's packed state and new timeline lines in its source record's partition,
+        tombstones of removed sagas."""
+        if self._writes is None:
+            batch = self._batch or _Batch()
+            self._writes = saga_writes(
+                [
+                    (record.partition, state, batch.packed.get(state.gid) or pack_state(state),
+                     batch.versions.get(state.gid, state.version - 1))
+                    for state, record in changed
+                ],
+                [
+                    (record.partition, gid, batch.versions.get(gid, 0))
+                    for gid, record in removed
+                ],
+            )  # fmt: skip
+        return self._writes
 
     def _fold(self, batch: _Batch, record: Record, now: float) -> None:
         try:
@@ -148,8 +188,11 @@ class TrackerPipeline:
         try:
             if gid in batch.removed:
                 before = None
+            elif gid in batch.states:
+                before = batch.states[gid]
             else:
-                before = batch.states[gid] if gid in batch.states else self._load(gid)
+                before = self._load(gid)
+                batch.versions[gid] = 0 if before is None else before.version
         except ValueError as exc:
             batch.out.append(self._dead_letter(record, "failed", f"stored state unreadable: {exc}"))
             return
@@ -159,10 +202,20 @@ class TrackerPipeline:
         if transition is None:
             return  # no contract of this tracker knows it
         after = transition.state
+        if after is not before:
+            packed = pack_state(after)
+            # The timeline lines this batch adds to the saga form one record.
+            lines = len(pack_entries(after.timeline))
+            if max(len(packed), lines) > self.max_state_bytes:
+                what = f"{len(packed)} bytes packed, timeline lines {lines} bytes"
+                batch.out.append(self._dead_letter(record, "failed",
+                    f"the saga's new state is too large to store ({what}; the limit is "
+                    f"{self.max_state_bytes}): not applied"))  # fmt: skip
+                return
+            batch.packed[gid] = packed
+            batch.changed[gid] = (after, record)  # the saga's last version is what is saved
         batch.out += self.core.records(transition, cause=message.envelope)
         batch.states[gid] = after
-        if after is not before:
-            batch.changed[gid] = (after, record)  # the saga's last version is what is saved
         batch.observed.append((before, after, transition.actions))
 
     def wake_at(self, state: SagaState) -> float | None:
@@ -196,7 +249,9 @@ class TrackerPipeline:
         if now >= settled + self.retention:
             batch.states.pop(before.gid, None)
             batch.changed.pop(before.gid, None)
+            batch.packed.pop(before.gid, None)
             batch.removed[before.gid] = record
+            batch.versions[before.gid] = before.version
         return True
 
     def _dead_letter(self, record: Record, kind: str, reason: str) -> OutgoingRecord:
@@ -232,7 +287,7 @@ class TrackerPipeline:
         checks = [
             (state, self.core.deadline_check(state))
             for gid, version in self.deadlines.pop_due(now)
-            if (state := self.states.get(gid)) is not None and state.version == version
+            if (state := self.states.hot(gid)) is not None and state.version == version
         ]
         if not checks:
             return

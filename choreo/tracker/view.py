@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from choreo.saga.machine import Publish
+from choreo.saga.packing import Peek
 from choreo.saga.state import SagaState, SagaStatus, StepStatus
+from choreo.tracker.states import SagaTable
 
 QUANTILES = (0.5, 0.9, 0.99)
 
@@ -121,19 +123,32 @@ def _as_state(value: SagaState | Mapping[str, Any]) -> SagaState:
 
 
 class StatesView:
-    """A ``StateView`` over any mapping of gid to state (a dict, a faust Table); values
-    may be ``SagaState`` objects or their JSON form."""
+    """A ``StateView`` over a ``SagaTable`` (the trackers' own) or any mapping of gid to
+    state (values ``SagaState`` objects or their JSON form). Over a ``SagaTable``, lists
+    and counts read the packed states without building them, and only ``get`` reads a
+    saga's timeline."""
 
     def __init__(
         self,
-        states: Mapping[str, SagaState | Mapping[str, Any]],
+        states: Mapping[str, SagaState | Mapping[str, Any]] | SagaTable,
         metrics: TrackerMetrics | Callable[[], TrackerMetrics],
     ) -> None:
         self._states = states
         self._metrics = metrics
 
     def _all(self) -> Iterable[SagaState]:
+        if isinstance(self._states, SagaTable):
+            table = self._states
+            return (s for gid in table if (s := table.hot(gid)) is not None)
         return (_as_state(v) for v in list(self._states.values()))
+
+    def _peeks(self) -> Iterable[tuple[str, Peek]]:
+        if isinstance(self._states, SagaTable):
+            return self._states.peeks()
+        return (
+            (s.gid, Peek(s.saga, s.status, s.version, s.started_at, s.updated_at, s.resolved))
+            for s in self._all()
+        )
 
     def list(
         self,
@@ -144,18 +159,24 @@ class StatesView:
         limit: int = 50,
         offset: int = 0,
     ) -> Page:
-        """Newest first; ``since`` keeps sagas updated at or after that epoch time."""
+        """Newest first; ``since`` keeps sagas updated at or after that epoch time. Over a
+        ``SagaTable`` the items come without their timelines (``get`` gives one whole)."""
         found = [
-            s
-            for s in self._all()
-            if (status is None or s.status == status)
-            and (saga is None or s.saga == saga)
-            and (since is None or s.updated_at >= since)
+            (p.started_at, gid)
+            for gid, p in self._peeks()
+            if (status is None or p.status == status)
+            and (saga is None or p.saga == saga)
+            and (since is None or p.updated_at >= since)
         ]
-        found.sort(key=lambda s: (-s.started_at, s.gid))
-        items = found[offset : offset + limit]
+        found.sort(key=lambda row: (-row[0], row[1]))
+        items = [s for _at, gid in found[offset : offset + limit] if (s := self._hot(gid))]
         following = offset + len(items)
         return Page(items, len(found), following if following < len(found) else None)
+
+    def _hot(self, gid: str) -> SagaState | None:
+        if isinstance(self._states, SagaTable):
+            return self._states.hot(gid)
+        return self.get(gid)
 
     def get(self, gid: str) -> SagaState | None:
         value = self._states.get(gid)
@@ -165,10 +186,14 @@ class StatesView:
         by_status: Counter[str] = Counter()
         by_saga: dict[str, Counter[str]] = {}
         unresolved = 0
-        for s in self._all():
-            by_status[s.status.value] += 1
-            by_saga.setdefault(s.saga, Counter())[s.status.value] += 1
-            unresolved += s.status == SagaStatus.STUCK and not s.resolved
+        if isinstance(self._states, SagaTable):
+            rows = self._states.counts()
+        else:
+            rows = Counter((p.saga, p.status.value, p.stuck_unresolved) for _, p in self._peeks())
+        for (saga, status, stuck_unresolved), n in rows.items():
+            by_status[status] += n
+            by_saga.setdefault(saga, Counter())[status] += n
+            unresolved += n * stuck_unresolved
         return {
             "total": sum(by_status.values()),
             "by_status": {st.value: by_status[st.value] for st in SagaStatus},

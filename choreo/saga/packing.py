@@ -1,0 +1,113 @@
+"""The compact stored form of a saga's state and of its timeline (msgpack).
+
+The tracker keeps every saga of its partitions and reads and writes one per event, so
+what it stores is a positional msgpack array, not a pydantic model or its JSON: a saga
+in flight packs to a few hundred bytes and unpacks without validation (the tracker wrote
+it). The human timeline is packed apart (``pack_entries``): the tracker never reads it to
+fold an event, so it is stored under its own keys and only read to show a saga.
+
+Fields are stored in the models' declaration order; a field added at the end of a model
+unpacks from older records with its default. A JSON state written by an earlier version
+still unpacks (with its timeline).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import msgpack
+
+from choreo.saga.state import SagaState, SagaStatus, StepState, StepStatus, TimelineEntry
+
+FORMAT = 1
+# What stays out of the packed state: the timeline is stored apart.
+_STATE_FIELDS = tuple(name for name in SagaState.model_fields if name != "timeline")
+_STEP_FIELDS = tuple(StepState.model_fields)
+_ENTRY_FIELDS = tuple(TimelineEntry.model_fields)
+_INDEX = {name: n + 1 for n, name in enumerate(_STATE_FIELDS)}  # +1: the format comes first
+_SAGA, _STATUS, _VERSION = _INDEX["saga"], _INDEX["status"], _INDEX["version"]
+_STARTED, _UPDATED, _RESOLVED = _INDEX["started_at"], _INDEX["updated_at"], _INDEX["resolved"]
+
+
+class Peek(NamedTuple):
+    """What listing and counting sagas need, read without building the state."""
+
+    saga: str
+    status: SagaStatus
+    version: int
+    started_at: float
+    updated_at: float
+    resolved: bool
+
+    @property
+    def stuck_unresolved(self) -> bool:
+        return self.status == SagaStatus.STUCK and not self.resolved
+
+
+def pack_state(state: SagaState) -> bytes:
+    """The state without its timeline."""
+    values: list[Any] = [FORMAT]
+    for name in _STATE_FIELDS:
+        value = getattr(state, name)
+        if name == "steps":
+            value = {
+                step_name: [getattr(step, f) for f in _STEP_FIELDS]
+                for step_name, step in value.items()
+            }
+        values.append(value)
+    packed: bytes = msgpack.packb(values)
+    return packed
+
+
+def unpack_state(raw: bytes) -> SagaState:
+    """A packed state (its timeline empty), or a JSON one of an earlier version."""
+    if raw[:1] == b"{":
+        return SagaState.model_validate_json(raw)
+    values = _values(raw)
+    try:
+        fields = dict(zip(_STATE_FIELDS, values[1:], strict=False))
+        fields["status"] = SagaStatus(fields["status"])
+        fields["steps"] = {
+            name: _step(dict(zip(_STEP_FIELDS, step, strict=False)))
+            for name, step in fields["steps"].items()
+        }
+    except (KeyError, TypeError, AttributeError) as exc:  # not a state this code packed
+        raise ValueError(f"not a packed saga state: {exc!r}") from exc
+    return SagaState.model_construct(**fields)
+
+
+def _step(fields: dict[str, Any]) -> StepState:
+    fields["status"] = StepStatus(fields["status"])
+    return StepState.model_construct(**fields)
+
+
+def peek(raw: bytes) -> Peek:
+    if raw[:1] == b"{":
+        s = SagaState.model_validate_json(raw)
+        return Peek(s.saga, s.status, s.version, s.started_at, s.updated_at, s.resolved)
+    v = _values(raw)
+    return Peek(v[_SAGA], SagaStatus(v[_STATUS]), v[_VERSION], v[_STARTED], v[_UPDATED],
+                v[_RESOLVED])  # fmt: skip
+
+
+def _values(raw: bytes) -> list[Any]:
+    try:
+        values = msgpack.unpackb(raw)
+    except Exception as exc:  # msgpack's errors are not all ValueErrors
+        raise ValueError(f"not a packed saga state: {exc!r}") from exc
+    if not isinstance(values, list) or not values or values[0] != FORMAT:
+        raise ValueError("not a packed saga state of format 1")
+    return values
+
+
+def pack_entries(entries: Sequence[TimelineEntry]) -> bytes:
+    packed: bytes = msgpack.packb([[getattr(e, f) for f in _ENTRY_FIELDS] for e in entries])
+    return packed
+
+
+def unpack_entries(raw: bytes) -> list[TimelineEntry]:
+    return [
+        TimelineEntry.model_construct(**dict(zip(_ENTRY_FIELDS, values, strict=False)))
+        for values in msgpack.unpackb(raw)
+    ]

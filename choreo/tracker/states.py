@@ -1,0 +1,165 @@
+"""The sagas a tracker holds, stored compactly, and the store records that keep them.
+
+Each saga is two kinds of store records under its gid (key = the gid as UTF-8, the value
+``choreo.saga.packing.pack_state``): the hot state, rewritten by every event; and its
+timeline, one record per write of the saga (key ``TIMELINE_PREFIX + gid + version``,
+the entries that write added), so an event writes only its own lines and no fold reads
+them. The last ``TIMELINE_LIMIT`` versions' records are kept; older ones are removed
+(tombstones), and all of them go with the saga at its retention.
+
+``SagaTable`` is a worker's in-memory copy of its hot states (bytes, a few hundred per
+saga in flight), with counts by saga and status kept as states change. As a mapping it
+gives whole states, timeline included (read through ``read``: the faust table's store,
+or a dict of its own in the memory tracker).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+from choreo.saga.packing import Peek, pack_entries, peek, unpack_entries, unpack_state
+from choreo.saga.state import TIMELINE_LIMIT, SagaState, TimelineEntry
+
+# 0xFF never occurs in UTF-8, so no gid's key starts with it.
+TIMELINE_PREFIX = b"\xfft"
+_VERSION_BYTES = 4
+
+Write = tuple[int, bytes, bytes | None]
+"""A store record: (partition, key, value); a None value removes the key (a tombstone)."""
+Read = Callable[[bytes], bytes | None]
+
+
+def state_key(gid: str) -> bytes:
+    return gid.encode()
+
+
+def timeline_key(gid: str, version: int) -> bytes:
+    return TIMELINE_PREFIX + gid.encode() + version.to_bytes(_VERSION_BYTES, "big")
+
+
+def is_timeline_key(key: bytes) -> bool:
+    return key.startswith(TIMELINE_PREFIX)
+
+
+def timeline_gid(key: bytes) -> bytes:
+    """The gid (as UTF-8) a timeline record belongs to: its partition's key."""
+    return key[len(TIMELINE_PREFIX) : -_VERSION_BYTES]
+
+
+def saga_writes(
+    changed: Sequence[tuple[int, SagaState, bytes, int]],
+    removed: Sequence[tuple[int, str, int]],
+) -> list[Write]:
+    """The records of a batch: for each changed saga (partition, its new state, the state
+    packed, the version it had before the batch), its hot state, its timeline's new
+    lines (the state's ``timeline`` holds only what the batch added) and tombstones of
+    timeline records that fell out of the last ``TIMELINE_LIMIT`` versions; for each
+    removed saga (partition, gid, its last version), tombstones of all its records."""
+    writes: list[Write] = []
+    # Removals first: a saga removed and started again in one batch keeps its new state.
+    for partition, gid, version in removed:
+        writes.append((partition, state_key(gid), None))
+        for old in range(max(1, version + 1 - TIMELINE_LIMIT), version + 1):
+            writes.append((partition, timeline_key(gid, old), None))
+    for partition, state, packed, before in changed:
+        gid, version = state.gid, state.version
+        writes.append((partition, state_key(gid), packed))
+        if state.timeline:
+            writes.append((partition, timeline_key(gid, version), pack_entries(state.timeline)))
+        for old in range(max(1, before + 1 - TIMELINE_LIMIT), version + 1 - TIMELINE_LIMIT):
+            writes.append((partition, timeline_key(gid, old), None))
+    return writes
+
+
+class SagaTable(Mapping[str, SagaState]):
+    """gid -> hot state (packed), timelines read through ``read`` (None: this table keeps
+    them itself, from the writes it is given)."""
+
+    def __init__(self, read: Read | None = None) -> None:
+        self._hot: dict[str, bytes] = {}
+        self._own: dict[bytes, bytes] | None = {} if read is None else None
+        self._read: Read = read if read is not None else self._own_read
+        self._counts: Counter[tuple[str, str, bool]] = Counter()
+
+    def _own_read(self, key: bytes) -> bytes | None:
+        assert self._own is not None
+        return self._own.get(key)
+
+    # -- the mapping: whole states -------------------------------------------------------
+    def __getitem__(self, gid: str) -> SagaState:
+        state = unpack_state(self._hot[gid])
+        state.timeline = self.timeline(gid, state.version, state.timeline)
+        return state
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._hot))
+
+    def __len__(self) -> int:
+        return len(self._hot)
+
+    def __contains__(self, gid: object) -> bool:
+        return gid in self._hot
+
+    def timeline(
+        self, gid: str, version: int, before: Sequence[TimelineEntry] = ()
+    ) -> list[TimelineEntry]:
+        """The saga's history: ``before`` (a state stored by an earlier version carried
+        its own) then its timeline records, oldest first, the last ``TIMELINE_LIMIT``."""
+        entries = list(before)
+        for number in range(max(1, version + 1 - TIMELINE_LIMIT), version + 1):
+            raw = self._read(timeline_key(gid, number))
+            if raw is not None:
+                entries += unpack_entries(raw)
+        return entries[-TIMELINE_LIMIT:]
+
+    # -- the hot states --------------------------------------------------------------------
+    def hot(self, gid: str) -> SagaState | None:
+        """The state without its timeline: what a fold needs."""
+        raw = self._hot.get(gid)
+        return None if raw is None else unpack_state(raw)
+
+    def raw(self, gid: str) -> bytes | None:
+        return self._hot.get(gid)
+
+    def peeks(self) -> Iterator[tuple[str, Peek]]:
+        for gid, raw in list(self._hot.items()):
+            yield gid, peek(raw)
+
+    def counts(self) -> Counter[tuple[str, str, bool]]:
+        """(saga, status, STUCK and unresolved) -> sagas."""
+        return Counter(+self._counts)
+
+    def put(self, gid: str, raw: bytes) -> None:
+        self.discard(gid)
+        self._hot[gid] = raw
+        self._count(raw, 1)
+
+    def discard(self, gid: str) -> None:
+        old = self._hot.pop(gid, None)
+        if old is not None:
+            self._count(old, -1)
+
+    def clear(self) -> None:
+        self._hot.clear()
+        self._counts.clear()
+        if self._own is not None:
+            self._own.clear()
+
+    def apply(self, writes: Sequence[Write]) -> None:
+        """Take a batch's records once they are durable (``saga_writes``)."""
+        for _partition, key, value in writes:
+            if is_timeline_key(key):
+                if self._own is not None:
+                    if value is None:
+                        self._own.pop(key, None)
+                    else:
+                        self._own[key] = value
+            elif value is None:
+                self.discard(key.decode())
+            else:
+                self.put(key.decode(), value)
+
+    def _count(self, raw: bytes, delta: int) -> None:
+        p = peek(raw)
+        self._counts[(p.saga, p.status.value, p.stuck_unresolved)] += delta
