@@ -103,4 +103,6 @@ class TrackerClient:
         if 400 <= status < 500:
             return UsageError(str(message or raw[:300].decode(errors="replace")), hint=str(hint))
         detail = message or raw[:300].decode(errors="replace")
+        if status == 503:  # a worker that could not answer now (restart, rebalance)
+            return UsageError(f"the tracker cannot answer now (503): {detail}", hint=str(hint))
         return ChoreoError(f"the tracker failed ({status}): {detail}")

@@ -61,6 +61,9 @@ class Snapshot:
     stalled_total: int = 0
     stuck_total: int = 0
     error: str = ""
+    # Tracker workers that did not answer this refresh ({"worker", "error"}): their
+    # sagas are missing from the counts and rows.
+    unanswered: list[dict[str, Any]] = field(default_factory=list)
 
 
 def fetch(client: TrackerClient, previous: Snapshot | None = None) -> Snapshot:
@@ -72,18 +75,22 @@ def fetch(client: TrackerClient, previous: Snapshot | None = None) -> Snapshot:
     if previous is not None and previous.counts and now > previous.at:
         done = _finished(counts) - _finished(previous.counts)
         throughput = max(0, done) / (now - previous.at)
-    latencies = client.get("/latencies")["steps"]
+    latencies = client.get("/latencies")
     rows = client.get("/stalled", limit=MAX_ROWS)
+    missing: dict[Any, dict[str, Any]] = {}  # a worker missing from any answer, once
+    for answer in (counts, latencies, rows):
+        missing.update((u.get("worker"), u) for u in answer.get("unanswered", []))
     return Snapshot(
         now,
         redact_url(client.url),
         counts,
-        latencies,
+        latencies["steps"],
         rows["stalled"],
         rows["stuck"],
         throughput,
         rows.get("stalled_total", 0),
         rows.get("stuck_total", 0),
+        unanswered=list(missing.values()),
     )
 
 
@@ -175,6 +182,9 @@ def render(snap: Snapshot) -> RenderableType:
     parts: list[RenderableType] = [Panel(_counts(snap), title=title, title_align="left")]
     if snap.error:
         parts.append(Text(f"refresh failed: {clean(snap.error)}", style="bold red"))
+    for gone in snap.unanswered:
+        note = f"tracker worker {gone.get('worker')} did not answer ({gone.get('error')}): "
+        parts.append(Text(clean(note + "its sagas are missing below"), style="bold red"))
     parts += [
         _latencies(snap),
         _sagas(snap, "stalled", stalled, max(snap.stalled_total, len(stalled))),

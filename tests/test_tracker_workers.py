@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from choreo.testing import Harness
 from choreo.tracker.core import TrackerCore
 from choreo.transport.kafka import KafkaTransport
 from choreo.transport.partitioner import partition_for
@@ -79,12 +80,21 @@ async def owners(worker: TrackerProcess, count: int, timeout: float = 90.0) -> d
         await asyncio.sleep(0.5)
 
 
+async def publish(h: Harness, plans: list[dict[str, str | float]]) -> list[str]:
+    """Start a saga per plan, 50 at a time; their gids in order."""
+    gids: list[str] = []
+    for first in range(0, len(plans), 50):
+        chunk = plans[first : first + 50]
+        gids += [gid for gid, _ in await asyncio.gather(*(start(h, **p) for p in chunk))]
+    return gids
+
+
 async def run_two_workers(bootstrap: str, redis_url: str, tmp_path: Path, sagas: int) -> None:
     await drop_topics(bootstrap)
     broker = f"kafka://{bootstrap}"
     # Long enough that the silent steps' deadlines pass after the kill (publishing and
     # folding 1,000 sagas takes tens of seconds on a loaded 2-core machine).
-    deadline = 20.0 if sagas <= 200 else 45.0
+    deadline = 12.0 if sagas <= 200 else 30.0
     settling = sagas * 3 // 4
     env = tracker_env(deadline, RETRIES, BACKOFF, BACKOFF_MAX, store="rocksdb")
     app_id = f"{APP_PREFIX}workers-{uuid.uuid4().hex[:8]}"
@@ -106,8 +116,8 @@ async def run_two_workers(bootstrap: str, redis_url: str, tmp_path: Path, sagas:
             began = time.monotonic()
             # First the sagas that end by themselves, then those waiting on a silent step,
             # whose deadlines must outlive B.
-            started = [(await start(h, **PLANS[n % len(PLANS)]))[0] for n in range(settling)]
-            silent = [(await start(h, silent="car"))[0] for _ in range(sagas - settling)]
+            started = await publish(h, [PLANS[n % len(PLANS)] for n in range(settling)])
+            silent = await publish(h, [{"silent": "car"}] * (sagas - settling))
             started += silent
             published = time.monotonic() - began
             # Every worker lists every saga (its own and the other's).

@@ -7,6 +7,7 @@ Every command takes ``--json`` to print the API's JSON unchanged. The admin acti
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import Any
 
@@ -75,7 +76,20 @@ def list_command(args: argparse.Namespace) -> int:
     following = page.get("next", page.get("next_offset"))
     more = f"; next page: --offset {following}" if following else ""
     print(f"{len(rows)} of {page['total']} saga(s){more}")
+    warn_unanswered(page)
     return 0
+
+
+def warn_unanswered(answer: dict[str, Any]) -> None:
+    """Name the tracker workers whose sagas an answer lacks (they did not answer)."""
+    for gone in answer.get("unanswered", []):
+        print(
+            clean(
+                f"choreo: warning: tracker worker {gone.get('worker')} did not answer "
+                f"({gone.get('error')}); its sagas are missing from this list"
+            ),
+            file=sys.stderr,
+        )
 
 
 def show_command(args: argparse.Namespace) -> int:
