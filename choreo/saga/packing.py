@@ -74,6 +74,8 @@ def unpack_state(raw: bytes) -> SagaState:
         }
     except (KeyError, TypeError, AttributeError) as exc:  # not a state this code packed
         raise ValueError(f"not a packed saga state: {exc!r}") from exc
+    # Given, not defaulted: pydantic inspects a default factory's signature on every call.
+    fields["timeline"] = []
     return SagaState.model_construct(**fields)
 
 
