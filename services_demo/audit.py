@@ -74,8 +74,15 @@ class Audit:
         )
 
 
-async def audit(workload: Workload, states: Mapping[str, SagaState], store: Store) -> Audit:
-    """Check a finished run; ``states`` are the tracker's saga states by gid."""
+async def audit(
+    workload: Workload,
+    states: Mapping[str, SagaState],
+    store: Store,
+    payment_store: Store | None = None,
+) -> Audit:
+    """Check a finished run; ``states`` are the tracker's saga states by gid.
+    ``payment_store``: where the payment service keeps its ledger, when not in ``store``."""
+    ledger = payment_store or store
     outcomes = []
     for order in workload.orders:
         outcomes.append(
@@ -92,12 +99,12 @@ async def audit(workload: Workload, states: Mapping[str, SagaState], store: Stor
         taken[order.sku] += order.qty
         paid[order.customer] += order.amount
     stock_after = await inventory.stock_levels(store, workload.skus)
-    money_after = await payment.balances(store, workload.customers)
+    money_after = await payment.balances(ledger, workload.customers)
     result = Audit(
         outcomes=outcomes,
         stock={s: (workload.stock[s], stock_after[s], taken[s]) for s in workload.skus},
         money={c: (workload.balances[c], money_after[c], paid[c]) for c in workload.customers},
-        revenue=(await payment.revenue(store), sum(paid.values())),
+        revenue=(await payment.revenue(ledger), sum(paid.values())),
     )
     result.problems = _problems(result)
     return result

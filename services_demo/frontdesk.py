@@ -8,6 +8,7 @@ demo uses it on the processes it started, ``docker compose run shop`` on the con
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -32,16 +33,21 @@ async def place_and_audit(
     *,
     timeout: float = 90.0,
     on_progress: OnProgress | None = None,
+    payment_store: str | None = None,
 ) -> DemoRun:
     """Seed the books, place the orders, wait until every saga has ended and its order's
     status is recorded (or ``timeout`` passes), then audit. ``knobs`` are the ones the
-    deployment's services run with; they are only reported."""
+    deployment's services run with; they are only reported. ``payment_store``: the
+    payment service's own store (its PostgreSQL in docker-compose.yml), else ``store``."""
     desk = Service("front-desk", contracts=[order_saga])
     # The tracker filters by update time; a minute of slack covers clocks a bit apart.
     started, since = time.monotonic(), time.time() - 60
-    async with open_store(store) as kv, desk.running(broker=broker, store=kv):
+    async with contextlib.AsyncExitStack() as stack:
+        kv = await stack.enter_async_context(open_store(store))
+        ledger = await stack.enter_async_context(open_store(payment_store)) if payment_store else kv
+        await stack.enter_async_context(desk.running(broker=broker, store=kv))
         await inventory.seed_stock(kv, workload.stock)
-        await payment.seed_balances(kv, workload.balances)
+        await payment.seed_balances(ledger, workload.balances)
         for order in workload.orders:
             await orders.place_order(desk, order)
 
@@ -51,7 +57,7 @@ async def place_and_audit(
 
         await wait_until_settled(workload, kv, ended, timeout, on_progress, poll=0.25)
         states = await asyncio.to_thread(saga_states, tracker, workload)
-        result = await audit(workload, states, kv)
+        result = await audit(workload, states, kv, ledger)
         snapshot = await asyncio.to_thread(dashboard_snapshot, tracker)
     return DemoRun(workload, knobs, result, time.monotonic() - started, snapshot)
 

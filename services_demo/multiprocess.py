@@ -60,7 +60,14 @@ def infrastructure(
 
 @contextlib.contextmanager
 def fleet(
-    broker: str, store: str, knobs: Knobs, engine: str, logs: Path, say: Say, token: str
+    broker: str,
+    store: str,
+    knobs: Knobs,
+    engine: str,
+    logs: Path,
+    say: Say,
+    token: str,
+    payment_store: str | None = None,
 ) -> Iterator[str]:
     """Start the tracker (its API requiring ``token``) and the services; yields the
     tracker's API URL. On exit every child is stopped, the services before the tracker."""
@@ -74,7 +81,10 @@ def fleet(
         children.append(spawn_choreo("tracker", tracker_args, tracker_env, logs))
         for module in SERVICES:
             name = module.__name__.rsplit(".", 1)[-1]
-            children.append(spawn_choreo(name, ["run", f"{module.__name__}:app"], env, logs))
+            own = {"CHOREO_STORE": payment_store} if name == "payment" and payment_store else {}
+            children.append(
+                spawn_choreo(name, ["run", f"{module.__name__}:app"], {**env, **own}, logs)
+            )
         for child in children:
             say(f"pid {child.proc.pid}: {child.command}")
         url = f"http://127.0.0.1:{port}"
@@ -102,10 +112,13 @@ def run_multiprocess(
     timeout: float = 90.0,
     on_progress: OnProgress | None = None,
     say: Say = lambda line: None,
+    payment_store: str | None = None,
 ) -> DemoRun:
     """The whole multi-process demo. ``kafka`` (host:port) and ``redis`` (URL) reuse
     running servers instead of starting them; the run then gets a fresh namespace unless
-    one is given. ``attach`` (the tracker's URL) starts no process at all."""
+    one is given. ``attach`` (the tracker's URL) starts no process at all.
+    ``payment_store``: the payment service's own store (a ``postgresql://`` URL), when
+    its ledger does not live in the shared one."""
     knobs = knobs or demo_knobs(seed)
     if namespace is None:
         namespace = "" if redis is None else namespace_for(redis)
@@ -123,12 +136,19 @@ def run_multiprocess(
         token = token or secrets.token_urlsafe(24)
     with deployment as (broker, store), contextlib.ExitStack() as stack:
         api = attach or stack.enter_context(
-            fleet(broker, store, knobs, engine, run_dir / "logs", say, token or "")
+            fleet(broker, store, knobs, engine, run_dir / "logs", say, token or "", payment_store)
         )
         tracker = TrackerClient(api, token)
         return asyncio.run(
             place_and_audit(
-                workload, knobs, broker, store, tracker, timeout=timeout, on_progress=on_progress
+                workload,
+                knobs,
+                broker,
+                store,
+                tracker,
+                timeout=timeout,
+                on_progress=on_progress,
+                payment_store=payment_store,
             )
         )
 
@@ -145,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis", help="use this Redis (URL) instead of starting one")
     parser.add_argument("--attach", metavar="TRACKER_URL",
                         help="start nothing: place orders on a running deployment")  # fmt: skip
+    parser.add_argument("--payment-store", metavar="URL",
+                        help="the payment service's own store (postgresql://...)")  # fmt: skip
     parser.add_argument("--run-dir", type=Path, help="servers' data and every process's log")
     parser.add_argument("--timeout", type=float, default=90.0)
     args = parser.parse_args(argv)
@@ -169,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             timeout=args.timeout,
             on_progress=on_progress,
             say=say,
+            payment_store=args.payment_store,
         )
     console.print(summary(run.audit, run.elapsed, snapshot=run.dashboard))
     return 0 if run.audit.ok else 1
