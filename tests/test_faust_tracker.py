@@ -31,11 +31,13 @@ from aiokafka.admin import AIOKafkaAdminClient
 from choreo import SagaStuck, codec
 from choreo.deadletter import DLQ_TOPIC, H_REASON, H_SERVICE
 from choreo.errors import PoisonEvent
+from choreo.events import Envelope, Message
 from choreo.local._process import free_port, pdeathsig_preexec
 from choreo.saga import SagaState
 from choreo.system_events import SYSTEM_TOPIC
 from choreo.testing import Harness
 from choreo.tracker.core import TrackerCore
+from choreo.tracker.pipeline import MAX_STATE_BYTES
 from choreo.transport.base import Record, TopicPartition, Transport
 from choreo.transport.kafka import KafkaTransport
 from tests.procs.trip_tracker import knobs
@@ -411,6 +413,26 @@ class TestLiveTracker:
             assert len(mine) == 1
             assert b"not JSON" in (mine[0].header(H_REASON) or b"")
             assert await live.saga(bad) is None
+
+    async def test_a_state_too_large_is_dead_lettered(
+        self, live: TrackerProcess, redis_url: str
+    ) -> None:
+        """An event whose new state would be over the tracker's cap (its trigger payload is
+        kept) is dead-lettered with the reason and the tracker goes on; before the cap it
+        failed the changelog write, and the tracker exited on it at every restart."""
+        async with services(live.broker, redis_url) as h:
+            big = str(uuid.uuid4())
+            trip = TripBooked(trip_id="b" * (MAX_STATE_BYTES + 1000), plan=Plan(lost="flight"))
+            envelope = Envelope.first(trip, gid=big, saga="trip", source="test")
+            await h.transport.send(codec.encode(Message(envelope, trip, TOPIC)))
+            gid, _ = await start(h)
+            assert (await settled(live, [gid]))[gid]["status"] == "COMPLETED"
+            await h.drain(timeout=30)
+            [dead] = [r for r in h.dead_letters(big) if r.header(H_SERVICE) == b"tracker"]
+            assert b"too large to store" in (dead.header(H_REASON) or b"")
+            assert await live.saga(big) is None
+            assert live.proc is not None
+            assert live.proc.poll() is None
 
     async def test_replaying_the_topics_gives_the_live_state(
         self, live: TrackerProcess, redis_url: str
