@@ -549,6 +549,9 @@ class _StubProducer:
     async def send(self, *args: object, **kwargs: object) -> object:
         raise KafkaTimeoutError("no broker")
 
+    async def partitions_for(self, topic: str) -> object:
+        raise KafkaTimeoutError("no broker")  # the metadata wait with no broker
+
 
 async def test_kafka_commit_refused_by_a_rebalance_is_logged_not_raised(
     caplog: pytest.LogCaptureFixture,
