@@ -22,8 +22,9 @@ from choreo.saga import SagaState, SagaStatus
 from choreo.testing import Harness
 from choreo.tracker import merge
 from choreo.tracker.api import serve_api
+from choreo.tracker.http import LOCAL_HEADER, MAX_WINDOW
 from choreo.tracker.memory import MemoryTracker
-from choreo.tracker.routing import LOCAL_HEADER, MAX_WINDOW, WORKER_HEADER
+from choreo.tracker.routing import WORKER_HEADER
 from choreo.tracker.view import StatesView, TrackerMetrics
 from choreo.transport.partitioner import partition_for
 from tests.scenarios.trip import Plan, TripBooked, build_travel
@@ -94,9 +95,9 @@ async def worker(
         await stop.wait()
 
 
-@pytest.fixture
-async def cluster() -> AsyncIterator[Cluster]:
-    states = await followed_states()
+@contextlib.asynccontextmanager
+async def serving(states: dict[str, SagaState]) -> AsyncIterator[Cluster]:
+    """Workers a (partitions 0, 1) and b (2, 3) serving ``states``."""
     a, b = (f"http://127.0.0.1:{free_port()}" for _ in "ab")
     parts = {a: [0, 1], b: [2, 3]}
     a_stop, b_stop = asyncio.Event(), asyncio.Event()
@@ -113,6 +114,12 @@ async def cluster() -> AsyncIterator[Cluster]:
             a_stop.set()
             b_stop.set()
             await asyncio.gather(*runs)
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[Cluster]:
+    async with serving(await followed_states()) as found:
+        yield found
 
 
 async def _ready(session: aiohttp.ClientSession, url: str) -> None:
@@ -165,6 +172,24 @@ async def test_lists_and_counts_are_those_of_one_tracker(cluster: Cluster) -> No
     status, own, _ = await cluster.get(cluster.a, "/counts", **{LOCAL_HEADER: "1"})
     mine = sum(partition_for(g.encode(), PARTITIONS) < 2 for g in cluster.states)
     assert (own["total"], "unanswered" in own) == (mine, False)
+
+
+async def test_pages_deeper_than_one_workers_page_limit() -> None:
+    """Pages past the first 1,000 sagas (each worker is then asked for more than a
+    client may ask in one page) are still the ones a single tracker gives."""
+    first = next(iter((await followed_states()).values()))
+    states = {}
+    for n in range(2400):
+        gid = str(uuid.uuid4())
+        states[gid] = first.model_copy(update={"gid": gid, "started_at": 1e9 + n % 700})
+    whole = one_tracker(states)
+    async with serving(states) as cluster:
+        for offset, limit in ((1000, 1000), (1999, 1000), (2390, 50)):
+            page = whole.list(limit=limit, offset=offset)
+            status, body, _ = await cluster.get(cluster.a, f"/sagas?offset={offset}&limit={limit}")
+            assert (status, body["unanswered"]) == (200, [])
+            assert [i["gid"] for i in body["items"]] == [s.gid for s in page.items]
+            assert (body["total"], body["next"]) == (page.total, page.next_offset)
 
 
 async def test_a_page_too_deep_for_a_fan_out_is_refused(cluster: Cluster) -> None:

@@ -94,7 +94,7 @@ async def run_two_workers(bootstrap: str, redis_url: str, tmp_path: Path, sagas:
     broker = f"kafka://{bootstrap}"
     # Long enough that the silent steps' deadlines pass after the kill (publishing and
     # folding 1,000 sagas takes tens of seconds on a loaded 2-core machine).
-    deadline = 12.0 if sagas <= 200 else 30.0
+    deadline = 12.0 if sagas <= 200 else 40.0
     settling = sagas * 3 // 4
     env = tracker_env(deadline, RETRIES, BACKOFF, BACKOFF_MAX, store="rocksdb")
     app_id = f"{APP_PREFIX}workers-{uuid.uuid4().hex[:8]}"
@@ -121,9 +121,9 @@ async def run_two_workers(bootstrap: str, redis_url: str, tmp_path: Path, sagas:
             started += silent
             published = time.monotonic() - began
             # Every worker lists every saga (its own and the other's).
-            limit = time.monotonic() + 120
-            while len(await a.summaries()) < sagas or len(await b.summaries()) < sagas:
-                assert time.monotonic() < limit, "the workers did not list every saga"
+            limit = time.monotonic() + 180
+            while (seen := [len(await w.summaries()) for w in (a, b)]) != [sagas, sagas]:
+                assert time.monotonic() < limit, f"the workers list {seen} of {sagas} sagas"
                 await asyncio.sleep(0.5)
             listed = time.monotonic() - began
             counts = [await w.get("/counts") for w in (a, b)]
@@ -133,8 +133,9 @@ async def run_two_workers(bootstrap: str, redis_url: str, tmp_path: Path, sagas:
             ours = [g for g in started if g not in set(theirs)]
             assert theirs
             assert ours
-            # Any gid from either worker: A forwards B's sagas to B and the reverse.
-            for worker, gids in ((a, theirs), (b, ours)):
+            # Any gid from either worker: A forwards B's sagas to B and the reverse (a
+            # sample here, so that the silent sagas still wait when B dies; after, all).
+            for worker, gids in ((a, theirs[-50:]), (b, ours[-50:])):
                 for gid in gids:
                     state = await worker.saga(gid)
                     assert state is not None
@@ -144,7 +145,8 @@ async def run_two_workers(bootstrap: str, redis_url: str, tmp_path: Path, sagas:
             forced = silent[0]
             body = {"action": "compensate", "actor": "workers-test", "note": "via worker a"}
             code, answer = await asyncio.to_thread(post, a, f"/sagas/{forced}/commands", body)
-            assert (code, answer["gid"], answer["action"]) == (202, forced, "compensate"), answer
+            assert code == 202, answer
+            assert (answer["gid"], answer["action"]) == (forced, "compensate")
             checked = time.monotonic() - began
             print(f"\npublished {published:.1f}s, listed {listed:.1f}s, checked {checked:.1f}s")
 

@@ -35,12 +35,12 @@ from choreo.saga.state import SagaStatus
 from choreo.tracker.api_ops import OpsContext, add_ops_routes
 from choreo.tracker.http import (
     BODY_TIMEOUT,
-    MAX_LIMIT,
     MAX_OFFSET,
     error,
     integer,
     known_gid,
     number,
+    page_limit,
     summary,
     text,
 )
@@ -120,7 +120,7 @@ def build_app(
             status=SagaStatus(raw_status.upper()) if raw_status else None,
             saga=text(request, "saga"),
             since=number(request, "since", None, 0),
-            limit=integer(request, "limit", 50, 1, MAX_LIMIT),
+            limit=page_limit(request),
             offset=integer(request, "offset", 0, 0, MAX_OFFSET),
         )
         items = [summary(s) for s in page.items]

@@ -35,6 +35,7 @@ class FaustWorkers:
         self._table_name = table_name
         self._partitions = partitions
         self._owned = owned  # the partitions this worker's consumer holds now
+        self._warned: set[tuple[str, int]] = set()
 
     def me(self) -> str:
         return str(self._app.conf.canonical_url)
@@ -56,8 +57,14 @@ class FaustWorkers:
             if url == self.me() and partition not in self._owned():
                 # The group's map says ours while this worker does not hold it: a
                 # rebalance is under way, or another worker advertises our URL.
-                log.warning("partition %d is mapped to this worker's URL %s but not held "
-                            "here: do two workers share one URL?", partition, url)  # fmt: skip
+                if (url, partition) not in self._warned:
+                    self._warned.add((url, partition))
+                    log.warning(
+                        "partition %d is mapped to this worker's URL %s but not held here: "
+                        "do two workers share one URL?",
+                        partition,
+                        url,
+                    )
                 return None
             return url
         return None

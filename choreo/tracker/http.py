@@ -26,6 +26,11 @@ MAX_QUERY_CHARS = 200  # any one query parameter
 MAX_INT_DIGITS = 12
 MAX_OFFSET = 10**12
 MAX_LIMIT = 1000  # summaries in one page of GET /sagas
+# Several workers (choreo.tracker.routing): a request one worker sends another carries
+# LOCAL_HEADER and is answered from that worker's partitions alone; for a page of
+# GET /sagas each is asked its first offset+limit summaries, at most MAX_WINDOW.
+LOCAL_HEADER = "X-Choreo-Local"
+MAX_WINDOW = 10_000
 MAX_ROWS = 1000  # rows of the ops routes' lists (stalled sagas, dead letters)
 BODY_TIMEOUT = 10.0  # seconds to receive a request's body once its headers are in
 
@@ -89,6 +94,13 @@ def integer(request: web.Request, name: str, default: int, low: int, most: int) 
     if value < low:
         raise web.HTTPBadRequest(reason=f"{name} must be >= {low}")
     return min(value, most)
+
+
+def page_limit(request: web.Request) -> int:
+    """``limit`` of a page of summaries: up to ``MAX_LIMIT``, or ``MAX_WINDOW`` when
+    another worker asks for its part of a page."""
+    local = request.headers.get(LOCAL_HEADER) == "1"
+    return integer(request, "limit", 50, 1, MAX_WINDOW if local else MAX_LIMIT)
 
 
 def limit(request: web.Request, default: int, most: int) -> int:

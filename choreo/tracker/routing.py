@@ -33,15 +33,20 @@ from aiohttp import web
 from choreo import codec
 from choreo.http_guard import json_response
 from choreo.tracker import merge
-from choreo.tracker.http import MAX_LIMIT, MAX_OFFSET, MAX_ROWS, integer, known_gid, problem
+from choreo.tracker.http import (
+    LOCAL_HEADER,
+    MAX_LIMIT,
+    MAX_OFFSET,
+    MAX_ROWS,
+    MAX_WINDOW,
+    integer,
+    known_gid,
+    problem,
+)
 
-LOCAL_HEADER = "X-Choreo-Local"
 WORKER_HEADER = "X-Choreo-Worker"
 FANOUT_TIMEOUT = 5.0  # seconds a worker has to answer a fanned-out or forwarded request
 MAX_PEERS = 64  # workers asked at once (more workers than partitions idle anyway)
-# How deep ``GET /sagas`` pages across workers: each worker sends its first offset+limit
-# summaries, so deeper pages cost every worker more; filters (status, saga, since) narrow.
-MAX_WINDOW = 10_000
 MAX_ANSWER_BYTES = 64 * 1024 * 1024  # a worker's answer read at most this far
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -151,11 +156,13 @@ async def _ask(
     async with client.request(
         request.method, worker.rstrip("/") + path_qs, data=body, headers=headers
     ) as answer:
-        raw = await answer.content.read(MAX_ANSWER_BYTES + 1)
-        if len(raw) > MAX_ANSWER_BYTES:
-            raise ValueError(f"its answer is over {MAX_ANSWER_BYTES} bytes")
+        raw = bytearray()
+        async for chunk in answer.content.iter_any():  # to the end, within the bound
+            raw += chunk
+            if len(raw) > MAX_ANSWER_BYTES:
+                raise ValueError(f"its answer is over {MAX_ANSWER_BYTES} bytes")
         content_type = answer.headers.get("Content-Type", "application/json")
-        return answer.status, content_type, raw
+        return answer.status, content_type, bytes(raw)
 
 
 def _reason(exc: BaseException) -> str:
@@ -169,7 +176,9 @@ async def _fan_out(
     request: web.Request, handler: Handler, workers: Workers, merger: Merger
 ) -> web.StreamResponse:
     query = _peer_query(request)
-    local = await handler(request.clone(rel_url=request.rel_url.with_query(query)))
+    # This worker's part, asked as the others are (the same query and header).
+    headers = {**request.headers, LOCAL_HEADER: "1"}
+    local = await handler(request.clone(rel_url=request.rel_url.with_query(query), headers=headers))
     if local.status != 200 or not isinstance(local, web.Response) or local.body is None:
         return local  # a bad query: the same answer the other workers would give
     bodies: list[dict[str, Any]] = [codec.loads(bytes(local.body))]  # type: ignore[arg-type]
