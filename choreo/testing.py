@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import time
 import uuid
@@ -48,6 +49,8 @@ from choreo.store.base import Store
 from choreo.tracker.memory import MemoryTracker
 from choreo.transport.base import Consumer, OutgoingRecord, Record, TopicPartition, Transport
 from choreo.urls import open_store, open_transport
+
+log = logging.getLogger("choreo.testing")
 
 __all__ = ["Faults", "Harness", "MemoryTracker", "Participant", "VirtualClock"]
 
@@ -216,6 +219,7 @@ class Harness:
         task = asyncio.create_task(stop_and_restart(), name=f"harness-crash-{service}")
         self._crashes.add(task)
         task.add_done_callback(self._crashes.discard)
+        task.add_done_callback(_report_failed_restart)
 
     def pause(self, which: str | Participant) -> None:
         """Freeze a participant (``h.tracker`` for one): it fetches nothing and what it
@@ -360,6 +364,12 @@ class Harness:
     ) -> None:
         """Put arbitrary bytes on a topic, for poison-event tests."""
         await self.transport.send(OutgoingRecord(topic, key, value, tuple(headers)))
+
+
+def _report_failed_restart(task: asyncio.Task[None]) -> None:
+    """A test waiting for the crashed service would only see a timeout: say why."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("stopping or restarting a crashed service failed", exc_info=task.exception())
 
 
 def causal_order(messages: Sequence[Message]) -> list[Message]:
