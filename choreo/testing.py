@@ -242,13 +242,13 @@ class Harness:
     async def publish(
         self, event: Event, *, gid: str | None = None, saga: str | None = None
     ) -> str:
-        """Publish through the first participant that can (a Service)."""
+        """Publish through the first running participant that can (a Service)."""
         for participant in self.participants:
             publish = getattr(participant, "publish", None)
-            if publish is not None:
+            if publish is not None and id(participant) in self._alive:
                 envelope = await publish(event, gid=gid, saga=saga)
                 return str(envelope.gid)
-        raise ConfigurationError("no participant of this harness can publish")
+        raise ConfigurationError("no running participant of this harness can publish")
 
     async def _collect(self) -> None:
         assert self._spy is not None

@@ -248,6 +248,18 @@ async def test_a_service_killed_mid_handler_gets_the_record_again(env: Env) -> N
     assert env.count(gid, "PaymentCharged") == 1
 
 
+async def test_a_killed_service_misses_what_is_published_meanwhile(env: Env) -> None:
+    h, shop = env.h, env.shop
+    await h.kill("stock")  # publishing goes through the next running service
+    gid = await h.publish(shop.start("o1"))
+    with pytest.raises(TimeoutError):
+        await h.wait_for(gid, SagaStatus.COMPLETED, timeout=1.0)
+    assert shop.calls["stock"] == 0
+    await h.restart("stock")
+    assert (await h.wait(gid)).status is SagaStatus.COMPLETED
+    assert await env.effects("o1") == {"stock": 1, "payment": 1, "shipping": 1}
+
+
 async def test_a_crash_after_the_store_commit_replays_the_recorded_events(
     env: Env, backend: tuple[str, str]
 ) -> None:
