@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 
 from choreo import codec
 from choreo.errors import ConfigurationError
@@ -152,11 +151,9 @@ class TrackerCore:
         return codec.encode(Message(envelope, check, topic))
 
 
-@dataclass(order=True)
-class _Due:
-    at: float
-    gid: str = field(compare=False)
-    version: int = field(compare=False)
+# A heap entry: (due at, gid, version). A tuple, not a dataclass: the heap holds one per
+# saga with a deadline, and a tuple is half the memory.
+_Due = tuple[float, str, int]
 
 
 class DeadlineIndex:
@@ -181,7 +178,7 @@ class DeadlineIndex:
             self._latest.pop(state.gid, None)
             return
         self._latest[state.gid] = state.version
-        heapq.heappush(self._heap, _Due(due, state.gid, state.version))
+        heapq.heappush(self._heap, (due, state.gid, state.version))
 
     def rebuild(self, states: Iterable[SagaState]) -> None:
         self._heap.clear()
@@ -193,14 +190,14 @@ class DeadlineIndex:
         """(gid, version) of sagas due at ``now``; entries of superseded versions are
         dropped, so only the newest deadline of each saga fires."""
         due = []
-        while self._heap and self._heap[0].at <= now:
-            entry = heapq.heappop(self._heap)
-            if self._latest.get(entry.gid) == entry.version:
-                del self._latest[entry.gid]
-                due.append((entry.gid, entry.version))
+        while self._heap and self._heap[0][0] <= now:
+            _at, gid, version = heapq.heappop(self._heap)
+            if self._latest.get(gid) == version:
+                del self._latest[gid]
+                due.append((gid, version))
         return due
 
     def next_at(self) -> float | None:
-        while self._heap and self._latest.get(self._heap[0].gid) != self._heap[0].version:
+        while self._heap and self._latest.get(self._heap[0][1]) != self._heap[0][2]:
             heapq.heappop(self._heap)
-        return self._heap[0].at if self._heap else None
+        return self._heap[0][0] if self._heap else None

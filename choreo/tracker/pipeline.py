@@ -59,6 +59,7 @@ class _Batch:
     changed: dict[str, tuple[SagaState, Record]] = field(default_factory=dict)
     removed: dict[str, Record] = field(default_factory=dict)  # expired (retention)
     packed: dict[str, bytes] = field(default_factory=dict)  # changed states, packed
+    lines: dict[str, bytes] = field(default_factory=dict)  # their new timeline lines, packed
     versions: dict[str, int] = field(default_factory=dict)  # each saga's before the batch
     observed: list[tuple[SagaState | None, SagaState, Sequence[Publish]]] = field(
         default_factory=list
@@ -145,7 +146,10 @@ class TrackerPipeline:
         changed, removed = list(batch.changed.values()), list(batch.removed.items())
         if self._save is not None and items:  # even unchanged: the shell may note progress
             await self._save(changed, removed)
-        self.states.apply(self.writes(changed, removed))
+        self.states.apply(self.writes(changed, removed), hot=False)
+        for gid, (state, _record) in batch.changed.items():
+            # The state's own gid object: the deadline index keys by it too, one string.
+            self.states.put(state.gid, batch.packed[gid], state)
         self._batch = self._writes = None
         for gid in batch.removed:
             self.deadlines.forget(gid)
@@ -173,6 +177,7 @@ class TrackerPipeline:
                     (record.partition, gid, batch.versions.get(gid, 0))
                     for gid, record in removed
                 ],
+                batch.lines,
             )  # fmt: skip
         return self._writes
 
@@ -205,14 +210,14 @@ class TrackerPipeline:
         if after is not before:
             packed = pack_state(after)
             # The timeline lines this batch adds to the saga form one record.
-            lines = len(pack_entries(after.timeline))
-            if max(len(packed), lines) > self.max_state_bytes:
-                what = f"{len(packed)} bytes packed, timeline lines {lines} bytes"
+            lines = pack_entries(after.timeline)
+            if max(len(packed), len(lines)) > self.max_state_bytes:
+                what = f"{len(packed)} bytes packed, timeline lines {len(lines)} bytes"
                 batch.out.append(self._dead_letter(record, "failed",
                     f"the saga's new state is too large to store ({what}; the limit is "
                     f"{self.max_state_bytes}): not applied"))  # fmt: skip
                 return
-            batch.packed[gid] = packed
+            batch.packed[gid], batch.lines[gid] = packed, lines
             batch.changed[gid] = (after, record)  # the saga's last version is what is saved
         batch.out += self.core.records(transition, cause=message.envelope)
         batch.states[gid] = after
@@ -250,6 +255,7 @@ class TrackerPipeline:
             batch.states.pop(before.gid, None)
             batch.changed.pop(before.gid, None)
             batch.packed.pop(before.gid, None)
+            batch.lines.pop(before.gid, None)
             batch.removed[before.gid] = record
             batch.versions[before.gid] = before.version
         return True

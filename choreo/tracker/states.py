@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from choreo.saga.packing import Peek, pack_entries, peek, unpack_entries, unpack_state
-from choreo.saga.state import TIMELINE_LIMIT, SagaState, TimelineEntry
+from choreo.saga.state import TIMELINE_LIMIT, SagaState, SagaStatus, TimelineEntry
 
 # 0xFF never occurs in UTF-8, so no gid's key starts with it.
 TIMELINE_PREFIX = b"\xfft"
@@ -50,12 +50,14 @@ def timeline_gid(key: bytes) -> bytes:
 def saga_writes(
     changed: Sequence[tuple[int, SagaState, bytes, int]],
     removed: Sequence[tuple[int, str, int]],
+    lines: Mapping[str, bytes] | None = None,
 ) -> list[Write]:
     """The records of a batch: for each changed saga (partition, its new state, the state
     packed, the version it had before the batch), its hot state, its timeline's new
-    lines (the state's ``timeline`` holds only what the batch added) and tombstones of
-    timeline records that fell out of the last ``TIMELINE_LIMIT`` versions; for each
-    removed saga (partition, gid, its last version), tombstones of all its records."""
+    lines (the state's ``timeline`` holds only what the batch added; ``lines``: already
+    packed, by gid) and tombstones of timeline records that fell out of the last
+    ``TIMELINE_LIMIT`` versions; for each removed saga (partition, gid, its last
+    version), tombstones of all its records."""
     writes: list[Write] = []
     # Removals first: a saga removed and started again in one batch keeps its new state.
     for partition, gid, version in removed:
@@ -66,7 +68,8 @@ def saga_writes(
         gid, version = state.gid, state.version
         writes.append((partition, state_key(gid), packed))
         if state.timeline:
-            writes.append((partition, timeline_key(gid, version), pack_entries(state.timeline)))
+            packed_lines = (lines or {}).get(gid) or pack_entries(state.timeline)
+            writes.append((partition, timeline_key(gid, version), packed_lines))
         for old in range(max(1, before + 1 - TIMELINE_LIMIT), version + 1 - TIMELINE_LIMIT):
             writes.append((partition, timeline_key(gid, old), None))
     return writes
@@ -130,10 +133,15 @@ class SagaTable(Mapping[str, SagaState]):
         """(saga, status, STUCK and unresolved) -> sagas."""
         return Counter(+self._counts)
 
-    def put(self, gid: str, raw: bytes) -> None:
+    def put(self, gid: str, raw: bytes, state: SagaState | None = None) -> None:
+        """``state``: ``raw`` unpacked, when the caller has it (saves reading it)."""
         self.discard(gid)
         self._hot[gid] = raw
-        self._count(raw, 1)
+        if state is None:
+            self._count(raw, 1)
+        else:
+            unresolved = state.status == SagaStatus.STUCK and not state.resolved
+            self._counts[(state.saga, state.status.value, unresolved)] += 1
 
     def discard(self, gid: str) -> None:
         old = self._hot.pop(gid, None)
@@ -146,8 +154,9 @@ class SagaTable(Mapping[str, SagaState]):
         if self._own is not None:
             self._own.clear()
 
-    def apply(self, writes: Sequence[Write]) -> None:
-        """Take a batch's records once they are durable (``saga_writes``)."""
+    def apply(self, writes: Sequence[Write], *, hot: bool = True) -> None:
+        """Take a batch's records once they are durable (``saga_writes``); ``hot=False``:
+        removals and timeline records only (the caller puts the new states itself)."""
         for _partition, key, value in writes:
             if is_timeline_key(key):
                 if self._own is not None:
@@ -157,7 +166,7 @@ class SagaTable(Mapping[str, SagaState]):
                         self._own[key] = value
             elif value is None:
                 self.discard(key.decode())
-            else:
+            elif hot:
                 self.put(key.decode(), value)
 
     def _count(self, raw: bytes, delta: int) -> None:
