@@ -13,10 +13,20 @@ decline  payment declines (business failure): COMPENSATED, stock released
 silent   shipping books but never confirms: the tracker times the step out, COMPENSATED
 late     shipping confirms ``LATE_BY`` seconds after the deadline: COMPENSATED, the late
          success compensated, never applied
+hanging  (reordering only) the start event and the payment step's compensation are
+         written together, so payment reads the compensation before its action's
+         trigger: a null compensation, then the hanging action refused; COMPENSATED
+overtaken (reordering only) shipping books but never confirms; the fault writes the
+         confirmation after the tracker's timeout compensation: COMPENSATED
 ======== ===============================================================================
 
 Every effect also counts itself (``applied:<gid>:<step>:<op>``) in the handler's
 transaction, so an effect applied twice shows in the store, whatever the topics say.
+
+On a ``postgresql://`` store (the payment service in the suite's Postgres variant) the
+handlers write plain SQL with ``ctx.db`` instead, in the transaction that records their
+barrier row: the accounts and the revenue are the demo payment service's tables, the
+effect counters the table of ``SQL_TABLES``.
 
 Fault knobs (environment):
 
@@ -49,7 +59,10 @@ from choreo.store.base import (
     Decision,
     Effect,
     Store,
+    StoreSession,
+    StoreTransaction,
 )
+from choreo.store.postgres import PostgresStore
 from choreo.store.redis import RedisStore
 from services_demo.contract import (
     CancelShipment,
@@ -92,7 +105,7 @@ contract = SagaContract(
 )  # fmt: skip
 order_saga = contract
 
-MODES = ("ok", "reject", "decline", "silent", "late")
+MODES = ("ok", "reject", "decline", "silent", "late", "hanging", "overtaken")
 KILL_POINTS = ("before-effect", "after-effect", "after-publish")
 LATE_BY = STEP_DEADLINE + 2.0  # after the deadline, before the compensation budget ends
 REVENUE = "revenue"
@@ -117,6 +130,19 @@ def balance_key(customer: str) -> str:
 
 def shipment_key(order_id: str) -> str:
     return f"shipment:{order_id}"
+
+
+# The accounts and the revenue are the demo payment service's tables
+# (``services_demo.payment.SQL_TABLES``); the effect counters are the suite's own.
+SQL_TABLES = """
+CREATE TABLE IF NOT EXISTS faults_applied (
+    gid  text NOT NULL,
+    step text NOT NULL,
+    op   text NOT NULL,
+    n    int  NOT NULL,
+    PRIMARY KEY (gid, step, op)
+);
+"""
 
 
 class _Killer:
@@ -192,11 +218,39 @@ class KillingStore(Store):
         return await self.inner.apply(effects)
 
 
+class _KillingSession(StoreSession):
+    """A session whose every committed transaction may be the last thing this process
+    does (the dispatcher runs a PostgreSQL store's handlers inside these)."""
+
+    def __init__(self, inner: StoreSession) -> None:
+        self.inner = inner
+
+    async def check_many(self, keys: Sequence[BarrierKey]) -> list[BarrierResult]:
+        return await self.inner.check_many(keys)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[StoreTransaction]:
+        async with self.inner.transaction() as tx:
+            yield tx
+        KILLER.reached("after-effect")
+
+
+class KillingPostgresStore(PostgresStore):
+    """A PostgresStore killed after a committed transaction: the handler's SQL, its
+    barrier row and its outgoing events are in the database, nothing is sent."""
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[StoreSession]:
+        async with super().session() as session:
+            yield _KillingSession(session)
+
+
 def _service(name: str) -> Service:
     # Not CHOREO_STORE: ``choreo run`` would pass it over the store given here.
     store_url = os.environ.get("FAULTS_STORE", "memory://")
     if KILLER.point == "after-effect":
-        wrapped = KillingStore(store_url)
+        sql = store_url.startswith(("postgresql://", "postgres://"))
+        wrapped = KillingPostgresStore(store_url) if sql else KillingStore(store_url)
 
         @contextlib.asynccontextmanager
         async def lifespan(app: Service) -> AsyncIterator[None]:
@@ -219,7 +273,16 @@ async def _work(ctx: Context, step: str, op: str) -> None:
     if SLOW:
         await asyncio.sleep(SLOW)
     KILLER.reached("before-effect")
-    ctx.tx.incr(applied_key(ctx.gid, step, op), 1)
+    if ctx.has_db:
+        await ctx.db.execute(
+            "INSERT INTO faults_applied (gid, step, op, n) VALUES ($1, $2, $3, 1)"
+            " ON CONFLICT (gid, step, op) DO UPDATE SET n = faults_applied.n + 1",
+            ctx.gid,
+            step,
+            op,
+        )
+    else:
+        ctx.tx.incr(applied_key(ctx.gid, step, op), 1)
 
 
 inventory = _service("inventory")
@@ -250,16 +313,38 @@ async def deduct(event: StockReserved, ctx: Context) -> PaymentDeducted:
     if mode_of(event.order_id) == "decline":
         reason = "declined by the card issuer"
         raise BusinessFailure(reason, PaymentDeclined(order_id=event.order_id, reason=reason))
-    ctx.tx.incr(balance_key(event.customer), -event.amount, minimum=0)
-    ctx.tx.incr(REVENUE, event.amount)
+    if ctx.has_db:
+        # The balances are far above any order, so the guard never refuses here.
+        await ctx.db.execute(
+            "UPDATE payment_accounts SET balance = balance - $2"
+            " WHERE customer = $1 AND balance >= $2",
+            event.customer,
+            event.amount,
+        )
+        await ctx.db.execute(
+            "UPDATE payment_revenue SET amount = amount + $1 WHERE id = 1", event.amount
+        )
+    else:
+        ctx.tx.incr(balance_key(event.customer), -event.amount, minimum=0)
+        ctx.tx.incr(REVENUE, event.amount)
     return PaymentDeducted(order_id=event.order_id, amount=event.amount)
 
 
 @payment.on_event(RefundPayment)
 async def refund(event: RefundPayment, ctx: Context) -> PaymentRefunded:
     await _work(ctx, "payment", "compensate")
-    ctx.tx.incr(REVENUE, -event.amount)
-    ctx.tx.incr(balance_key(event.customer), event.amount)
+    if ctx.has_db:
+        await ctx.db.execute(
+            "UPDATE payment_revenue SET amount = amount - $1 WHERE id = 1", event.amount
+        )
+        await ctx.db.execute(
+            "UPDATE payment_accounts SET balance = balance + $2 WHERE customer = $1",
+            event.customer,
+            event.amount,
+        )
+    else:
+        ctx.tx.incr(REVENUE, -event.amount)
+        ctx.tx.incr(balance_key(event.customer), event.amount)
     return PaymentRefunded(order_id=event.order_id)
 
 
@@ -277,7 +362,7 @@ async def schedule(event: PaymentDeducted, ctx: Context) -> ShipmentScheduled | 
     await _work(ctx, "shipping", "action")
     ctx.tx.put(shipment_key(event.order_id), f"shp-{event.order_id}")
     mode = mode_of(event.order_id)
-    if mode == "silent":
+    if mode in ("silent", "overtaken"):  # overtaken: the reordering fault confirms it
         return None
     if mode == "late":
         # The carrier confirms later, from outside the handler (a webhook, say): the

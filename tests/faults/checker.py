@@ -12,7 +12,8 @@ once (records)     per (gid, step, op), the participants' outcome records carry 
                    id (a re-publication repeats it)
 lost               every acknowledged start event is in the log; every applied effect's
                    outcome event is in the log; every trigger in the log reached its
-                   participant's barrier (a record for its (gid, step, op))
+                   participant's barrier (a record for its (gid, step, op); for an
+                   action whose compensation came first in the log, the compensation's)
 order              a gid's records are all in one partition; every event is in the log
                    after the event that caused it
 late               a late success is never applied once its deadline fired: its saga
@@ -22,6 +23,10 @@ poison             every injected poison record is in the DLQ with a reason, fro
                    reader that must reject it (``POISON_READERS``)
 replay             the tracker's state (state API) equals a replay of the topics through
                    the pure machine (status, step statuses, seen event ids)
+reorder            (reordering) a ``hanging`` saga's payment compensation is in the log
+                   before its action's trigger, was confirmed as a null compensation by
+                   payment, and the action never ran; an ``overtaken`` saga's shipping
+                   confirmation is in the log after the tracker's CancelShipment
 processes          no participant exited but by the scenario's own SIGKILL
 =================  ==========================================================================
 """
@@ -155,6 +160,43 @@ def p99(values: list[float]) -> float | None:
     return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
 
 
+def _reordered(
+    v: Verdict,
+    out: Outcome,
+    orders: Mapping[str, object],
+    saga_log: list[tuple[Record, Envelope]],
+    system_log: list[tuple[Record, Envelope]],
+) -> None:
+    """The ``reorder`` invariant (scenario 6): the records came in the order the fault
+    meant, and the barrier and the tracker did what that order calls for."""
+    first: dict[tuple[str, str], int] = {}
+    for record, env in saga_log:
+        kind = env.event_type
+        if kind == "CancelShipment" and env.source != TRACKER_SOURCE:
+            continue  # only the tracker's timeout compensation counts
+        first.setdefault((env.gid, kind), record.offset)
+    skipped = {env.gid for _, env in system_log
+               if env.event_type == "choreo.CompensationSkipped" and env.step == "payment"
+               and env.source == "payment"}  # fmt: skip
+    never = 1 << 62
+    for gid in orders:
+        mode = faults_app.mode_of(gid)
+        if mode == "hanging":
+            comp = first.get((gid, "RefundPayment"), never)
+            if comp >= first.get((gid, "StockReserved"), -1):
+                v.add("reorder", f"{gid}: RefundPayment not before StockReserved")
+            if gid not in skipped:
+                v.add("reorder", f"{gid}: no null compensation from payment")
+            ran = (gid, "PaymentDeducted") in first or (gid, "PaymentDeclined") in first
+            if ran or out.store[faults_app.applied_key(gid, "payment", "action")]:
+                v.add("reorder", f"{gid}: the hanging payment action ran")
+        elif mode == "overtaken":
+            comp = first.get((gid, "CancelShipment"), never)
+            if first.get((gid, "ShipmentScheduled"), -1) <= comp:
+                v.add("reorder", f"{gid}: ShipmentScheduled not after the tracker's "
+                                 "CancelShipment")  # fmt: skip
+
+
 def check(out: Outcome) -> Verdict:
     v = Verdict()
     orders = {o.order_id: o for o in out.orders}
@@ -191,7 +233,8 @@ def check(out: Outcome) -> Verdict:
         state = out.states.get(gid)
         status = state.status.value if state else "MISSING"
         if status not in TERMINAL or (status == "STUCK" and not out.expect_stuck):
-            v.add("terminal", f"{gid}={status}")
+            why = f" ({state.reason})" if state is not None and state.reason else ""
+            v.add("terminal", f"{gid}={status}{why}")
             continue
         mode = faults_app.mode_of(gid)
         if mode == "late" and status == "COMPLETED" and gid in late_won:
@@ -255,7 +298,7 @@ def check(out: Outcome) -> Verdict:
         for (step, op), output in OUTPUTS.items():
             if out.store[faults_app.applied_key(gid, step, op)] != 1:
                 continue
-            unconfirmed = faults_app.mode_of(gid) in ("silent", "late")
+            unconfirmed = faults_app.mode_of(gid) in ("silent", "late", "overtaken")
             if (step, op) == ("shipping", "action") and unconfirmed:
                 continue
             if (
@@ -267,14 +310,24 @@ def check(out: Outcome) -> Verdict:
             ):
                 lost.add(gid)
                 v.add("lost", f"{gid}/{step}/{op} applied, {output} not in the log")
-    for _, env in saga_log:
+    # Where each (gid, step, op)'s trigger is first in the log (a gid has one partition).
+    triggered: dict[tuple[str, str, str], int] = {}
+    for record, env in saga_log:
+        if env.event_type in TRIGGERS:
+            triggered.setdefault((env.gid, *TRIGGERS[env.event_type]), record.offset)
+    for record, env in saga_log:
         if env.gid not in orders or env.event_type not in TRIGGERS:
             continue
         step, op = TRIGGERS[env.event_type]
-        wanted = (f"{SERVICES[step]}/{step}", op)
-        if not any((s, o) == wanted for s, o, _ in out.barrier.get(env.gid, [])):
+        recorded = {(s, o) for s, o, _ in out.barrier.get(env.gid, [])}
+        name = f"{SERVICES[step]}/{step}"
+        # An action read after its compensation is refused (hanging): the compensation's
+        # record is what the barrier keeps of both.
+        first_comp = triggered.get((env.gid, step, "compensate"))
+        hanging = op == "action" and first_comp is not None and first_comp < record.offset
+        if (name, op) not in recorded and not (hanging and (name, "compensate") in recorded):
             lost.add(env.gid)
-            v.add("lost", f"{env.gid}: {env.event_type} never reached {wanted[0]}")
+            v.add("lost", f"{env.gid}: {env.event_type} never reached {name}")
 
     # order
     for records in (out.history.get(TOPIC, []), out.history.get("choreo.system", [])):
@@ -318,6 +371,8 @@ def check(out: Outcome) -> Verdict:
             v.add("replay", f"{gid}: live {live.status.value} {mine[1]}, replayed "
                             f"{again.status.value} {theirs[1]}")  # fmt: skip
 
+    _reordered(v, out, orders, saga_log, system_log)
+
     for exit_ in out.unexpected_exits:
         v.add("processes", exit_)
 
@@ -339,6 +394,7 @@ def check(out: Outcome) -> Verdict:
     worst = p99(delays)
     v.row = {
         "scenario": out.scenario.name,
+        "seed": str(out.scenario.seed),
         "sagas": str(len(orders)),
         "terminal": " / ".join(f"{ends.get(k, 0)} {k.lower()}" for k in TERMINAL),
         "double-applied": str(len(double)),
@@ -360,13 +416,13 @@ def check(out: Outcome) -> Verdict:
     return v
 
 
-COLUMNS = ("scenario", "sagas", "terminal", "double-applied", "lost", "dead-lettered",
+COLUMNS = ("scenario", "seed", "sagas", "terminal", "double-applied", "lost", "dead-lettered",
            "comp delay p99", "duration", "verdict", "faults")  # fmt: skip
 
 
-def table(rows: list[dict[str, str]]) -> str:
+def table(rows: list[dict[str, str]], columns: tuple[str, ...] = COLUMNS) -> str:
     """A Markdown table of result rows (``Verdict.row``)."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        lines.append("| " + " | ".join(row.get(c, "") for c in COLUMNS) + " |")
+        lines.append("| " + " | ".join(row.get(c, "") for c in columns) + " |")
     return "\n".join(lines)

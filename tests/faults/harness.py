@@ -34,11 +34,14 @@ from choreo.errors import ChoreoError, TransportError
 from choreo.events import Envelope
 from choreo.local import KafkaBroker, RedisServer
 from choreo.local._process import free_port, pdeathsig_preexec, tail, terminate
+from choreo.local.postgres_server import PostgresServer
 from choreo.store.base import Put
+from choreo.store.postgres import PostgresStore
 from choreo.store.redis import RedisStore
 from choreo.system_events import SYSTEM_TOPIC
 from choreo.transport.base import Record, TopicPartition, Transport
 from choreo.transport.kafka import KafkaTransport
+from services_demo import payment as payment_books
 from services_demo.contract import TOPIC, OrderPlaced
 from tests.faults import app as faults_app
 from tests.faults.app import order_saga
@@ -57,10 +60,12 @@ MODE_WEIGHTS = {"ok": 60, "reject": 7, "decline": 11, "silent": 11, "late": 11}
 # ---------------------------------------------------------------- workload
 
 
-def build_orders(seed: int, count: int, run: str) -> list[OrderPlaced]:
+def build_orders(
+    seed: int, count: int, run: str, mode_weights: Mapping[str, int] = MODE_WEIGHTS
+) -> list[OrderPlaced]:
     """``count`` orders drawn with ``seed``; the mode is the order id's last part."""
     rng = random.Random(seed)
-    modes, weights = list(MODE_WEIGHTS), list(MODE_WEIGHTS.values())
+    modes, weights = list(mode_weights), list(mode_weights.values())
     orders = []
     for n in range(count):
         mode = rng.choices(modes, weights)[0]
@@ -254,6 +259,8 @@ class Cluster:
     redis: RedisServer = field(init=False)
     redis_persist: bool = True
     proxied_port: int | None = None
+    with_postgres: bool = False
+    postgres: PostgresServer | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.kafka = KafkaBroker(self.workdir / "kafka", die_with_parent=True, in_place=True,
@@ -261,13 +268,20 @@ class Cluster:
         self.redis = RedisServer(
             self.workdir / "redis", die_with_parent=True, persist=self.redis_persist
         )
+        if self.with_postgres:
+            # Durable, as a payment ledger's database would be (fsync on).
+            self.postgres = PostgresServer(self.workdir / "postgres", die_with_parent=True)
 
     def start(self) -> tuple[str, str]:
         self.kafka.start()
         self.redis.start()
+        if self.postgres is not None:
+            self.postgres.start()
         return f"kafka://{self.kafka.address()}", self.redis.address()
 
     def stop(self) -> None:
+        if self.postgres is not None:
+            self.postgres.stop()
         self.redis.stop()
         self.kafka.stop()
 
@@ -301,6 +315,13 @@ class Run:
 
 
 Fault = Callable[[Run], Coroutine[Any, Any, None]]
+# How the front desk starts one saga (its acknowledged start event); by default
+# ``Service.publish``, a fault may write more records with it (``scenarios.reordering``).
+Starter = Callable[[Service, OrderPlaced], Coroutine[Any, Any, Envelope]]
+
+
+async def publish_order(desk: Service, order: OrderPlaced) -> Envelope:
+    return await desk.publish(order, gid=order.order_id)
 
 
 @dataclass
@@ -314,6 +335,9 @@ class Scenario:
     settle_timeout: float = 120.0
     redis_persist: bool = True
     proxied: str | None = None  # this participant reaches the broker through a FaultProxy
+    mode_weights: Mapping[str, int] = field(default_factory=lambda: dict(MODE_WEIGHTS))
+    start: Starter = publish_order
+    payment_on_postgres: bool = False  # payment's store (its ledger, ctx.db) is PostgreSQL
 
 
 @dataclass
@@ -338,7 +362,7 @@ class Outcome:
 PUBLISH_PATIENCE = 90.0  # the front desk gives up an order it could not publish that long
 
 
-async def _publish(desk: Service, run: Run, rate: float) -> None:
+async def _publish(desk: Service, run: Run, rate: float, start: Starter) -> None:
     interval = 1.0 / rate
     began = time.monotonic()
     try:
@@ -347,7 +371,7 @@ async def _publish(desk: Service, run: Run, rate: float) -> None:
             first_try = time.monotonic()
             while True:
                 try:
-                    run.published.append(await desk.publish(order, gid=order.order_id))
+                    run.published.append(await start(desk, order))
                     break
                 except TransportError as exc:  # the broker is down (a fault): retry
                     if time.monotonic() - first_try > PUBLISH_PATIENCE:
@@ -361,11 +385,20 @@ async def _publish(desk: Service, run: Run, rate: float) -> None:
         run.done_publishing.set()
 
 
-async def seed_books(store_url: str) -> None:
+async def seed_books(store_url: str, ledger_url: str | None = None) -> None:
+    """Stock in Redis; the customers' balances and the revenue in Redis, or in the
+    payment service's PostgreSQL tables (``ledger_url``)."""
     async with RedisStore(store_url) as store:
         puts = [Put(faults_app.stock_key(s), str(q)) for s, q in SKUS.items()]
-        puts += [Put(faults_app.balance_key(c), str(b)) for c, b in CUSTOMERS.items()]
-        assert await store.apply([*puts, Put(faults_app.REVENUE, "0")]) == ""
+        if ledger_url is None:
+            puts += [Put(faults_app.balance_key(c), str(b)) for c, b in CUSTOMERS.items()]
+            puts.append(Put(faults_app.REVENUE, "0"))
+        assert await store.apply(puts) == ""
+    if ledger_url is not None:
+        async with PostgresStore(ledger_url) as ledger:
+            await payment_books.seed_balances(ledger, CUSTOMERS)
+            assert isinstance(ledger, PostgresStore)
+            await ledger.pool.execute(faults_app.SQL_TABLES)
 
 
 async def _supervise(fleet: Fleet, stopping: asyncio.Event) -> None:
@@ -378,8 +411,10 @@ async def _supervise(fleet: Fleet, stopping: asyncio.Event) -> None:
 async def run_scenario(scenario: Scenario, workdir: Path) -> Outcome:
     began = time.monotonic()
     proxy_port = free_port() if scenario.proxied else None
-    cluster = Cluster(workdir, redis_persist=scenario.redis_persist, proxied_port=proxy_port)
+    cluster = Cluster(workdir, redis_persist=scenario.redis_persist, proxied_port=proxy_port,
+                      with_postgres=scenario.payment_on_postgres)  # fmt: skip
     broker, store_url = await asyncio.to_thread(cluster.start)
+    ledger_url = cluster.postgres.address() if cluster.postgres is not None else None
     proxy = None
     service_env: dict[str, LifePlan] = {}
     if scenario.proxied and proxy_port is not None:
@@ -387,20 +422,23 @@ async def run_scenario(scenario: Scenario, workdir: Path) -> Outcome:
         proxy = FaultProxy(("127.0.0.1", proxy_port), (host, int(target)))
         await proxy.start()
         service_env[scenario.proxied] = {"CHOREO_BROKER": f"kafka://127.0.0.1:{proxy_port}"}
+    if ledger_url is not None:
+        service_env["payment"] = {**service_env.get("payment", {}), "FAULTS_STORE": ledger_url}
     try:
         async with KafkaTransport(broker) as transport:
             await transport.ensure_topics(list(TOPICS), PARTITIONS)
-        await seed_books(store_url)
+        await seed_books(store_url, ledger_url)
         fleet = Fleet(broker, store_url, workdir / "logs", scenario.plans, service_env)
         try:
             await asyncio.to_thread(fleet.start)
-            orders = build_orders(scenario.seed, scenario.sagas, uuid.uuid4().hex[:6])
+            orders = build_orders(scenario.seed, scenario.sagas, uuid.uuid4().hex[:6],
+                                  scenario.mode_weights)  # fmt: skip
             run = Run(cluster, fleet, random.Random(scenario.seed), orders, proxy=proxy)
             stopping = asyncio.Event()
             supervisor = asyncio.create_task(_supervise(fleet, stopping))
             desk = Service("front-desk", contracts=[order_saga])
             async with desk.running(broker=broker, store="memory://"):
-                tasks = [asyncio.create_task(_publish(desk, run, scenario.rate))]
+                tasks = [asyncio.create_task(_publish(desk, run, scenario.rate, scenario.start))]
                 if scenario.fault is not None:
                     tasks.append(asyncio.create_task(scenario.fault(run)))
                 try:
@@ -415,7 +453,7 @@ async def run_scenario(scenario: Scenario, workdir: Path) -> Outcome:
             if kills or fleet.restarts:
                 run.note(f"{kills} SIGKILLed, {fleet.restarts} restarted")
             history = await read_history(broker)
-            store, barrier = await read_store(store_url, run.orders)
+            store, barrier = await read_store(store_url, run.orders, ledger_url)
         finally:
             codes = await asyncio.to_thread(fleet.stop)  # the loop keeps any proxy going
         for name in SERVICES:  # a clean stop of the survivors, or their logs say why not
@@ -556,14 +594,17 @@ async def read_history(broker: str) -> dict[str, list[Record]]:
 
 
 async def read_store(
-    store_url: str, orders: list[OrderPlaced]
+    store_url: str, orders: list[OrderPlaced], ledger_url: str | None = None
 ) -> tuple[dict[str, Any], dict[str, list[tuple[str, str, str]]]]:
-    """The books, every effect counter and every saga's barrier records."""
+    """The books, every effect counter and every saga's barrier records (with
+    ``ledger_url``, the payment service's from its PostgreSQL database)."""
     values: dict[str, Any] = {}
     barrier: dict[str, list[tuple[str, str, str]]] = {}
     async with RedisStore(store_url) as store:
-        for key in [*map(faults_app.stock_key, SKUS), *map(faults_app.balance_key, CUSTOMERS),
-                    faults_app.REVENUE]:  # fmt: skip
+        keys = [*map(faults_app.stock_key, SKUS)]
+        if ledger_url is None:
+            keys += [*map(faults_app.balance_key, CUSTOMERS), faults_app.REVENUE]
+        for key in keys:
             values[key] = await store.get_int(key)
         for order in orders:
             gid = order.order_id
@@ -574,7 +615,28 @@ async def read_store(
                     values[key] = await store.get_int(key)
             records = await store.records(gid)
             barrier[gid] = [(r.key.step, r.key.op, r.status) for r in records]
+    if ledger_url is not None:
+        await _read_ledger(ledger_url, orders, values, barrier)
     return values, barrier
+
+
+async def _read_ledger(
+    url: str,
+    orders: list[OrderPlaced],
+    values: dict[str, Any],
+    barrier: dict[str, list[tuple[str, str, str]]],
+) -> None:
+    """The payment service's books, effect counters and barrier rows, from PostgreSQL."""
+    async with PostgresStore(url, create_schema=False) as store:
+        assert isinstance(store, PostgresStore)
+        balances = await payment_books.balances(store, list(CUSTOMERS))
+        values.update((faults_app.balance_key(c), b) for c, b in balances.items())
+        values[faults_app.REVENUE] = await payment_books.revenue(store)
+        for row in await store.pool.fetch("SELECT gid, step, op, n FROM faults_applied"):
+            values[faults_app.applied_key(row["gid"], row["step"], row["op"])] = row["n"]
+        for order in orders:
+            records = await store.records(order.order_id)
+            barrier[order.order_id] += [(r.key.step, r.key.op, r.status) for r in records]
 
 
 @contextlib.asynccontextmanager

@@ -5,18 +5,29 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+import uuid
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from choreo import codec
-from choreo.events import Envelope, Message
+from choreo import Service, codec
+from choreo.errors import PoisonEvent
+from choreo.events import Envelope, Message, derived_event_id
 from choreo.transport.base import OutgoingRecord
 from choreo.transport.kafka import KafkaTransport
-from services_demo.contract import TOPIC, OrderPlaced
-from tests.faults.app import KILL_POINTS
-from tests.faults.harness import PARTITIONS, SERVICES, LifePlan, Proc, Run, Scenario, read_history
+from services_demo.contract import TOPIC, OrderPlaced, RefundPayment, ShipmentScheduled
+from tests.faults.app import KILL_POINTS, mode_of, order_saga
+from tests.faults.harness import (
+    PARTITIONS,
+    SERVICES,
+    LifePlan,
+    Proc,
+    Run,
+    Scenario,
+    publish_order,
+    read_history,
+)
 
 
 def kill_points(counts: tuple[int, int, int] = (20, 8, 20)) -> Scenario:
@@ -36,6 +47,23 @@ def kill_points(counts: tuple[int, int, int] = (20, 8, 20)) -> Scenario:
         run.note(f"self-SIGKILL at {'/'.join(KILL_POINTS)} in turn, x {len(SERVICES)} services")
 
     return Scenario("kill points", fault=note, plans=plans)
+
+
+def kill_points_postgres(point: str, count: int = 60) -> Scenario:
+    """(1, issue 14) The payment service keeps its ledger in PostgreSQL (its barrier rows,
+    its accounts, revenue and effect counters written with ``ctx.db`` in one transaction)
+    and SIGKILLs itself the ``count``-th time it reaches ``point``, under load; its second
+    life lives on. (Killed again while it rejoins and works off its backlog, it stays
+    away longer than the compensation budget and sagas end STUCK by design, see
+    ``kill_loop``; run several seeds for more kills.) The other participants are on Redis
+    and are not killed; the payment books are read back from PostgreSQL."""
+    plans = {"payment": [{"FAULTS_KILL_AT": point, "FAULTS_KILL_COUNT": str(count)}]}
+
+    async def note(run: Run) -> None:
+        run.note(f"payment on PostgreSQL: self-SIGKILL at {point} (#{count})")
+
+    return Scenario(f"kill points, payment on postgres: {point}", fault=note, plans=plans,
+                    payment_on_postgres=True)  # fmt: skip
 
 
 def kill_loop(every: tuple[float, float] = (3.0, 6.0), settled: float = 12.0) -> Scenario:
@@ -338,3 +366,89 @@ def slow_and_paused(pause_for: float = 12.0) -> Scenario:
 
     return Scenario("slow + paused participant", fault=pause,
                     plans={"shipping": [{"FAULTS_SLOW": "0.3"}] * 10})  # fmt: skip
+
+
+# ---------------------------------------------------------------- (6) reordering
+
+REORDERER = "faults-reorder"
+REORDER_WEIGHTS = {"ok": 50, "decline": 10, "silent": 10, "hanging": 15, "overtaken": 15}
+
+
+async def _start_reordered(desk: Service, order: OrderPlaced) -> Envelope:
+    """A ``hanging`` saga's start event and, right behind it in the same batch (so in
+    that order in the gid's partition), the payment step's compensation: payment reads
+    the compensation before the trigger of its action, which inventory publishes only
+    after reading the start."""
+    if mode_of(order.order_id) != "hanging":
+        return await publish_order(desk, order)
+    start = Envelope.first(order, gid=order.order_id, saga=order_saga.name, source=desk.name)
+    refund = RefundPayment(order_id=order.order_id, customer=order.customer, amount=order.amount)
+    early = start.caused(refund, event_id=derived_event_id(start.event_id, REORDERER),
+                         step="payment", op="compensate", source=REORDERER)  # fmt: skip
+    await desk.transport.send_many([codec.encode(Message(start, order, TOPIC)),
+                                    codec.encode(Message(early, refund, TOPIC))])  # fmt: skip
+    return start
+
+
+def reordering(patience: float = 60.0) -> Scenario:
+    """(6) Records written in the order that breaks the happy path, on purpose:
+
+    - ``hanging`` sagas: the payment step's compensation before its action (see
+      ``_start_reordered``): a null compensation, then the hanging action refused;
+    - ``overtaken`` sagas: shipping books but never confirms; once the tracker's timeout
+      compensation (CancelShipment) is in the topic, this fault writes the confirmation
+      that shipping would have published (same envelope, caused by PaymentDeducted)
+      after it: a late success, never applied.
+
+    The checker's ``reorder`` invariant proves each saga really saw its records in that
+    order and what the barrier made of them."""
+
+    async def overtake(run: Run) -> None:
+        wanted = {o.order_id for o in run.orders if mode_of(o.order_id) == "overtaken"}
+        causes: dict[str, Envelope] = {}
+        sent = 0
+        async with KafkaTransport(run.fleet.broker) as transport:
+            consumer = transport.consumer(f"faults-reorder-{uuid.uuid4().hex[:8]}", [TOPIC])
+            await consumer.start()
+            try:
+                limit: float | None = None
+                while wanted:
+                    if limit is None and run.done_publishing.is_set():
+                        limit = time.monotonic() + patience
+                    if limit is not None and time.monotonic() > limit:
+                        break
+                    for records in (await consumer.getmany(timeout=0.5)).values():
+                        for record in records:
+                            try:
+                                env = codec.decode_envelope(record)
+                            except PoisonEvent:
+                                continue
+                            if env.gid not in wanted:
+                                continue
+                            if env.event_type == "PaymentDeducted":
+                                causes[env.gid] = env
+                            elif env.event_type == "CancelShipment" and env.gid in causes:
+                                await transport.send(_confirmation(causes[env.gid]))
+                                wanted.discard(env.gid)
+                                sent += 1
+            finally:
+                await consumer.stop()
+        run.note(
+            f"{sent} shipping confirmations written after their timeout compensation"
+            + (f" ({len(wanted)} never compensated in {patience:.0f} s)" if wanted else "")
+        )
+        hanging = sum(mode_of(o.order_id) == "hanging" for o in run.orders)
+        run.note(f"{hanging} payment compensations written before their action's trigger")
+
+    return Scenario("reordering", fault=overtake, mode_weights=REORDER_WEIGHTS,
+                    start=_start_reordered)  # fmt: skip
+
+
+def _confirmation(deducted: Envelope) -> OutgoingRecord:
+    """The record shipping's handler would have published for ``deducted`` had it
+    confirmed at once (the dispatcher's envelope and event id)."""
+    shipment = ShipmentScheduled(order_id=deducted.gid, shipment_id=f"shp-{deducted.gid}")
+    event_id = derived_event_id(deducted.event_id, "shipping", "shipping", "action", "0")
+    envelope = deducted.caused(shipment, event_id=event_id, step="shipping", op="action",
+                               outcome="done", source="shipping")  # fmt: skip
+    return codec.encode(Message(envelope, shipment, TOPIC))

@@ -14,6 +14,7 @@ import json
 import os
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ from choreo.transport.base import OutgoingRecord
 from choreo.transport.kafka import KafkaTransport
 from services_demo.contract import TOPIC
 from tests.faults import scenarios
-from tests.faults.app import KILL_POINTS, applied_key, order_saga, stock_key
+from tests.faults.app import KILL_POINTS, applied_key, mode_of, order_saga, stock_key
 from tests.faults.checker import check, table
 from tests.faults.harness import (
     SERVICES,
@@ -51,7 +52,8 @@ def record(row: dict[str, str]) -> None:
             out.write(json.dumps(row) + "\n")
 
 
-async def run_and_check(scenario: Scenario, tmp_path: Path) -> Outcome:
+async def run_and_check(scenario: Scenario, tmp_path: Path, seed: int) -> Outcome:
+    scenario = dataclasses.replace(scenario, seed=seed)
     print(f"\nscenario {scenario.name}: {scenario.sagas} sagas, seed {scenario.seed}")
     outcome = await run_scenario(scenario, tmp_path)
     verdict = check(outcome)
@@ -62,10 +64,10 @@ async def run_and_check(scenario: Scenario, tmp_path: Path) -> Outcome:
 
 
 @pytest.mark.faults_smoke
-async def test_kill_points(tmp_path: Path) -> None:
+async def test_kill_points(tmp_path: Path, seed: int) -> None:
     """(1) Each participant SIGKILLed at each point of a batch in turn. Then the checker
     is shown to fail: the same run, tampered with, breaks each invariant it names."""
-    out = await run_and_check(scenarios.kill_points(), tmp_path)
+    out = await run_and_check(scenarios.kill_points(), tmp_path, seed)
     assert out.restarts >= len(SERVICES) * len(KILL_POINTS), out.notes
     gid = out.orders[0].order_id
     start = next(r for r in out.history[TOPIC] if r.key == gid.encode())
@@ -85,47 +87,47 @@ async def test_kill_points(tmp_path: Path) -> None:
                    for v in verdict.violations[invariant]), verdict.violations  # fmt: skip
 
 
-async def test_kill_loop(tmp_path: Path) -> None:
+async def test_kill_loop(tmp_path: Path, seed: int) -> None:
     """(1) A random participant SIGKILLed every few seconds."""
-    await run_and_check(scenarios.kill_loop(), tmp_path)
+    await run_and_check(scenarios.kill_loop(), tmp_path, seed)
 
 
-async def test_baseline(tmp_path: Path) -> None:
+async def test_baseline(tmp_path: Path, seed: int) -> None:
     """No fault: the workload and the checker alone."""
-    await run_and_check(Scenario("baseline"), tmp_path)
+    await run_and_check(Scenario("baseline"), tmp_path, seed)
 
 
-async def test_duplicates_and_group_reset(tmp_path: Path) -> None:
+async def test_duplicates_and_group_reset(tmp_path: Path, seed: int) -> None:
     """(5) Republished records, then every group reset to earliest."""
-    await run_and_check(scenarios.duplicates(), tmp_path)
+    await run_and_check(scenarios.duplicates(), tmp_path, seed)
 
 
-async def test_poison(tmp_path: Path) -> None:
+async def test_poison(tmp_path: Path, seed: int) -> None:
     """(8) Poison of every kind mid-run."""
-    await run_and_check(scenarios.poison(), tmp_path)
+    await run_and_check(scenarios.poison(), tmp_path, seed)
 
 
 # Both scenarios once found the idempotent producers stalled for good after a broker
 # restart (OutOfOrderSequenceNumber on every send); the transport now replaces its
 # producer (choreo/transport/kafka.py), and they pass.
 @pytest.mark.timeout(480)
-async def test_broker_down_longer_than_the_request_timeout(tmp_path: Path) -> None:
+async def test_broker_down_longer_than_the_request_timeout(tmp_path: Path, seed: int) -> None:
     """(3) The broker down 45 s, restarted in place."""
-    await run_and_check(scenarios.broker_down_long(), tmp_path)
+    await run_and_check(scenarios.broker_down_long(), tmp_path, seed)
 
 
 @pytest.mark.timeout(480)
-async def test_broker_restarts(tmp_path: Path) -> None:
+async def test_broker_restarts(tmp_path: Path, seed: int) -> None:
     """(3) Broker stopped, SIGKILLed and SIGSTOPped, restarted in place."""
-    await run_and_check(scenarios.broker_restarts(), tmp_path)
+    await run_and_check(scenarios.broker_restarts(), tmp_path, seed)
 
 
-async def test_redis_restarts(tmp_path: Path) -> None:
+async def test_redis_restarts(tmp_path: Path, seed: int) -> None:
     """(4) Persistent Redis stopped and SIGKILLed, restarted in place."""
-    await run_and_check(scenarios.redis_restarts(), tmp_path)
+    await run_and_check(scenarios.redis_restarts(), tmp_path, seed)
 
 
-async def test_redis_lost_stops_every_participant(tmp_path: Path) -> None:
+async def test_redis_lost_stops_every_participant(tmp_path: Path, seed: int) -> None:
     """(4) Redis without persistence restarted empty mid-run, then records redelivered to
     every participant: each must stop with StoreLost (its barrier records are gone, so a
     redelivery would run again), refuse to start again on the empty store, and never
@@ -139,7 +141,7 @@ async def test_redis_lost_stops_every_participant(tmp_path: Path) -> None:
             await transport.ensure_topics([TOPIC, "choreo.system", "choreo.dlq"], 4)
         await seed_books(store_url)
         await asyncio.to_thread(fleet.start)
-        orders = build_orders(13, 60, uuid.uuid4().hex[:6])
+        orders = build_orders(seed, 60, uuid.uuid4().hex[:6])
         desk = Service("front-desk", contracts=[order_saga])
         async with desk.running(broker=broker, store="memory://"):
             for order in orders:
@@ -185,7 +187,7 @@ async def test_redis_lost_stops_every_participant(tmp_path: Path) -> None:
         fleet.stop()
         await asyncio.to_thread(cluster.stop)
     row = {
-        "scenario": "redis lost (no persistence)", "sagas": str(len(orders)),
+        "scenario": "redis lost (no persistence)", "seed": str(seed), "sagas": str(len(orders)),
         "terminal": "- (stopped on purpose)", "double-applied": "0", "lost": "-",
         "dead-lettered": "-", "comp delay p99": "-",
         "duration": f"{time.monotonic() - began:.0f} s",
@@ -197,16 +199,51 @@ async def test_redis_lost_stops_every_participant(tmp_path: Path) -> None:
     record(row)
 
 
-async def test_network_faults(tmp_path: Path) -> None:
+async def test_network_faults(tmp_path: Path, seed: int) -> None:
     """(9) Delay, blackhole and resets between one participant and the broker."""
-    await run_and_check(scenarios.network(), tmp_path)
+    await run_and_check(scenarios.network(), tmp_path, seed)
 
 
-async def test_rebalance_churn(tmp_path: Path) -> None:
+async def test_rebalance_churn(tmp_path: Path, seed: int) -> None:
     """(10) Instances of the participants join and leave under load."""
-    await run_and_check(scenarios.churn(), tmp_path)
+    await run_and_check(scenarios.churn(), tmp_path, seed)
 
 
-async def test_slow_and_paused(tmp_path: Path) -> None:
+async def test_slow_and_paused(tmp_path: Path, seed: int) -> None:
     """(7) A slow participant and a SIGSTOPped one that wakes and publishes late."""
-    await run_and_check(scenarios.slow_and_paused(), tmp_path)
+    await run_and_check(scenarios.slow_and_paused(), tmp_path, seed)
+
+
+async def test_reordering(tmp_path: Path, seed: int) -> None:
+    """(6) A compensation before its action; a success after its timeout compensation."""
+    out = await run_and_check(scenarios.reordering(), tmp_path, seed)
+    modes = Counter(mode_of(gid) for gid in out.states)
+    assert modes["hanging"], modes  # the fault had sagas to reorder
+    assert modes["overtaken"], modes
+    # The invariant can fail: the hanging action applied, the records in their usual order.
+    hanging = next(gid for gid in out.states if mode_of(gid) == "hanging")
+    overtaken = next(gid for gid in out.states if mode_of(gid) == "overtaken")
+    early = [r for r in out.history[TOPIC] if r.key == hanging.encode()]
+    late = [r for r in out.history[TOPIC] if r.key == overtaken.encode()]
+    swapped = {
+        **out.history,
+        TOPIC: [r for r in out.history[TOPIC]
+                if r.header(codec.H_TYPE) not in (b"RefundPayment", b"ShipmentScheduled")
+                or r not in (*early, *late)],
+    }  # fmt: skip
+    ran = {**out.store, applied_key(hanging, "payment", "action"): 1}
+    for changes in ({"history": swapped}, {"store": ran}):
+        verdict = check(dataclasses.replace(out, **changes))
+        found = verdict.violations.get("reorder", [])
+        assert any(hanging in v for v in found), verdict.violations
+        if "history" in changes:
+            assert any(overtaken in v for v in found), verdict.violations
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("point", KILL_POINTS)
+async def test_kill_points_payment_on_postgres(tmp_path: Path, seed: int, point: str) -> None:
+    """(1, issue 14) Payment on the PostgreSQL barrier, SIGKILLed at ``point``;
+    conservation read from its PostgreSQL tables."""
+    out = await run_and_check(scenarios.kill_points_postgres(point), tmp_path, seed)
+    assert out.restarts >= 1, out.notes  # the kill happened
