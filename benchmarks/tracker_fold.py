@@ -5,12 +5,16 @@
     python -m benchmarks.tracker_fold --live 300      # live traffic, 300 sagas/s for 10 s
     python -m benchmarks.tracker_fold --systems tracker,base=/tmp/old-checkout,bare
     python -m benchmarks.tracker_fold --systems tracker-memory,tracker-rocksdb --restart
+    python -m benchmarks.tracker_fold --in-flight --sagas 100000 --rounds 1 --restart \
+        --systems tracker-rocksdb,before=/tmp/old-checkout,tracker-memory,bare
     python -m benchmarks.tracker_fold --help
 
 One real Kafka broker (``choreo.local``, fresh, on a loopback port). Topics
 ``<prefix>.start`` and ``<prefix>.s1`` .. ``.s4`` (6 partitions each, key = gid) hold
 sagas' complete event sequences: the start event and each of the 4 steps' done events,
-with choreo's envelope headers, written by choreo's own codec. By default they are
+with choreo's envelope headers, written by choreo's own codec (``--in-flight``: only
+the start events, so every saga stays RUNNING with its first step pending, a deadline an
+hour away: sagas in flight, as the tracker holds them). By default they are
 prefilled once with N sagas (a backlog: the consumers below only read, and nothing else
 runs while they are measured); with ``--live RATE`` every round gets fresh topics and a
 writer adds RATE sagas/s, each saga's events ``--hop`` apart, as a chain of services would.
@@ -30,7 +34,9 @@ Systems, alternated for ``--rounds`` rounds, each its own process and a fresh gr
 events/s runs from the first sign of progress (faust's start-up and group join left out;
 live: from the writer's start) until every event is folded or ``--timeout``; CPU is
 utime + stime of all the process's threads (/proc) over the same window: % of one core,
-and events per CPU-second, which a busy shared machine disturbs least.
+and events per CPU-second, which a busy shared machine disturbs least. RSS is read from
+/proc at the first sign of progress and once every event is folded: the difference per
+saga is what the process holds per saga (the state, faust's and the store's share).
 """
 
 from __future__ import annotations
@@ -156,9 +162,11 @@ async def _send(producer: Any, records: Sequence[Any]) -> list[Any]:
     ]
 
 
-async def _prefill(bootstrap: str, prefix: str, first: int, count: int, chunk: int = 1000) -> None:
-    """Write sagas' complete sequences: a chunk's starts first, then its step-1 answers,
-    ...: the order services write them in."""
+async def _prefill(
+    bootstrap: str, prefix: str, first: int, count: int, stages: int, chunk: int = 1000
+) -> None:
+    """Write sagas' first ``stages`` events: a chunk's starts first, then its step-1
+    answers, ...: the order services write them in."""
     producer = await _producer(bootstrap)
     try:
         for low in range(first, first + count, chunk):
@@ -166,15 +174,17 @@ async def _prefill(bootstrap: str, prefix: str, first: int, count: int, chunk: i
                 saga_records(prefix, g, n) for g, n in gids(low, min(chunk, first + count - low))
             ]
             futures = []
-            for stage in range(EVENTS_PER_SAGA):
+            for stage in range(stages):
                 futures += await _send(producer, [records[stage] for records in sagas])
             await asyncio.gather(*futures)
     finally:
         await producer.stop()
 
 
-def prefill(bootstrap: str, prefix: str, first: int, count: int) -> None:
-    asyncio.run(_prefill(bootstrap, prefix, first, count))
+def prefill(
+    bootstrap: str, prefix: str, first: int, count: int, stages: int = EVENTS_PER_SAGA
+) -> None:
+    asyncio.run(_prefill(bootstrap, prefix, first, count, stages))
 
 
 class Pacer(threading.Thread):
@@ -241,6 +251,14 @@ class Round:
     lag_at_writer_end: int | None = None  # live: events written and not yet folded
     restart_s: float | None = None  # --restart: stopped, started again -> every saga served
     rss_mb: float | None = None  # the tracker's resident memory once every event is folded
+    rss_start_mb: float | None = None  # ... at the first sign of progress
+    sagas: int = 0  # in the backlog
+
+    @property
+    def bytes_per_saga(self) -> float | None:
+        if self.rss_mb is None or self.rss_start_mb is None or not self.sagas:
+            return None
+        return (self.rss_mb - self.rss_start_mb) * 2**20 / self.sagas
 
     @property
     def events_per_s(self) -> float:
@@ -260,6 +278,7 @@ class Round:
             "events_per_s": self.events_per_s,
             "cpu_percent": self.cpu_percent,
             "events_per_cpu_s": self.events_per_cpu_s,
+            "bytes_per_saga": self.bytes_per_saga,
         }
 
     def line(self) -> str:
@@ -272,6 +291,8 @@ class Round:
             text += f", {self.lag_at_writer_end} behind when the writer stopped"
         if self.rss_mb is not None:
             text += f", RSS {self.rss_mb:.0f} MB"
+        if self.bytes_per_saga is not None:
+            text += f" ({self.rss_start_mb:.0f} MB at start: {self.bytes_per_saga:.0f} B/saga)"
         if self.restart_s is not None:
             text += f", restart {self.restart_s:.1f} s"
         return text + ("" if self.finished else " (TIMED OUT)")
@@ -351,9 +372,8 @@ class Runner:
             poll = self.poller(system, proc, log, progress)
             if live:
                 return self._live(system, index, prefix, poll, started)
-            result = self._backlog(system, index, poll, started, log)
-            if system not in BARE:
-                result.rss_mb = rss_mb(proc.pid)
+            result = self._backlog(system, index, poll, started, log, proc.pid)
+            result.rss_mb = rss_mb(proc.pid)
             if self.args.restart and system not in BARE and result.finished:
                 self.stop(proc)
                 result.restart_s = self._restart(system, index, command, prefix, group)
@@ -371,7 +391,7 @@ class Runner:
                                self.args.roots.get(system))  # fmt: skip
         try:
             poll = self.poller(system, proc, log, self._tracker(log))
-            total = self.args.sagas * EVENTS_PER_SAGA
+            total = self.args.sagas * self.args.stages
             while True:
                 now, done, _cpu = poll()
                 if done >= total:
@@ -382,21 +402,26 @@ class Runner:
         finally:
             self.stop(proc)
 
-    def _backlog(self, system: str, index: int, poll: Poll, started: float, log: Path) -> Round:
-        total = self.args.sagas * EVENTS_PER_SAGA
+    def _backlog(
+        self, system: str, index: int, poll: Poll, started: float, log: Path, pid: int
+    ) -> Round:
+        total = self.args.sagas * self.args.stages
         first: tuple[float, float] | None = None
+        rss_start = None
         deadline = started + self.args.timeout
         while True:
             now, done, cpu = poll()
             if first is None and done > 0:
                 first = (now, cpu)
+                rss_start = rss_mb(pid)
             if done >= total or now > deadline:
                 break
             time.sleep(self.args.poll)
         if first is None:
             raise SystemExit(f"{system} folded nothing in {self.args.timeout:.0f} s ({log})")
         t0, c0 = first
-        return Round(system, index, done, now - t0, cpu - c0, done >= total, round(t0 - started, 1))
+        return Round(system, index, done, now - t0, cpu - c0, done >= total, round(t0 - started, 1),
+                     rss_start_mb=rss_start, sagas=self.args.sagas)  # fmt: skip
 
     def _live(self, system: str, index: int, prefix: str, poll: Poll, started: float) -> Round:
         warm = WARMUP_SAGAS * EVENTS_PER_SAGA
@@ -578,6 +603,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--sagas", type=int, help="sagas prefilled (20,000; --quick 5,000)")
     add("--rounds", type=int, help="rounds of each system (3; --quick 2)")
     add("--quick", action="store_true")
+    add("--in-flight", action="store_true",
+        help="backlog of start events only: every saga stays in flight (RUNNING)")  # fmt: skip
     add("--systems", default="tracker,bare",
         help="comma-separated, in this order, of: tracker, tracker-memory, tracker-rocksdb "
         "(the tracker with that table store; tracker: the CLI's default), bare, "
@@ -604,6 +631,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.sagas = args.sagas or (5000 if args.quick else 20000)
     args.rounds = args.rounds or (2 if args.quick else 3)
+    args.stages = 1 if args.in_flight else EVENTS_PER_SAGA
+    if args.in_flight and args.live is not None:
+        parser.error("--in-flight is a backlog: not with --live")
     args.run = f"{os.getpid()}.{int(time.time())}"
     args.prefix = args.reuse or f"fold.{args.run}"
     if args.reuse and not args.kafka:
@@ -628,6 +658,10 @@ def summarize(results: Sequence[Round], systems: Sequence[str]) -> dict[str, Any
             key: statistics.median(getattr(r, key) for r in rounds)
             for key in ("events_per_s", "cpu_percent", "events_per_cpu_s")
         }
+        per_saga = [b for r in rounds if (b := r.bytes_per_saga) is not None]
+        summary[system]["bytes_per_saga"] = statistics.median(per_saga) if per_saga else None
+        restarts = [r.restart_s for r in rounds if r.restart_s is not None]
+        summary[system]["restart_s"] = statistics.median(restarts) if restarts else None
         print(f"median {system:14s}: {summary[system]['events_per_s']:7.0f} events/s, "
               f"CPU {summary[system]['cpu_percent']:5.1f}% "
               f"({summary[system]['events_per_cpu_s']:5.0f} events per CPU-s)")  # fmt: skip
@@ -658,10 +692,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             make_topics(bootstrap, SHARED_TOPICS, delete=SHARED_TOPICS)
         if not args.reuse and args.live is None:
             make_topics(bootstrap, [topic(stage, args.prefix) for stage in STAGES])
-            total = args.sagas * EVENTS_PER_SAGA
+            total = args.sagas * args.stages
             print(f"prefilling {args.prefix}: {args.sagas} sagas ({total} events) ...", flush=True)
             began = time.monotonic()
-            prefill(bootstrap, args.prefix, 0, args.sagas)
+            prefill(bootstrap, args.prefix, 0, args.sagas, args.stages)
             print(f"  done in {time.monotonic() - began:.1f} s", flush=True)
         runner = Runner(args, bootstrap, workdir)
         results: list[Round] = []
@@ -672,6 +706,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = summarize(results, args.systems_list)
         if args.json:
             mode = "backlog" if args.live is None else f"live {args.live} sagas/s"
+            mode += ", in flight" if args.in_flight else ""
             report = {"mode": mode, "sagas": args.sagas, "summary": summary,
                       "rounds": [r.to_json() for r in results]}  # fmt: skip
             args.json.write_text(json.dumps(report, indent=2))
