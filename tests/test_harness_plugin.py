@@ -49,13 +49,9 @@ def test_the_entry_point_names_the_plugin() -> None:
     assert entry.value == "choreo.pytest_plugin"
 
 
-async def test_the_fixtures_in_this_suite(
-    choreo_harness: HarnessFactory, choreo_backend: Backend, choreo_clock: VirtualClock
-) -> None:
-    assert choreo_backend == Backend(
-        os.environ.get("CHOREO_TEST_BROKER", "memory://"),
-        os.environ.get("CHOREO_TEST_STORE", "memory://"),
-    )
+async def _one_handler(make: HarnessFactory, clock: VirtualClock | None = None) -> str:
+    """A one-handler service in a harness from ``make``: its effect lands; the name of
+    the transport class it ran on."""
     tag = uuid.uuid4().hex[:8]
 
     class Tick(Event, type=f"plugin.{tag}.Tick", topic=f"plugin.{tag}"):
@@ -67,11 +63,22 @@ async def test_the_fixtures_in_this_suite(
     async def tick(event: Tick, ctx: Context) -> None:
         ctx.tx.incr(f"tick:{tag}", event.n)
 
-    async with choreo_harness(app, clock=choreo_clock) as h:
-        assert h.clock is choreo_clock
+    async with make(app, clock=clock) as h:
+        assert h.clock is clock
         await h.publish(Tick(n=3))
-        await h.drain()
+        await h.drain(timeout=60)
         assert await h.store.get_int(f"tick:{tag}") == 3
+        return type(h.transport).__name__
+
+
+async def test_the_fixtures_in_this_suite(
+    choreo_harness: HarnessFactory, choreo_backend: Backend, choreo_clock: VirtualClock
+) -> None:
+    assert choreo_backend == Backend(
+        os.environ.get("CHOREO_TEST_BROKER", "memory://"),
+        os.environ.get("CHOREO_TEST_STORE", "memory://"),
+    )
+    await _one_handler(choreo_harness, choreo_clock)
 
 
 def _run_user_tests(tmp_path: Path, *args: str, expected: str) -> subprocess.CompletedProcess[str]:
@@ -106,19 +113,4 @@ async def test_one_setting_switches_the_harness_to_kafka_and_redis(
     backend: Backend = request.getfixturevalue("choreo_backend")
     assert backend == Backend(f"kafka://{kafka_bootstrap}", redis_url)
     make: HarnessFactory = request.getfixturevalue("choreo_harness")
-    tag = uuid.uuid4().hex[:8]
-
-    class Tock(Event, type=f"plugin.{tag}.Tock", topic=f"plugin.{tag}"):
-        n: int
-
-    app = Service(f"k{tag}")
-
-    @app.on_event(Tock)
-    async def tock(event: Tock, ctx: Context) -> None:
-        ctx.tx.incr(f"tock:{tag}", event.n)
-
-    async with make(app) as h:
-        assert type(h.transport).__name__ == "KafkaTransport"
-        await h.publish(Tock(n=4))
-        await h.drain(timeout=60)
-        assert await h.store.get_int(f"tock:{tag}") == 4
+    assert await _one_handler(make) == "KafkaTransport"
