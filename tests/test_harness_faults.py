@@ -5,13 +5,15 @@ despite it: effects applied once, sagas completed or compensated.
 A 3-step shop saga (stock -> payment -> shipping) with its own topic and event types per
 test, so on the session's shared Kafka broker no other test's records meet these faults.
 The tests taking ``backend`` run on memory and on real Kafka + Redis with the same
-assertions; the others on memory only, for speed.
+assertions; the others on memory only, for speed, or all of them on Kafka + Redis with
+``CHOREO_FAULTS_ON_KAFKA=1 .venv/bin/python -m pytest tests/test_harness_faults.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -145,12 +147,15 @@ class Env:
 
 @pytest.fixture
 async def env(request: pytest.FixtureRequest) -> AsyncIterator[Env]:
-    """Memory unless the test takes ``backend``; a VirtualClock always."""
-    broker, store = (
-        request.getfixturevalue("backend")
-        if "backend" in request.fixturenames
-        else ("memory://", "memory://")
-    )
+    """Memory unless the test takes ``backend`` (or ``CHOREO_FAULTS_ON_KAFKA=1`` puts
+    every test of this module on Kafka + Redis); a VirtualClock always."""
+    if "backend" in request.fixturenames:
+        broker, store = request.getfixturevalue("backend")
+    elif os.environ.get("CHOREO_FAULTS_ON_KAFKA") == "1":
+        broker = f"kafka://{request.getfixturevalue('kafka_bootstrap')}"
+        store = request.getfixturevalue("redis_url")
+    else:
+        broker, store = "memory://", "memory://"
     tag = f"f{uuid.uuid4().hex[:8]}"
     shop = build_shop(tag)
     tracker = MemoryTracker([shop.contract], group=f"{tag}.tracker")
