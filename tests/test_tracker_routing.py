@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -17,6 +18,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from choreo.cli.tracker import check_worker_url, worker_url
+from choreo.errors import UsageError
 from choreo.local._process import free_port
 from choreo.saga import SagaState, SagaStatus
 from choreo.testing import Harness
@@ -27,6 +30,7 @@ from choreo.tracker.memory import MemoryTracker
 from choreo.tracker.routing import WORKER_HEADER
 from choreo.tracker.view import StatesView, TrackerMetrics
 from choreo.transport.partitioner import partition_for
+from tests.cli_support import choreo
 from tests.scenarios.trip import Plan, TripBooked, build_travel
 
 TOKEN = "routing-token"
@@ -218,6 +222,30 @@ async def test_a_worker_that_does_not_answer_is_reported(cluster: Cluster) -> No
     assert workers == {"me": cluster.a, "workers": {cluster.a: [0, 1], cluster.b: [2, 3]}}
 
 
+async def test_the_cli_names_a_worker_that_does_not_answer(
+    cluster: Cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``choreo sagas list`` through worker a: every saga; once b is stopped, a's only and
+    a warning naming b; ``saga show`` of b's saga then says the tracker cannot answer."""
+    args = ["--tracker", cluster.a, "--token", TOKEN]
+    listing = ["sagas", "list", "--limit", "500", *args]
+    ours = sum(partition_for(g.encode(), PARTITIONS) < 2 for g in cluster.states)
+    code, out, err = await asyncio.to_thread(choreo, capsys, *listing)
+    assert (code, err) == (0, "")
+    assert f"{len(cluster.states)} of {len(cluster.states)} saga(s)" in out
+    cluster.b_stop.set()
+    await asyncio.sleep(0.2)  # b's server closes
+    code, out, err = await asyncio.to_thread(choreo, capsys, *listing)
+    assert code == 0
+    assert f"{ours} of {ours} saga(s)" in out
+    assert f"tracker worker {cluster.b} did not answer" in err
+    theirs = next(g for g in cluster.states if partition_for(g.encode(), PARTITIONS) >= 2)
+    code, out, err = await asyncio.to_thread(choreo, capsys, "saga", "show", theirs, *args)
+    assert code == 2
+    assert "the tracker cannot answer now (503)" in err
+    assert cluster.b in err
+
+
 def test_latencies_merge_counts_and_keeps_the_largest_quantile() -> None:
     row = {"saga": "trip", "step": "car"}
     bodies = [
@@ -225,3 +253,14 @@ def test_latencies_merge_counts_and_keeps_the_largest_quantile() -> None:
         {"quantiles": [0.5], "steps": [{**row, "count": 3, "p50": 0.3, "p99": 0.5}]},
     ]
     assert merge.latencies(bodies)["steps"] == [{**row, "count": 5, "p50": 0.3, "p99": 0.5}]
+
+
+def test_a_workers_url_defaults_to_its_http_address() -> None:
+    assert worker_url("127.0.0.1", 8088) == "http://127.0.0.1:8088"
+    assert worker_url("0.0.0.0", 8088) == f"http://{socket.gethostname()}:8088"
+    assert worker_url("::1", 8088) == "http://[::1]:8088"
+    assert worker_url("127.0.0.1", 0) is None  # picked at start: faust's default
+    assert check_worker_url("http://tracker-1:8088/") == "http://tracker-1:8088"
+    for bad in ("tracker-1:8088", "ftp://tracker-1:8088", "http://tracker-1:8088/api"):
+        with pytest.raises(UsageError, match="--worker-url"):
+            check_worker_url(bad)

@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import sys
+import urllib.parse
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -163,7 +164,7 @@ def command(args: argparse.Namespace) -> int:
         code = 0
     else:
         retention = args.retention or None  # 0: keep every saga
-        url = args.worker_url or worker_url(host, port)
+        url = check_worker_url(args.worker_url) if args.worker_url else worker_url(host, port)
         code = run_faust(
             api, args.broker, args.app_id, args.data_dir, args.store, retention, url=url
         )
@@ -171,6 +172,16 @@ def command(args: argparse.Namespace) -> int:
         f"choreo: tracker {'stopped cleanly' if code == 0 else f'exited with {code}'}", flush=True
     )
     return code
+
+
+def check_worker_url(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        raise UsageError(
+            f"--worker-url {url!r} is not the URL of this worker's state API",
+            hint="e.g. --worker-url http://tracker-1.internal:8088 (how other workers reach it)",
+        )
+    return url.rstrip("/")
 
 
 def worker_url(host: str, port: int) -> str | None:
