@@ -121,7 +121,7 @@ async def test_python_blocks_run(
 
 
 def _commands(block: Block) -> Iterator[list[str]]:
-    for raw in block.code.splitlines():
+    for raw in block.code.replace("\\\n", " ").splitlines():  # continued lines joined
         line = raw.split(" #", 1)[0].strip()
         if not line or line.startswith("#"):
             continue
@@ -174,3 +174,5 @@ def test_the_checks_catch_what_they_should() -> None:
     assert "not an executable" in _check_command(["scripts/no-such.sh"])
     assert "no module" in _check_command([".venv/bin/python", "-m", "no_such_module_here"])
     assert _check_command(["choreo", "saga", "show", "GID"]) == ""
+    continued = Block(ROOT, 1, "sh", "choreo sagas list \\\n    --no-such-option", {})
+    assert list(_commands(continued)) == [["choreo", "sagas", "list", "--no-such-option"]]
