@@ -125,11 +125,21 @@ def _commands(block: Block) -> Iterator[list[str]]:
         line = raw.split(" #", 1)[0].strip()
         if not line or line.startswith("#"):
             continue
-        words = shlex.split(line)
-        while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):
-            words = words[1:]  # VAR=value before the command
-        if words:
-            yield words
+        command: list[str] = []
+        target = False  # the next word is a redirection's file
+        for word in [*shlex.split(line), ";"]:
+            if target:
+                target = False
+            elif re.fullmatch(r"\d?(>>?|<)", word):
+                target = True
+            elif word in ("|", "||", "&&", ";", "&"):  # one command per pipeline stage
+                while command and re.fullmatch(r"[A-Z_]+=\S*", command[0]):
+                    command = command[1:]  # VAR=value before the command
+                if command:
+                    yield command
+                command = []
+            elif not re.match(r"\d?[<>]", word):  # redirections are the shell's
+                command.append(word)
 
 
 def _check_command(words: list[str]) -> str:
@@ -176,3 +186,5 @@ def test_the_checks_catch_what_they_should() -> None:
     assert _check_command(["choreo", "saga", "show", "GID"]) == ""
     continued = Block(ROOT, 1, "sh", "choreo sagas list \\\n    --no-such-option", {})
     assert list(_commands(continued)) == [["choreo", "sagas", "list", "--no-such-option"]]
+    piped = Block(ROOT, 1, "sh", "X=1 choreo sagas list --json 2>/dev/null | jq . > o", {})
+    assert list(_commands(piped)) == [["choreo", "sagas", "list", "--json"], ["jq", "."]]
