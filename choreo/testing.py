@@ -46,11 +46,15 @@ from choreo.faults import Faults, FaultyTransport
 from choreo.handlers import Handler
 from choreo.saga.state import SagaState, SagaStatus
 from choreo.store.base import Store
+from choreo.system_events import DeadlineCheck
 from choreo.tracker.memory import MemoryTracker
 from choreo.transport.base import Consumer, OutgoingRecord, Record, TopicPartition, Transport
 from choreo.urls import open_store, open_transport
 
 log = logging.getLogger("choreo.testing")
+
+# Records the tracker sends to itself: plumbing, not part of a saga's story.
+INTERNAL_TYPES = frozenset({DeadlineCheck.event_type})
 
 __all__ = ["Faults", "Harness", "MemoryTracker", "Participant", "VirtualClock"]
 
@@ -292,11 +296,18 @@ class Harness:
             await asyncio.sleep(settle)
         raise TimeoutError(f"not idle after {timeout}s; records behind per group: {lag}")
 
-    def history(self, gid: str) -> list[Message]:
+    def history(self, gid: str, *, internal: bool = False) -> list[Message]:
         """A saga's messages in causal order: each after the event that caused it, else
         by the time it occurred. (The harness reads several topics at once, so arrival
-        order across topics means nothing.)"""
-        return causal_order([m for m in self.messages if m.gid == gid])
+        order across topics means nothing.) The tracker's own timer records
+        (``choreo.DeadlineCheck``) only with ``internal=True``."""
+        return causal_order(
+            [
+                m
+                for m in self.messages
+                if m.gid == gid and (internal or m.envelope.event_type not in INTERNAL_TYPES)
+            ]
+        )
 
     def published(self, event: type[Event] | None = None) -> list[Message]:
         if event is None:
@@ -356,8 +367,9 @@ class Harness:
             return list(self.dead)
         return [record for record in self.dead if record.key == gid.encode()]
 
-    def types(self, gid: str) -> list[str]:
-        return [m.envelope.event_type for m in self.history(gid)]
+    def types(self, gid: str, *, internal: bool = False) -> list[str]:
+        """The event types of ``history(gid)``."""
+        return [m.envelope.event_type for m in self.history(gid, internal=internal)]
 
     async def send_raw(
         self, topic: str, value: bytes, headers: Sequence[tuple[str, bytes]], key: bytes | None

@@ -225,6 +225,9 @@ async def test_a_dropped_record_stalls_the_saga_until_its_deadline(env: Env) -> 
     await h.advance(HOUR + 1)
     assert (await h.wait(gid)).status is SagaStatus.COMPENSATED
     assert env.shop.calls["shipping"] == 0
+    # The tracker's timer record shows only when asked for.
+    assert "choreo.DeadlineCheck" in h.types(gid, internal=True)
+    assert "choreo.DeadlineCheck" not in h.types(gid)
     assert await env.effects("o1") == {"stock": 0, "payment": 0, "shipping": 0}
 
 
