@@ -21,22 +21,21 @@ from choreo.transport.memory import MemoryBroker, MemoryTransport
 
 # (module path suffix, function name): what to report.
 WATCHED = [
-    ("choreo/dispatch.py", "handle"),
+    ("choreo/dispatch.py", "handle_batch"),
     ("choreo/codec.py", "decode_envelope"),
     ("choreo/codec.py", "decode"),
     ("choreo/codec.py", "check_depth"),
     ("choreo/dispatch.py", "_invoke"),
-    ("choreo/events.py", "evolve"),
-    ("choreo/dispatch.py", "_commit"),
+    ("choreo/dispatch.py", "_recorded"),
     ("choreo/dispatch.py", "_outgoing"),
     ("choreo/events.py", "derived_event_id"),
     ("choreo/events.py", "child_traceparent"),
     ("choreo/codec.py", "encode"),
-    ("choreo/dispatch.py", "pack"),
-    ("choreo/dispatch.py", "unpack"),
-    ("choreo/store/memory.py", "check"),
-    ("choreo/store/memory.py", "commit"),
-    ("choreo/transport/memory.py", "send"),
+    ("choreo/codec.py", "pack_outbox"),
+    ("choreo/codec.py", "unpack_outbox"),
+    ("choreo/store/memory.py", "check_many"),
+    ("choreo/store/memory.py", "commit_many"),
+    ("choreo/transport/memory.py", "send_many"),
 ]
 
 
@@ -56,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         for suffix, wanted in WATCHED:
             if name == wanted and path.endswith(suffix):
                 found[(suffix, wanted)] = (calls, own, cumulative)
-    total = found[("choreo/dispatch.py", "handle")][2]
-    print(f"cProfile of {events:,} events; shares of Dispatcher.handle ({total:.2f}s):")
+    total = found[("choreo/dispatch.py", "handle_batch")][2]
+    print(f"cProfile of {events:,} events; shares of Dispatcher.handle_batch ({total:.2f}s):")
     print(f"{'function':<44} {'calls':>8} {'calls/event':>11} {'share':>7}")
     for suffix, name in WATCHED:
         if (suffix, name) not in found:

@@ -426,6 +426,9 @@ class KafkaTransport(Transport):
                 builder, members = producer.create_batch(), []
                 builder.append(timestamp=None, key=record.key, value=record.value, headers=headers)
             members.append(index)
+        # Closed: the batch is whole (the caller awaits its acknowledgement next), so the
+        # producer sends it at once instead of lingering for records that will not come.
+        builder.close()
         sent.append((members, await producer.send_batch(builder, topic, partition=partition), True))
         return sent
 
