@@ -1,4 +1,4 @@
-"""System (c) and (d): the 3-step chain as three choreo services, with public API only.
+"""Systems (c), (d) and (e): the 3-step chain as three choreo services, public API only.
 
     BENCH_SBS_PREFIX=<prefix> choreo run benchmarks.saga_side_by_side.choreo_app:step1 \\
         --broker kafka://HOST:PORT --store redis://HOST:PORT/0
@@ -6,8 +6,10 @@
         --broker kafka://HOST:PORT --http 127.0.0.1:0 --no-auth --app-id <prefix>.tracker
 
 Each step is its own process and consumer group; each handler does one ``ctx.tx.incr``
-(applied atomically with the Redis barrier record) and returns the next event. The topic
-names come from ``BENCH_SBS_PREFIX`` (fresh topics for every round).
+(applied atomically with the Redis barrier record) and returns the next event; in (e),
+``step2pg`` replaces step2: the PostgreSQL barrier, its effect an upsert of the same
+counter through ``ctx.db`` (committed with the barrier row and the outgoing event). The
+topic names come from ``BENCH_SBS_PREFIX`` (fresh topics for every round).
 """
 
 from __future__ import annotations
@@ -88,3 +90,18 @@ async def second(event: Step1Done, ctx: Context) -> Step2Done:
 async def third(event: Step2Done, ctx: Context) -> Done:
     ctx.tx.incr(f"{PREFIX}:step3:{event.amount % COUNTER_KEYS}", 1)
     return Done(order_id=event.order_id, amount=event.amount)
+
+
+# (e): step2 on the PostgreSQL barrier (``--store postgresql://...``); the same service
+# name and group, so the contract and the topics are unchanged.
+step2pg = _service("step2")
+
+
+@step2pg.on_event(Step1Done)
+async def second_in_sql(event: Step1Done, ctx: Context) -> Step2Done:
+    await ctx.db.execute(
+        "INSERT INTO bench_counters (k, n) VALUES ($1, 1)"
+        " ON CONFLICT (k) DO UPDATE SET n = bench_counters.n + 1",
+        f"{PREFIX}:step2:{event.amount % COUNTER_KEYS}",
+    )
+    return Step2Done(order_id=event.order_id, amount=event.amount)

@@ -41,7 +41,7 @@ from typing import Any
 from benchmarks.common import machine
 from benchmarks.saga_side_by_side import profiling
 from benchmarks.saga_side_by_side.procstat import die_with_parent
-from benchmarks.saga_side_by_side.wire import PARTITIONS, topics
+from benchmarks.saga_side_by_side.wire import COUNTERS_DDL, PARTITIONS, topics
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -58,6 +58,7 @@ class System:
     description: str
     format: str  # of the start records: "plain" JSON or "choreo" (envelope headers)
     tracker: bool = False
+    postgres: bool = False  # step2 on the PostgreSQL barrier, its effect SQL in ctx.db
 
 
 SYSTEMS = {
@@ -84,6 +85,14 @@ SYSTEMS = {
             "choreo as (c) plus the faust tracker process",
             "choreo",
             tracker=True,
+        ),
+        System(
+            "choreo+pg",
+            "e",
+            "choreo as (c) with step2 on the PostgreSQL barrier: its effect an upsert through "
+            "ctx.db, committed with the barrier row and the outgoing event",
+            "choreo",
+            postgres=True,
         ),
     )
 }
@@ -143,32 +152,49 @@ class Backend:
     redis_pid: int | None
     owned: bool  # started by this run, so shared topics may be recreated
     workdir: Path
+    postgres_url: str | None = None  # only when a chosen system needs it
+    postgres_pid: int | None = None
 
 
 # -- servers and the FastStream virtualenv ----------------------------------------------
 @contextlib.contextmanager
-def backend(args: argparse.Namespace) -> Iterator[Backend]:
+def backend(args: argparse.Namespace, postgres: bool = False) -> Iterator[Backend]:
+    """The servers of the run; PostgreSQL only when ``postgres`` (a system needs it)."""
     workdir = Path(tempfile.mkdtemp(prefix="choreo-sbs-"))
     try:
         if args.kafka:
             if not args.redis:
                 raise SystemExit("--kafka needs --redis too")
-            yield Backend(args.kafka, args.redis, args.kafka_pid, args.redis_pid, False, workdir)
+            if postgres and not args.postgres:
+                raise SystemExit("--kafka with system choreo+pg needs --postgres too")
+            yield Backend(
+                args.kafka, args.redis, args.kafka_pid, args.redis_pid, False, workdir,
+                args.postgres, args.postgres_pid,
+            )  # fmt: skip
             return
         from choreo.local.kafka_broker import KafkaBroker
+        from choreo.local.postgres_server import PostgresServer
         from choreo.local.redis_server import RedisServer
 
         kafka = KafkaBroker(workdir / "kafka", die_with_parent=True)
         redis = RedisServer(workdir / "redis", die_with_parent=True)
+        servers: list[Any] = [redis, kafka]
         try:
             progress(f"starting Kafka and Redis in {workdir} ...")
             bootstrap = kafka.start()
             redis_url = redis.start()
+            postgres_url, postgres_pid = None, None
+            if postgres:
+                pg = PostgresServer(workdir / "postgres", die_with_parent=True)
+                servers.append(pg)
+                progress("starting PostgreSQL ...")
+                postgres_url, postgres_pid = pg.start(), pg.running_pid()
             yield Backend(
-                bootstrap, redis_url, kafka.running_pid(), redis.running_pid(), True, workdir
-            )
+                bootstrap, redis_url, kafka.running_pid(), redis.running_pid(), True, workdir,
+                postgres_url, postgres_pid,
+            )  # fmt: skip
         finally:
-            for server in (redis, kafka):
+            for server in reversed(servers):
                 try:
                     server.stop()
                 except Exception as exc:  # report, and still stop the other one
@@ -349,6 +375,26 @@ class Processes:
         return codes
 
 
+def prepare_postgres(url: str) -> None:
+    """The barrier's tables (``choreo db init``, idempotent) and the step's own table."""
+    subprocess.run(
+        [sys.executable, "-m", "choreo.cli.main", "db", "init", "--url", url],
+        check=True,
+        capture_output=True,
+    )
+
+    async def counters() -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(COUNTERS_DDL)
+        finally:
+            await conn.close()
+
+    asyncio.run(counters())
+
+
 def step_commands(
     system: System, backend: Backend, prefix: str, linger_ms: int, faststream: str | None
 ) -> dict[str, list[str]]:
@@ -379,16 +425,19 @@ def step_commands(
             assert faststream is not None
             commands[step] = [faststream, str(HERE / "faststream_step.py"), *common]
         else:
+            on_postgres = system.postgres and step == "step2"
+            store = backend.postgres_url if on_postgres else backend.redis_url
+            assert store is not None
             commands[step] = [
                 sys.executable,
                 "-m",
                 "choreo.cli.main",
                 "run",
-                f"benchmarks.saga_side_by_side.choreo_app:{step}",
+                f"benchmarks.saga_side_by_side.choreo_app:{step}{'pg' if on_postgres else ''}",
                 "--broker",
                 f"kafka://{backend.bootstrap}",
                 "--store",
-                backend.redis_url,
+                store,
             ]
     return commands
 
@@ -416,6 +465,9 @@ def run_round(
     # choreo's system and dead-letter topics are fixed names: fresh ones for each choreo
     # round on our own broker, so a tracker never replays an earlier round's records.
     make_topics(backend.bootstrap, [*names, *shared], delete=shared)
+    if system.postgres:
+        assert backend.postgres_url is not None
+        prepare_postgres(backend.postgres_url)
     procs = Processes(backend.workdir / "logs", prefix)
     env = {**os.environ, "BENCH_SBS_PREFIX": prefix, "PYTHONUNBUFFERED": "1"}
     env.pop("CHOREO_BROKER", None)
@@ -455,7 +507,10 @@ def run_round(
             pids["tracker"] = [procs.start("tracker", command, tracker_env).pid]
             line = procs.wait_for_line("tracker", "state API on http://", 120)
             tracker_url = line.rsplit("state API on ", 1)[1].strip()
-        for name, pid in (("kafka", backend.kafka_pid), ("redis", backend.redis_pid)):
+        servers = [("kafka", backend.kafka_pid), ("redis", backend.redis_pid)]
+        if system.postgres:
+            servers.append(("postgres", backend.postgres_pid))
+        for name, pid in servers:
             if pid is not None:
                 pids[name] = [pid]
         config = {
@@ -597,7 +652,9 @@ def tracker_counts(url: str) -> Any:
 
 
 # -- summary ----------------------------------------------------------------------------------
-CPU_COLUMNS = ("driver", "step1", "step2", "step3", "tracker", "kafka", "redis", "machine")
+CPU_COLUMNS = (
+    "driver", "step1", "step2", "step3", "tracker", "kafka", "redis", "postgres", "machine",
+)  # fmt: skip
 
 
 def _fmt(value: float | None, spec: str = ",.0f") -> str:
@@ -670,6 +727,7 @@ def ratios(summary: dict[str, dict[str, Any]]) -> dict[str, float | None]:
         "d/b (choreo+tracker / FastStream)": ratio("choreo+tracker", "faststream"),
         "c/b (choreo / FastStream)": ratio("choreo", "faststream"),
         "d/c (tracker's cost)": ratio("choreo+tracker", "choreo"),
+        "e/c (one step on the PostgreSQL barrier / all on Redis)": ratio("choreo+pg", "choreo"),
     }
 
 
@@ -745,8 +803,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--systems",
-        default="raw,faststream,choreo,choreo+tracker",
-        help="comma-separated, of: raw faststream choreo choreo+tracker (or a b c d)",
+        default="raw,faststream,choreo,choreo+tracker,choreo+pg",
+        help="comma-separated, of: raw faststream choreo choreo+tracker choreo+pg (or a-e)",
     )
     parser.add_argument("--rounds", type=int, help="rounds of each system")
     parser.add_argument("--inflight", type=int, help="closed-loop sagas in flight")
@@ -764,6 +822,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--redis", help="redis:// URL of a running server (with --kafka)")
     parser.add_argument("--kafka-pid", type=int, help="its pid, for the CPU columns")
     parser.add_argument("--redis-pid", type=int, help="its pid, for the CPU columns")
+    parser.add_argument("--postgres", help="postgresql:// URL of a running server (with --kafka)")
+    parser.add_argument("--postgres-pid", type=int, help="its pid, for the CPU columns")
     parser.add_argument(
         "--no-warmup-round",
         action="store_true",
@@ -817,7 +877,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_before = os.getloadavg()
     started = time.time()
     results: list[dict[str, Any]] = []
-    with backend(args) as servers:
+    with backend(args, postgres=any(s.postgres for s in systems)) as servers:
         if not servers.owned and any(s.tracker for s in systems):
             progress(
                 "note: on a broker this run did not start, choreo.system is shared with "

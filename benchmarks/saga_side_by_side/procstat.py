@@ -36,13 +36,40 @@ def machine_cpu() -> tuple[float, float]:
     return (sum(values) - idle) / _TICKS, sum(values) / _TICKS
 
 
+def descendants(root: int) -> list[int]:
+    """``root`` and every process below it, now."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    return found
+
+
 Snapshot = dict[str, float | None]
+#: Groups whose work runs in forked children (PostgreSQL serves each connection in a
+#: backend process of its own, whose CPU the postmaster's counters never show).
+WITH_CHILDREN = frozenset({"postgres"})
 
 
 def snapshot(pids: Mapping[str, Sequence[int]]) -> Snapshot:
     """CPU seconds per named group of pids, plus the machine's busy and total seconds."""
     taken: Snapshot = {}
     for name, group in pids.items():
+        if name in WITH_CHILDREN and group:
+            values = [sum(process_cpu(pid) or 0.0 for pid in descendants(group[0]))]
+            taken[name] = values[0]
+            continue
         values = [process_cpu(pid) for pid in group]
         taken[name] = None if any(v is None for v in values) else sum(v or 0.0 for v in values)
     taken["@busy"], taken["@total"] = machine_cpu()

@@ -25,6 +25,10 @@ CHOREO_TYPES = {
 }
 
 
+#: system (e)'s step2 keeps its counters in PostgreSQL (one row per counter key)
+COUNTERS_DDL = "CREATE TABLE IF NOT EXISTS bench_counters (k text PRIMARY KEY, n bigint NOT NULL)"
+
+
 def topics(prefix: str) -> dict[str, str]:
     return {stage: f"{prefix}.{stage}" for stage in STAGES}
 
