@@ -22,6 +22,7 @@ fault really happened instead of passing because it never did.
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -197,7 +198,7 @@ class Faults:
             fault = self._take_call(key)
             if fault is not None and fault.error is not None:
                 self.fired.append(f"fail {service}.{handler.name}: {fault.error!r}")
-                raise fault.error
+                raise copy.copy(fault.error)  # a fresh one each time: no traceback piles up
             task = asyncio.current_task()
             if task is not None:
                 in_flight.add(task)
