@@ -14,7 +14,7 @@ from choreo.breaker import BreakerState, CircuitBreaker
 from choreo.deadletter import DLQ_TOPIC
 from choreo.dispatch import Dispatcher
 from choreo.errors import ConfigurationError, StoreLost, TransportError
-from choreo.events import Envelope, Event, EventRegistry, Message, derived_event_id
+from choreo.events import Envelope, Event, EventRegistry, Message
 from choreo.handlers import Handler
 from choreo.middleware import Middleware
 from choreo.redact import redact_text, redact_url
@@ -34,18 +34,6 @@ if TYPE_CHECKING:
     from choreo.saga.contract import SagaContract
 
 log = logging.getLogger("choreo.app")
-
-
-def keyed_envelope(
-    event: Event, *, key: str | None, gid: str | None, saga: str, source: str
-) -> Envelope:
-    """The envelope of an event nothing caused; with ``key``, its gid (unless given) and
-    its event id are derived from the key, so the same key makes the same event."""
-    if key is None:
-        return Envelope.first(event, gid=gid, saga=saga, source=source)
-    gid = gid or derived_event_id("choreo-start-gid", key)
-    envelope = Envelope.first(event, gid=gid, saga=saga, source=source)
-    return envelope.evolve(event_id=derived_event_id("choreo-start", key))
 
 
 class Service(Router):
@@ -330,7 +318,7 @@ class Service(Router):
         a duplicate instead of a second saga."""
         if saga is None:
             saga = self._saga_of(event)
-        envelope = keyed_envelope(event, key=key, gid=gid, saga=saga, source=self.name)
+        envelope = Envelope.keyed(event, key=key, gid=gid, saga=saga, source=self.name)
         await self.transport.send(codec.encode(Message(envelope, event, event.topic)))
         return envelope
 

@@ -141,6 +141,19 @@ class Envelope:
             source=source,
         )
 
+    @classmethod
+    def keyed(
+        cls, event: Event, *, key: str | None, gid: str | None, saga: str, source: str
+    ) -> Envelope:
+        """``first``, made repeatable by ``key``: the gid (unless given) and the event id
+        are derived from the key, so the same key makes the same event (an idempotent
+        saga start); without a key, ``first``."""
+        if key is None:
+            return cls.first(event, gid=gid, saga=saga, source=source)
+        gid = gid or derived_event_id("choreo-start-gid", key)
+        envelope = cls.first(event, gid=gid, saga=saga, source=source)
+        return envelope.evolve(event_id=derived_event_id("choreo-start", key))
+
     def caused(
         self,
         event: Event,

@@ -85,10 +85,8 @@ class LocalTransaction:
         start idempotent: the gid and the event id are derived from it, and a second start
         with the same key writes nothing (it is listed in ``repeated``), so a start retried
         after an ambiguous failure never starts a second saga. Without either, a new gid."""
-        from choreo.app import keyed_envelope
-
         dedupe = key if key is not None else gid
-        envelope = keyed_envelope(
+        envelope = Envelope.keyed(
             event, key=dedupe, gid=gid, saga=self._saga_of(event) if saga is None else saga,
             source=self._service,
         )  # fmt: skip
