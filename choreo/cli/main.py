@@ -9,6 +9,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from choreo.cli import (
+    alerts,
     asyncapi,
     conformance,
     dashboard,
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         db,
         demo,
         tracker,
+        alerts,
         sagas,
         dashboard,
         dlq,
