@@ -45,8 +45,11 @@ from choreo.tracker.http import (
 )
 
 WORKER_HEADER = "X-Choreo-Worker"
-FANOUT_TIMEOUT = 5.0  # seconds a worker has to answer a fanned-out or forwarded request
-MAX_PEERS = 64  # workers asked at once (more workers than partitions idle anyway)
+FANOUT_TIMEOUT = 5.0  # seconds a worker has to answer its part of a list or count
+# Seconds the owner has to answer a forwarded request: ``why`` reads lag and dead letters
+# from the broker; under the CLI's own 15 s, so the CLI hears which worker was slow.
+FORWARD_TIMEOUT = 12.0
+MAX_PEERS = 64  # workers asked at once; more wait their turn
 MAX_ANSWER_BYTES = 64 * 1024 * 1024  # a worker's answer read at most this far
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -77,12 +80,11 @@ SESSION = web.AppKey("choreo.routing.session", aiohttp.ClientSession)
 ONE_SAGA = frozenset({"/sagas/{gid}", "/sagas/{gid}/why", "/sagas/{gid}/commands"})
 
 
-def add_routing(app: web.Application, workers: Workers, timeout: float = FANOUT_TIMEOUT) -> None:
+def add_routing(app: web.Application, workers: Workers) -> None:
     """Route ``app``'s saga routes across ``workers`` (call before the app starts)."""
 
     async def session(app: web.Application) -> AsyncIterator[None]:
-        client_timeout = aiohttp.ClientTimeout(total=timeout)
-        async with aiohttp.ClientSession(timeout=client_timeout) as client:
+        async with aiohttp.ClientSession() as client:
             app[SESSION] = client
             yield
 
@@ -127,7 +129,9 @@ async def _one_saga(request: web.Request, handler: Handler, workers: Workers) ->
         )
     body = await request.read() if request.can_read_body else None
     try:
-        status, content_type, raw = await _ask(request, owner, request.path_qs, body)
+        status, content_type, raw = await _ask(
+            request, owner, request.path_qs, FORWARD_TIMEOUT, body
+        )
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         return problem(
             503,
@@ -143,18 +147,20 @@ async def _one_saga(request: web.Request, handler: Handler, workers: Workers) ->
 
 
 async def _ask(
-    request: web.Request, worker: str, path_qs: str, body: bytes | None = None
+    request: web.Request, worker: str, path_qs: str, timeout: float, body: bytes | None = None
 ) -> tuple[int, str, bytes]:
     """Send ``request``'s method and bearer token (and ``body``) to ``worker``'s
-    ``path_qs``; its status, content type and body."""
+    ``path_qs``; its status, content type and body, within ``timeout`` seconds."""
     headers = {LOCAL_HEADER: "1", "Accept": "application/json"}
     if "Authorization" in request.headers:
         headers["Authorization"] = request.headers["Authorization"]
     if body is not None:
         headers["Content-Type"] = request.headers.get("Content-Type", "application/json")
     client = request.app[SESSION]
+    url = worker.rstrip("/") + path_qs
+    limit = aiohttp.ClientTimeout(total=timeout)
     async with client.request(
-        request.method, worker.rstrip("/") + path_qs, data=body, headers=headers
+        request.method, url, data=body, headers=headers, timeout=limit
     ) as answer:
         raw = bytearray()
         async for chunk in answer.content.iter_any():  # to the end, within the bound
@@ -182,9 +188,15 @@ async def _fan_out(
     if local.status != 200 or not isinstance(local, web.Response) or local.body is None:
         return local  # a bad query: the same answer the other workers would give
     bodies: list[dict[str, Any]] = [codec.loads(bytes(local.body))]  # type: ignore[arg-type]
-    others = workers.others()[:MAX_PEERS]
+    others = workers.others()
     path_qs = str(request.rel_url.with_query(query))
-    answers = await asyncio.gather(*(_json_of(request, w, path_qs) for w in others))
+    turns = asyncio.Semaphore(MAX_PEERS)
+
+    async def ask(worker: str) -> tuple[dict[str, Any] | None, str]:
+        async with turns:
+            return await _json_of(request, worker, path_qs)
+
+    answers = await asyncio.gather(*(ask(w) for w in others))
     unanswered = []
     for worker, (body, error) in zip(others, answers, strict=True):
         if body is not None:
@@ -217,7 +229,7 @@ async def _json_of(
 ) -> tuple[dict[str, Any] | None, str]:
     """A worker's JSON answer, or None and why there is none."""
     try:
-        status, _type, raw = await _ask(request, worker, path_qs)
+        status, _type, raw = await _ask(request, worker, path_qs, FANOUT_TIMEOUT)
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         return None, _reason(exc)
     if status != 200:
