@@ -10,7 +10,8 @@ set -euo pipefail
 libs=/opt/kafka/libs
 config=/var/lib/kafka/server.properties
 java_opts=(${KAFKA_HEAP_OPTS:--Xmx512m -Xms128m} -XX:+UseG1GC -XX:MaxGCPauseMillis=20
-    -Djava.awt.headless=true -cp "$libs/*")
+    -Djava.awt.headless=true -Dlog4j.configuration=file:/opt/kafka/log4j.properties
+    -cp "$libs/*")
 
 properties() {
     local name key
@@ -36,8 +37,7 @@ start)
         java "${java_opts[@]}" kafka.tools.StorageTool format --ignore-formatted \
             -t "$CLUSTER_ID" -c "$config"
     fi
-    exec java "${java_opts[@]}" -Dlog4j.configuration=file:/opt/kafka/log4j.properties \
-        kafka.Kafka "$config"
+    exec java "${java_opts[@]}" kafka.Kafka "$config"
     ;;
 config)
     properties
