@@ -117,7 +117,9 @@ if [ -n "$(leftovers)" ]; then
 fi
 
 # --- 2. images --------------------------------------------------------------------------
+started=$SECONDS
 scripts/deploy/base-image.sh debian:bookworm-slim
+say "debian:bookworm-slim ready in $((SECONDS - started))s"
 build_args=(-f docker/Dockerfile)
 # A TLS-inspecting proxy's CA (Debian keeps site CAs there) for the build stages only.
 if [ -d /usr/local/share/ca-certificates ]; then
