@@ -97,7 +97,11 @@ async def publish(h: Harness, plans: list[dict[str, str | float]]) -> list[str]:
     return gids
 
 
-async def run_two_workers(bootstrap: str, redis_url: str, tmp_path: Path, sagas: int) -> None:
+async def run_two_workers(
+    bootstrap: str, redis_url: str, tmp_path: Path, sagas: int, standby: int = 0
+) -> None:
+    """The scenario of this module with ``sagas`` sagas; ``standby``: faust's standby
+    replicas (``--standby-replicas``), a warm copy of the other worker's partitions."""
     await drop_topics(bootstrap)
     broker = f"kafka://{bootstrap}"
     # Long enough that the silent steps' deadlines pass after the kill: publishing the
@@ -105,6 +109,7 @@ async def run_two_workers(bootstrap: str, redis_url: str, tmp_path: Path, sagas:
     deadline = 12.0 if sagas <= 200 else 25.0
     settling = sagas * 3 // 4
     env = tracker_env(deadline, RETRIES, BACKOFF, BACKOFF_MAX, store="rocksdb")
+    env["CHOREO_TRACKER_STANDBY_REPLICAS"] = str(standby)
     app_id = f"{APP_PREFIX}workers-{uuid.uuid4().hex[:8]}"
     a, b = (TrackerProcess(broker, app_id, tmp_path / n, env) for n in "ab")
     b.token = a.token  # one token for the workers of one app id
@@ -190,8 +195,9 @@ async def run_two_workers(bootstrap: str, redis_url: str, tmp_path: Path, sagas:
             compared = await compare(a, transport, core, ends, final=True)
         assert compared >= sagas
         print(
-            f"\n{sagas} sagas on 2 workers: published in {published:.1f}s, listed by both "
-            f"after {listed:.1f}s, all read through both after {checked:.1f}s; B SIGKILLed: "
+            f"\n{sagas} sagas on 2 workers ({standby} standby): published in {published:.1f}s, "
+            f"listed by both after {listed:.1f}s, all read through both after {checked:.1f}s; "
+            f"B SIGKILLed: "
             f"A owned every partition after {owned_all:.1f}s, listed every saga after "
             f"{serving_all:.1f}s, all terminal after {took_over:.1f}s, firing {fired_by_a} "
             f"of B's deadlines; "

@@ -111,6 +111,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "and --http, and the same token; each then answers for every worker's sagas",
     )
     parser.add_argument(
+        "--standby-replicas",
+        type=int,
+        default=os.environ.get("CHOREO_TRACKER_STANDBY_REPLICAS") or "0",  # parsed when used
+        metavar="N",
+        help="faust engine, several workers: how many other workers keep a warm copy of "
+        "each partition's states, so a worker taking it over need not recover it from the "
+        "changelog (env CHOREO_TRACKER_STANDBY_REPLICAS; 0)",
+    )
+    parser.add_argument(
         "--service-group",
         action="append",
         default=[],
@@ -165,9 +174,12 @@ def command(args: argparse.Namespace) -> int:
     else:
         retention = args.retention or None  # 0: keep every saga
         url = check_worker_url(args.worker_url) if args.worker_url else worker_url(host, port)
+        if args.standby_replicas < 0:
+            raise UsageError(f"--standby-replicas must be >= 0, got {args.standby_replicas}")
         code = run_faust(
-            api, args.broker, args.app_id, args.data_dir, args.store, retention, url=url
-        )
+            api, args.broker, args.app_id, args.data_dir, args.store, retention, url=url,
+            standby_replicas=args.standby_replicas,
+        )  # fmt: skip
     print(
         f"choreo: tracker {'stopped cleanly' if code == 0 else f'exited with {code}'}", flush=True
     )
@@ -261,6 +273,7 @@ def run_faust(
     retention: float | None = 6 * 3600.0,
     *,
     url: str | None = None,
+    standby_replicas: int = 0,
 ) -> int:
     """Run the faust tracker in this process until SIGTERM or SIGINT; returns the exit code.
 
@@ -271,7 +284,8 @@ def run_faust(
     (``rocksdb`` or ``memory``); faust's log level from ``CHOREO_TRACKER_LOGLEVEL``.
     aiokafka's, faust's and mode's own loggers stay at WARNING whatever that level is,
     unless ``CHOREO_LOG_PROTOCOL`` names them (their debug output holds SASL passwords).
-    ``url`` is this worker's state API as the other workers of its app id reach it.
+    ``url`` is this worker's state API as the other workers of its app id reach it;
+    ``standby_replicas`` how many other workers keep a warm copy of each partition.
     """
     if not broker.startswith("kafka://"):
         raise UsageError(
@@ -299,6 +313,7 @@ def run_faust(
         store=store,
         retention=retention,
         url=url,
+        standby_replicas=standby_replicas,
     )
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)

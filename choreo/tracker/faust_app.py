@@ -118,6 +118,7 @@ class FaustTracker:
         rocksdb: RocksDBSizing | None = None,
         retention: float | None = DEFAULT_RETENTION,
         url: str | None = None,
+        standby_replicas: int = 0,
     ) -> None:
         """``security`` takes the same SASL/TLS options as ``KafkaTransport``; they reach
         both choreo's producer and faust's clients. ``store``: the table's local store,
@@ -127,6 +128,9 @@ class FaustTracker:
         ``url``: this worker's state API as the other workers of its app id reach it
         (faust's ``canonical_url``; see ``workers()``)."""
         self.url = url
+        # Other workers keeping a warm copy of each partition's states (faust's standbys),
+        # so one taking it over reads only the changelog's newest records.
+        self.standby_replicas = standby_replicas
         self.core = TrackerCore(contracts)
         self.security = dict(security or {})
         self.broker = broker
@@ -231,7 +235,7 @@ class FaustTracker:
             broker_heartbeat_interval=1.0,
             topic_partitions=self.partitions,
             topic_replication_factor=self.replication_factor,
-            table_standby_replicas=0,
+            table_standby_replicas=self.standby_replicas,
             web_enabled=False,  # the state API is ours (choreo.tracker.api)
             autodiscover=False,
             worker_redirect_stdouts=False,
