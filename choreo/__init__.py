@@ -2,10 +2,14 @@
 
 The public API is exactly ``__all__`` and these modules:
 
-- ``choreo.testing``: ``Harness``, several services (and a ``MemoryTracker``) in one test;
+- ``choreo.testing``: ``Harness``, several services (and a ``MemoryTracker``) in one test,
+  with fault controls (``choreo.faults``) and a virtual clock;
+- ``choreo.pytest_plugin``: the ``choreo_harness`` fixtures (registered with pytest);
+- ``choreo.alerts``: ``StuckWebhook``, SagaStuck alerts delivered to a webhook;
 - ``choreo.client``: ``TrackerClient``, a client of a tracker's state API;
 - ``choreo.dashboard``: what ``choreo dashboard`` shows, as data (``Snapshot``) and rendered;
-- ``choreo.local``: real Kafka and Redis servers as plain processes, for development.
+- ``choreo.local``: real Kafka, Redis and PostgreSQL servers as plain processes, for
+  development.
 
 Everything else may change between releases.
 """
