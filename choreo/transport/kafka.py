@@ -43,6 +43,20 @@ _TOPIC_POLL = RetryPolicy(backoff=0.05, backoff_max=0.5, jitter=False)
 _BATCHED_VALUE_MAX = 64 * 1024
 
 
+def _has_unsent_batch(producer: AIOKafkaProducer, topic: str, partition: int) -> bool:
+    """Whether the producer still holds a batch of this partition that it has not sent.
+    A ready-built batch must then wait in aiokafka's ``add_batch``, whose timeout shrinks
+    by the whole time waited on every pass, so that concurrent senders to one partition
+    time out long before the request timeout (seen with 50 concurrent saga starts); the
+    per-record path joins the pending batch or waits for it correctly. Unknown internals
+    (another aiokafka) count as a pending batch: the per-record path is always safe."""
+    accumulator = getattr(producer, "_message_accumulator", None)
+    batches = getattr(accumulator, "_batches", None)
+    if not isinstance(batches, Mapping):
+        return True
+    return bool(batches.get(KafkaTopicPartition(topic, partition)))
+
+
 class KafkaTransport(Transport):
     """A connection to a Kafka cluster: one producer and one admin client, plus consumers.
 
@@ -336,16 +350,19 @@ class KafkaTransport(Transport):
         try:
             groups = await self._partitioned(producer, records)  # may wait for metadata
             for indices, topic, partition in groups:
-                if partition is None:
-                    for index in indices:  # one record, through the per-record path
-                        record = records[index]
-                        future = await producer.send(
-                            topic, value=record.value, key=record.key,
-                            headers=list(record.headers) or None,
-                        )  # fmt: skip
-                        pending.append(([index], future, False))
-                    continue
-                pending += await self._send_batches(producer, records, indices, topic, partition)
+                rest = indices
+                if partition is not None and not _has_unsent_batch(producer, topic, partition):
+                    batched, future, rest = await self._send_batch(
+                        producer, records, indices, topic, partition
+                    )
+                    pending.append((batched, future, True))
+                for index in rest:  # the per-record path
+                    record = records[index]
+                    future = await producer.send(
+                        topic, value=record.value, key=record.key,
+                        headers=list(record.headers) or None,
+                    )  # fmt: skip
+                    pending.append(([index], future, False))
         except TRANSIENT as exc:
             await asyncio.gather(*(future for _, future, _ in pending), return_exceptions=True)
             if isinstance(exc, PRODUCER_STATE_LOST):
@@ -402,35 +419,31 @@ class KafkaTransport(Transport):
         ] + keyless
 
     @staticmethod
-    async def _send_batches(
+    async def _send_batch(
         producer: AIOKafkaProducer,
         records: Sequence[OutgoingRecord],
         indices: list[int],
         topic: str,
         partition: int,
-    ) -> list[tuple[list[int], asyncio.Future[Any], bool]]:
-        """One partition's records as ready-built batches: one future per batch where
+    ) -> tuple[list[int], asyncio.Future[Any], list[int]]:
+        """As many of one partition's records as fit one batch (a batch always takes its
+        first record), handed to the producer ready-built: one future for them all where
         ``producer.send`` makes a future, a metadata lookup and partition lists per record
-        (most of the transport's CPU per record)."""
-        sent: list[tuple[list[int], asyncio.Future[Any], bool]] = []
-        builder, members = producer.create_batch(), list[int]()
+        (most of the transport's CPU per record). Returns the records batched, the
+        batch's future, and the records left for the per-record path."""
+        builder = producer.create_batch()
+        taken = 0
         for index in indices:
             record = records[index]
-            headers = list(record.headers)
             if builder.append(timestamp=None, key=record.key, value=record.value,
-                              headers=headers) is None:  # fmt: skip
-                # Full: send it and start the next (a batch always takes its first record).
-                sent.append(
-                    (members, await producer.send_batch(builder, topic, partition=partition), True)
-                )
-                builder, members = producer.create_batch(), []
-                builder.append(timestamp=None, key=record.key, value=record.value, headers=headers)
-            members.append(index)
+                              headers=list(record.headers)) is None:  # fmt: skip
+                break  # full
+            taken += 1
         # Closed: the batch is whole (the caller awaits its acknowledgement next), so the
         # producer sends it at once instead of lingering for records that will not come.
         builder.close()
-        sent.append((members, await producer.send_batch(builder, topic, partition=partition), True))
-        return sent
+        future = await producer.send_batch(builder, topic, partition=partition)
+        return indices[:taken], future, indices[taken:]
 
     # -- consuming --------------------------------------------------------------
     def consumer(
