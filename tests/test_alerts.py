@@ -232,3 +232,36 @@ async def test_the_command_delivers_with_the_token_and_stops_on_sigterm(
     assert "secret-path" not in text  # the webhook's path is never printed
     assert "t0ken" not in text
     assert "delivered" in text
+
+
+@pytest.mark.kafka
+async def test_the_tracker_delivers_alerts_with_stuck_webhook(
+    hook: Hook, kafka_bootstrap: str
+) -> None:
+    import os
+    import signal
+    import sys
+
+    from choreo.transport.kafka import KafkaTransport
+
+    gid = f"t-{uuid.uuid4().hex[:12]}"
+    env = {**os.environ, "CHOREO_WEBHOOK_TOKEN": "tr4cker"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "choreo.cli.main", "tracker", "tests.procs.trip_tracker:contract",
+        "--engine", "memory", "--broker", f"kafka://{kafka_bootstrap}",
+        "--group", f"tracker-{gid}", "--http", "127.0.0.1:0", "--no-auth",
+        "--stuck-webhook", hook.url,
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        async with KafkaTransport(f"kafka://{kafka_bootstrap}") as transport:
+            await transport.send(stuck(gid))
+        await until(lambda: any(body["gid"] == gid for body, _ in hook.received), 90)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, out.decode()
+    [(_, headers)] = [(b, h) for b, h in hook.received if b["gid"] == gid]
+    assert headers["Authorization"] == "Bearer tr4cker"
+    assert "SagaStuck alerts to http://127.0.0.1:" in out.decode()
+    assert "secret-path" not in out.decode()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -22,6 +23,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from choreo.cli.alerts import TOKEN_ENV as WEBHOOK_TOKEN
 from choreo.cli.http_options import (
     TokenSource,
     add_token_arguments,
@@ -58,6 +60,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--broker",
         default=os.environ.get("CHOREO_BROKER", "memory://"),
         help="broker URL (env CHOREO_BROKER)",
+    )
+    parser.add_argument(
+        "--stuck-webhook",
+        metavar="URL",
+        default=os.environ.get("CHOREO_WEBHOOK_URL") or None,
+        help="POST every SagaStuck alert to this http(s) URL as JSON (env CHOREO_WEBHOOK_URL; "
+        f"bearer token from {WEBHOOK_TOKEN}; docs/observability.md)",
     )
     parser.add_argument(
         "--http",
@@ -166,7 +175,7 @@ def command(args: argparse.Namespace) -> int:
     host, port = parse_http(args.http)
     groups = parse_groups(args.service_group)
     token, generated = api_token(args, host, TOKEN)
-    api = StateApi(contracts, (host, port), token, groups, generated)
+    api = StateApi(contracts, (host, port), token, groups, generated, args.stuck_webhook)
     engine = args.engine or ("faust" if args.broker.startswith("kafka://") else "memory")
     if engine == "memory":
         asyncio.run(serve_memory(api, args.broker, args.group))
@@ -216,6 +225,7 @@ class StateApi:
     token: str | None  # None: open (--no-auth, loopback only)
     groups: Mapping[str, str]
     generated: bool = False  # the token was generated here: print it
+    webhook: str | None = None  # SagaStuck alerts are POSTed there (choreo.alerts)
 
     @contextlib.asynccontextmanager
     async def serving(
@@ -237,7 +247,41 @@ class StateApi:
             print(f"choreo: tracker {engine} following {names}; state API on "
                   f"http://{shown}:{bound}", flush=True)  # fmt: skip
             announce_token(self.token, self.generated, TOKEN)
-            yield bound
+            async with stuck_alerts(self.webhook, transport):
+                yield bound
+
+
+@contextlib.asynccontextmanager
+async def stuck_alerts(url: str | None, transport: Transport) -> AsyncIterator[None]:
+    """With ``url``, deliver the SagaStuck alerts to it while the block runs: a task of
+    its own on a consumer group of its own (``choreo.alerts``), so a webhook that is down
+    never holds the tracker's stream; several workers share the group, so each alert goes
+    out once."""
+    if not url:
+        yield
+        return
+    from choreo.alerts import StuckWebhook, shown
+
+    webhook = StuckWebhook(url, transport=transport, token=os.environ.get(WEBHOOK_TOKEN) or None)
+    stopping = asyncio.Event()
+    task = asyncio.create_task(webhook.run(stopping), name="choreo-alerts")
+    task.add_done_callback(_alerts_ended)
+    print(f"choreo: SagaStuck alerts to {shown(url)}", flush=True)
+    try:
+        yield
+    finally:
+        stopping.set()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(task, 10)
+
+
+def _alerts_ended(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        # A bug, never an alert or a webhook (those are retried or dead-lettered): the
+        # tracker keeps running, the log says alerts stopped.
+        logging.getLogger("choreo.alerts").error(
+            "SagaStuck alerts stopped", exc_info=task.exception()
+        )
 
 
 async def serve_memory(api: StateApi, broker: str, group: str) -> None:
