@@ -24,15 +24,18 @@ from choreo.metrics import ServiceMetrics
 RULES_DIR = Path(__file__).resolve().parent.parent / "docker" / "prometheus"
 RULES = RULES_DIR / "choreo-alerts.yml"
 RULE_TESTS = RULES_DIR / "choreo-alerts.test.yml"
-# What the tracker's state API exposes (choreo/tracker/api.py, render_metrics).
+# What the tracker's state API exposes (choreo/tracker/exposition.py).
 TRACKER_METRICS = {
     "choreo_sagas",
     "choreo_compensations_issued_total",
     "choreo_stalls_detected_total",
+    "choreo_tracker_folds_total",
     "choreo_tracker_read_gaps_total",
     "choreo_tracker_log_gaps_total",
+    "choreo_sagas_expired_total",
     "choreo_deadline_to_compensation_seconds",
     "choreo_deadline_to_compensation_max_seconds",
+    "choreo_step_seconds",
 }
 
 

@@ -16,7 +16,6 @@ that long between requests) is closed, and a body must arrive within ``BODY_TIME
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -31,8 +30,10 @@ from choreo.http_guard import (
     serve_app,
     token_guard,
 )
+from choreo.metrics import CONTENT_TYPE
 from choreo.saga.state import SagaStatus
 from choreo.tracker.api_ops import OpsContext, add_ops_routes
+from choreo.tracker.exposition import render_metrics
 from choreo.tracker.http import (
     BODY_TIMEOUT,
     MAX_OFFSET,
@@ -59,49 +60,6 @@ __all__ = [
 ]
 
 MAX_BODY_BYTES = 64 * 1024  # an admin command or a replay of ids needs a few kB
-PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
-
-
-def _value(number: float) -> str:
-    return "NaN" if math.isnan(number) else repr(float(number))
-
-
-def render_metrics(view: StateView) -> str:
-    """Prometheus text exposition format 0.0.4, written by hand (no client library)."""
-    by_status = view.counts()["by_status"]
-    metrics = view.metrics()
-    delay = metrics.deadline_to_compensation
-    name = "choreo_deadline_to_compensation_seconds"
-    lines = [
-        "# HELP choreo_sagas Sagas the tracker knows, by state.",
-        "# TYPE choreo_sagas gauge",
-        *(f'choreo_sagas{{state="{s.value}"}} {by_status.get(s.value, 0)}' for s in SagaStatus),
-        "# HELP choreo_compensations_issued_total Compensation events the tracker published.",
-        "# TYPE choreo_compensations_issued_total counter",
-        f"choreo_compensations_issued_total {metrics.compensations_issued}",
-        "# HELP choreo_stalls_detected_total Sagas sent to compensation by a step's deadline.",
-        "# TYPE choreo_stalls_detected_total counter",
-        f"choreo_stalls_detected_total {metrics.stalls_detected}",
-        "# HELP choreo_tracker_read_gaps_total Records delivered past one never folded "
-        "(the tracker sought back to it).",
-        "# TYPE choreo_tracker_read_gaps_total counter",
-        f"choreo_tracker_read_gaps_total {metrics.read_gaps}",
-        "# HELP choreo_tracker_log_gaps_total Offsets without records in the log itself.",
-        "# TYPE choreo_tracker_log_gaps_total counter",
-        f"choreo_tracker_log_gaps_total {metrics.log_gaps}",
-        "# HELP choreo_sagas_expired_total Settled sagas removed after their retention.",
-        "# TYPE choreo_sagas_expired_total counter",
-        f"choreo_sagas_expired_total {metrics.expired}",
-        f"# HELP {name} From a step's deadline to the tracker publishing its compensation.",
-        f"# TYPE {name} summary",
-        *(f'{name}{{quantile="{q:g}"}} {_value(v)}' for q, v in delay.quantiles().items()),
-        f"{name}_sum {_value(delay.total)}",
-        f"{name}_count {delay.count}",
-        "# HELP choreo_deadline_to_compensation_max_seconds The longest such delay seen.",
-        "# TYPE choreo_deadline_to_compensation_max_seconds gauge",
-        f"choreo_deadline_to_compensation_max_seconds {_value(delay.max)}",
-    ]
-    return "\n".join(lines) + "\n"
 
 
 def build_app(
@@ -140,8 +98,7 @@ def build_app(
         return json_response({"quantiles": list(QUANTILES), "steps": view.step_latencies()})
 
     async def metrics(request: web.Request) -> web.Response:
-        body = render_metrics(view).encode()
-        return web.Response(body=body, headers={"Content-Type": PROMETHEUS_TEXT})
+        return web.Response(body=render_metrics(view), headers={"Content-Type": CONTENT_TYPE})
 
     async def healthz(request: web.Request) -> web.Response:
         return json_response({"ok": True})

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import builtins
 import math
-import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from prometheus_client import Histogram
 
 from choreo.saga.machine import Publish
 from choreo.saga.packing import Peek
@@ -30,42 +31,54 @@ def quantile(ordered: Sequence[float], q: float) -> float:
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
-@dataclass
-class Summary:
-    """Count, sum and max of every observation; quantiles from a bounded uniform sample
-    (reservoir sampling), so memory stays flat however long the tracker runs."""
+# Bucket bounds in seconds: from a deadline to its compensation (the tracker's timer and
+# a send; seconds mean it is behind), and a step's own duration (milliseconds to hours).
+DELAY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+STEP_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0, 3600.0)
 
-    size: int = 1024
-    count: int = 0
-    total: float = 0.0
-    max: float = 0.0
-    sample: list[float] = field(default_factory=list)
-    rng: random.Random = field(default_factory=lambda: random.Random(0))
+
+class Delays:
+    """Deadline-to-compensation delays: a prometheus_client histogram (bounded buckets,
+    no sample kept however long the tracker runs), with their count and the longest."""
+
+    def __init__(self) -> None:
+        self.histogram = Histogram(
+            "choreo_deadline_to_compensation_seconds",
+            "From a step's deadline to the tracker publishing its compensation.",
+            buckets=DELAY_BUCKETS,
+            registry=None,  # exposed by the state API's own registry (tracker.exposition)
+        )
+        self.count = 0
+        self.max = 0.0
 
     def observe(self, value: float) -> None:
+        self.histogram.observe(value)
         self.count += 1
-        self.total += value
-        self.max = value if self.count == 1 else max(self.max, value)
-        if len(self.sample) < self.size:
-            self.sample.append(value)
-        elif (slot := self.rng.randrange(self.count)) < self.size:
-            self.sample[slot] = value
+        self.max = max(self.max, value)
 
-    def quantiles(self) -> dict[float, float]:
-        ordered = sorted(self.sample)
-        return {q: quantile(ordered, q) for q in QUANTILES}
+
+def _step_histogram() -> Histogram:
+    return Histogram(
+        "choreo_step_seconds",
+        "From a step's trigger to its done or failed event, by saga and step.",
+        ["saga", "step"],  # the contracts' names: a bounded label set, never a gid
+        buckets=STEP_BUCKETS,
+        registry=None,
+    )
 
 
 @dataclass
 class TrackerMetrics:
     compensations_issued: int = 0
     stalls_detected: int = 0
+    folds: int = 0  # transitions of saga states the tracker made durable
     # Deliveries past a record never folded (the faust tracker sought back) and gaps
     # found in the log itself (choreo.tracker.offsets).
     read_gaps: int = 0
     log_gaps: int = 0
     expired: int = 0  # settled sagas removed after their retention
-    deadline_to_compensation: Summary = field(default_factory=Summary)
+    deadline_to_compensation: Delays = field(default_factory=Delays)
+    step_seconds: Histogram = field(default_factory=_step_histogram)
 
     def observe(
         self,
@@ -76,6 +89,8 @@ class TrackerMetrics:
     ) -> None:
         """Count what one fold decided (the transition's ``actions``), once the records
         they became are acknowledged at ``sent_at``."""
+        self.folds += 1
+        self._finished_steps(before, after)
         compensated = {a.step for a in actions if a.op == "compensate"}
         self.compensations_issued += sum(a.op == "compensate" for a in actions)
         if before is None or before.status != SagaStatus.RUNNING:
@@ -87,6 +102,22 @@ class TrackerMetrics:
             step = after.steps.get(name)
             if step is not None and step.outcome_note == "timed out" and step.deadline_at:
                 self.deadline_to_compensation.observe(max(0.0, sent_at - step.deadline_at))
+
+    def _finished_steps(self, before: SagaState | None, after: SagaState) -> None:
+        """Observe the duration of every step this fold saw answer (done or failed)."""
+        for name, step in after.steps.items():
+            if step.status not in _ANSWERED or step.finished_at is None:
+                continue
+            if step.dispatched_at is None:
+                continue
+            old = before.steps.get(name) if before is not None else None
+            if old is not None and old.status in _ANSWERED:
+                continue
+            seconds = max(0.0, step.finished_at - step.dispatched_at)
+            self.step_seconds.labels(after.saga, name).observe(seconds)
+
+
+_ANSWERED = frozenset({StepStatus.DONE, StepStatus.FAILED})
 
 
 @dataclass(frozen=True)
