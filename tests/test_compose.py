@@ -165,6 +165,9 @@ def test_tracker_follows_the_saga_and_exposes_the_state_api(compose: dict[str, A
     assert token.startswith("${CHOREO_TRACKER_TOKEN:-")
     assert _environment(compose["services"]["shop"])["CHOREO_TRACKER_TOKEN"] == token
     assert "/healthz" in _healthcheck(tracker)
+    # Its RocksDB state on a volume, so a new container need not replay the changelog.
+    data_dir = _environment(tracker)["CHOREO_TRACKER_DATA_DIR"]
+    assert tracker["volumes"] == [f"tracker-data:{data_dir}"]
 
 
 def test_ports_are_published_on_loopback_only(compose: dict[str, Any]) -> None:
