@@ -20,23 +20,30 @@ import yaml
 
 from choreo.local._process import cache_dir
 from choreo.metrics import ServiceMetrics
+from choreo.tracker.exposition import TrackerCollector
+from choreo.tracker.view import TrackerMetrics
 
 RULES_DIR = Path(__file__).resolve().parent.parent / "docker" / "prometheus"
 RULES = RULES_DIR / "choreo-alerts.yml"
 RULE_TESTS = RULES_DIR / "choreo-alerts.test.yml"
-# What the tracker's state API exposes (choreo/tracker/exposition.py).
-TRACKER_METRICS = {
-    "choreo_sagas",
-    "choreo_compensations_issued_total",
-    "choreo_stalls_detected_total",
-    "choreo_tracker_folds_total",
-    "choreo_tracker_read_gaps_total",
-    "choreo_tracker_log_gaps_total",
-    "choreo_sagas_expired_total",
-    "choreo_deadline_to_compensation_seconds",
-    "choreo_deadline_to_compensation_max_seconds",
-    "choreo_step_seconds",
-}
+
+
+class _Idle:
+    """What the tracker's collector reads, with nothing counted yet."""
+
+    def counts(self) -> dict[str, object]:
+        return {"by_status": {}}
+
+    def metrics(self) -> TrackerMetrics:
+        return TrackerMetrics()
+
+
+def _tracker_metrics() -> set[str]:
+    """The names the tracker's /metrics exposes, read from its real collector."""
+    names: set[str] = set()
+    for family in TrackerCollector(_Idle()).collect():  # type: ignore[arg-type]
+        names |= _family_names(family.name, family.type)
+    return names
 
 
 def _unavailable(reason: str) -> None:
@@ -114,3 +121,6 @@ def _family_names(name: str, kind: str) -> set[str]:
     if kind == "histogram":
         return {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
     return {name}
+
+
+TRACKER_METRICS = _tracker_metrics()  # after _family_names, which it uses
