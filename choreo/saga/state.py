@@ -8,7 +8,7 @@ them as JSON. Only the pure machine (``choreo.saga.machine``) changes them.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,6 +17,22 @@ from choreo.events import Message
 SEEN_IDS_LIMIT = 512
 Payload = dict[str, Any]  # an event's fields as JSON
 TIMELINE_LIMIT = 1000
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _copy(model: M, **update: Any) -> M:
+    """``model.model_copy(update=update)`` for these plain models (no private attributes,
+    no extra fields) without pydantic's generic path: the tracker drafts a state, and
+    copies each of its steps, for every event it folds (a tenth of the fold's time)."""
+    clone = type(model).__new__(type(model))
+    fields = {**model.__dict__, **update}
+    object.__setattr__(clone, "__dict__", fields)
+    object.__setattr__(clone, "__pydantic_fields_set__", set(model.__pydantic_fields_set__))
+    object.__setattr__(clone, "__pydantic_extra__", None)
+    object.__setattr__(clone, "__pydantic_private__", None)
+    return clone
 
 
 class SagaStatus(StrEnum):
@@ -145,15 +161,14 @@ class SagaState(BaseModel):
     def draft(self) -> SagaState:
         """A copy that can be edited without touching this state (cheaper than a deep
         copy: the payload dicts and timeline entries are shared, never edited in place)."""
-        return self.model_copy(
-            update={
-                "steps": {name: step.model_copy() for name, step in self.steps.items()},
-                "payloads": dict(self.payloads),
-                "replies": dict(self.replies),
-                "compensations": dict(self.compensations),
-                "seen_ids": list(self.seen_ids),
-                "timeline": list(self.timeline),
-            }
+        return _copy(
+            self,
+            steps={name: _copy(step) for name, step in self.steps.items()},
+            payloads=dict(self.payloads),
+            replies=dict(self.replies),
+            compensations=dict(self.compensations),
+            seen_ids=list(self.seen_ids),
+            timeline=list(self.timeline),
         )
 
     def remember(self, message: Message) -> None:
