@@ -29,7 +29,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-# One project name: a rerun finds (and removes) what a killed run left; the lock keeps
+# One project name: a rerun finds (and removes) what a killed run left; a pid file keeps
 # two runs on one machine from removing each other's deployment.
 project=choreo-deploytest
 label="io.podman.compose.project=$project"
@@ -37,27 +37,35 @@ export CONTAINERS_CONF="$root/docker/containers.conf"
 say() { printf '[deploy %s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 
 # --- 1. tools -------------------------------------------------------------------------
+sudo_=()
+[ "$(id -u)" -eq 0 ] || sudo_=(sudo)
 missing=()
 command -v podman >/dev/null || missing+=(podman)
 command -v runc >/dev/null || missing+=(runc)
 command -v podman-compose >/dev/null || missing+=(podman-compose)
 if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]} (apt)"
-    sudo_=()
-    [ "$(id -u)" -eq 0 ] || sudo_=(sudo)
     "${sudo_[@]}" apt-get update -q
     DEBIAN_FRONTEND=noninteractive "${sudo_[@]}" apt-get install -y -q --no-install-recommends \
         podman runc podman-compose debootstrap netavark aardvark-dns iptables uidmap
 fi
 if ! podman image exists debian:bookworm-slim && ! command -v debootstrap >/dev/null; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends debootstrap
+    DEBIAN_FRONTEND=noninteractive "${sudo_[@]}" apt-get install -y -q --no-install-recommends \
+        debootstrap
 fi
 if [ ! -x .venv/bin/choreo ]; then
     scripts/setup.sh # the host's choreo CLI reads the saga back (step 5)
 fi
 
-exec 9>"${TMPDIR:-/tmp}/$project.lock"
-flock -n 9 || { say "another deploy test is running on this machine"; exit 1; }
+# A pid file, not flock: the containers' processes would inherit a lock's descriptor
+# and hold it after this script is killed.
+pidfile="${TMPDIR:-/tmp}/$project.pid"
+other=$(cat "$pidfile" 2>/dev/null || true)
+if [ -n "$other" ] && [ "$other" != $$ ] && kill -0 "$other" 2>/dev/null; then
+    say "another deploy test (pid $other) is running on this machine"
+    exit 1
+fi
+echo $$ >"$pidfile"
 
 compose() { podman-compose -p "$project" -f "$root/docker-compose.yml" "$@"; }
 
@@ -97,7 +105,7 @@ on_exit() {
     fi
     say "tearing down"
     teardown
-    rm -f "${compose_log:-}" "${shop_log:-}"
+    rm -f "${compose_log:-}" "${shop_log:-}" "$pidfile"
     if [ -n "$(leftovers)" ]; then
         say "LEFT BEHIND: $(leftovers)"
         status=1
