@@ -67,8 +67,7 @@ def snapshot(pids: Mapping[str, Sequence[int]]) -> Snapshot:
     taken: Snapshot = {}
     for name, group in pids.items():
         if name in WITH_CHILDREN and group:
-            values = [sum(process_cpu(pid) or 0.0 for pid in descendants(group[0]))]
-            taken[name] = values[0]
+            taken[name] = sum(process_cpu(pid) or 0.0 for pid in descendants(group[0]))
             continue
         values = [process_cpu(pid) for pid in group]
         taken[name] = None if any(v is None for v in values) else sum(v or 0.0 for v in values)
