@@ -17,8 +17,9 @@ lost               every acknowledged start event is in the log; every applied e
 order              a gid's records are all in one partition; every event is in the log
                    after the event that caused it
 late               a late success is never applied once its deadline fired: its saga
-                   COMPENSATED, no shipment (one read before the tracker's DeadlineCheck,
-                   possible when the broker was down at the deadline, completes the saga)
+                   COMPENSATED, no shipment (one read before the DeadlineCheck that fires
+                   its deadline, possible when the broker was down at the deadline,
+                   completes the saga)
 poison             every injected poison record is in the DLQ with a reason, from each
                    reader that must reject it (``POISON_READERS``)
 replay             the tracker's state (state API) equals a replay of the topics through
@@ -197,6 +198,18 @@ def _reordered(
                                  "CancelShipment")  # fmt: skip
 
 
+def _shipping_due(out: Outcome, gid: str, record: Record) -> bool:
+    """Whether a DeadlineCheck at ``record`` fires the shipping step's deadline: the
+    machine fires only deadlines due at the check's time (its record's timestamp, as in
+    ``replay``); a check written for an earlier step's deadline (many are, when the broker
+    was away) changes nothing. Unknown to the tracker: assume it fired."""
+    state = out.states.get(gid)
+    step = state.steps.get("shipping") if state is not None else None
+    if step is None or step.deadline_at is None:
+        return state is None
+    return record.timestamp_ms / 1000 >= step.deadline_at
+
+
 def check(out: Outcome) -> Verdict:
     v = Verdict()
     orders = {o.order_id: o for o in out.orders}
@@ -215,8 +228,8 @@ def check(out: Outcome) -> Verdict:
     late_at: dict[str, int] = {}
     for record, env in saga_log:
         position = record.offset  # a gid's records share one partition
-        if env.event_type == "choreo.DeadlineCheck" or (
-            env.source == TRACKER_SOURCE and env.op == "compensate"
+        if (env.source == TRACKER_SOURCE and env.op == "compensate") or (
+            env.event_type == "choreo.DeadlineCheck" and _shipping_due(out, env.gid, record)
         ):
             first_check.setdefault(env.gid, position)
         if env.event_type == "ShipmentScheduled":

@@ -68,6 +68,15 @@ expired on the client left a gap in the producer's sequence) and the worker retr
 batch forever. `choreo/transport/kafka.py` now replaces its producer (a new producer id)
 on that error, as Kafka's Java client does, and the broker scenarios pass.
 
+**Checker fixed: which DeadlineCheck makes a success late.** A `broker restarts` run
+(00:18 UTC, the row so named) failed `terminal` and `late` for one `late` saga that the
+tracker completed: the checker took the first DeadlineCheck in the saga's log as the
+moment its deadline fired, but the tracker fires only the deadlines due at the check's
+time, and with the broker away it writes checks for earlier steps' deadlines that change
+nothing. The checker now counts a check only when it is at or after the shipping step's
+deadline (or the tracker's first compensation); the rerun passed. That this was the
+cause of that failure is likely, not proven (its history was not kept).
+
 **Seen, by design:** a participant killed again and again while it rejoins its group
 (each restart waits out the dead member's 10 s session) can stay away longer than the
 compensation budget (6 attempts, about 23 s): an earlier kill loop ended 12 sagas STUCK
