@@ -8,9 +8,11 @@ the log.
 
 tracker states: the records a ``MemoryTracker`` read during a run of completed order
 sagas are decoded and folded again (``codec.decode`` and ``TrackerCore.fold``, the
-tracker's own path) into a dict of ``SagaState`` by gid, against the final states' JSON
-parsed into plain dicts (``orjson.loads``): the same payload without the models. The
-peak of the fold includes its short-lived garbage (drafts, outgoing records).
+tracker's own path) into a dict of packed hot states by gid, as the tracker holds them
+(``choreo.saga.packing``; each saga's timeline is kept apart, in the table, and is not
+counted), against the final states' JSON parsed into plain dicts (``orjson.loads``): the
+whole state, timeline included, without the models. The peak of the fold includes its
+short-lived garbage (unpacked states, drafts, outgoing records).
 
 barrier records: ``MemoryStore.commit`` of an action's record whose outbox is one
 encoded event (as the dispatcher writes it), against a plain dict
@@ -32,6 +34,7 @@ from choreo import codec
 from choreo.codec import pack_outbox as pack
 from choreo.events import Envelope, Message
 from choreo.saga.contract import SagaContract
+from choreo.saga.packing import pack_state, unpack_state
 from choreo.saga.state import SagaState
 from choreo.store.base import BarrierKey
 from choreo.store.memory import MemoryStore
@@ -66,13 +69,17 @@ NOW = 1_700_000_000.0
 async def tracker_states(records: Sequence[Record], contracts: Sequence[SagaContract]) -> Traced:
     core = TrackerCore(contracts)
 
-    async def build() -> dict[str, SagaState]:
-        states: dict[str, SagaState] = {}
+    async def build() -> dict[str, bytes]:
+        # As the tracker holds them: each saga's hot state packed (choreo.saga.packing),
+        # unpacked to fold the next event; the timeline is kept apart, in the table.
+        states: dict[str, bytes] = {}
         for record in records:
             message = codec.decode(record, core.registry)
-            after, _ = core.fold(states.get(message.gid), message, NOW)
+            raw = states.get(message.gid)
+            before = unpack_state(raw) if raw is not None else None
+            after, _ = core.fold(before, message, NOW)
             if after is not None:
-                states[after.gid] = after
+                states[after.gid] = pack_state(after)
         return states
 
     return await trace(build)
