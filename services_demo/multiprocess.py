@@ -6,7 +6,9 @@ Redis.
     python -m services_demo.multiprocess --attach TRACKER_URL --kafka HOST:PORT --redis URL
 
 Without ``--kafka``/``--redis`` a broker and a Redis server are started (``choreo.local``)
-in the run directory. Then ``choreo run services_demo.<name>:app`` runs for each service
+in the run directory, and a PostgreSQL server for the payment service, whose ledger and
+barrier live there (``--payment-store shared`` keeps it on Redis with the others).
+Then ``choreo run services_demo.<name>:app`` runs for each service
 and ``choreo tracker services_demo.contract:order_saga`` for the tracker, configured by
 ``CHOREO_BROKER``/``CHOREO_STORE`` and the ``CHOREO_DEMO_*`` knobs as in production; the
 front desk places the orders and audits the books; every process started is stopped by
@@ -56,6 +58,26 @@ def infrastructure(
             stack.callback(server.stop)
             say(f"redis {redact_url(redis)} started")
         yield f"kafka://{kafka}", redis
+
+
+LOCAL_POSTGRES = "local"
+
+
+@contextlib.contextmanager
+def local_postgres(run_dir: Path | None, say: Say) -> Iterator[str]:
+    """A PostgreSQL server for the payment service, fresh for this run (the demo's
+    ledger and the SQL barrier, docs/postgres.md), stopped by its pid at the end."""
+    from choreo.local.postgres_server import PostgresServer
+
+    server = PostgresServer(
+        (run_dir or cache_dir() / "run" / "demo") / "postgres", die_with_parent=True, persist=False
+    )
+    url = server.start()
+    try:
+        say(f"postgres {redact_url(url)} started (the payment service's store)")
+        yield url
+    finally:
+        server.stop()
 
 
 @contextlib.contextmanager
@@ -165,8 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis", help="use this Redis (URL) instead of starting one")
     parser.add_argument("--attach", metavar="TRACKER_URL",
                         help="start nothing: place orders on a running deployment")  # fmt: skip
-    parser.add_argument("--payment-store", metavar="URL",
-                        help="the payment service's own store (postgresql://...)")  # fmt: skip
+    parser.add_argument("--payment-store", metavar="URL", default=LOCAL_POSTGRES,
+                        help="the payment service's own store: a postgresql:// URL, "
+                        f"'{LOCAL_POSTGRES}' (default: a PostgreSQL started in the run "
+                        "directory, its ledger and barrier in SQL) or 'shared' (the Redis "
+                        "store of the others)")  # fmt: skip
     parser.add_argument("--run-dir", type=Path, help="servers' data and every process's log")
     parser.add_argument("--timeout", type=float, default=90.0)
     args = parser.parse_args(argv)
@@ -177,7 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     def say(line: str) -> None:
         console.print(line, style="dim", markup=False)
 
-    with progress_bar(console, args.orders) as on_progress:
+    with contextlib.ExitStack() as stack, progress_bar(console, args.orders) as on_progress:
+        payment_store = args.payment_store
+        if payment_store == LOCAL_POSTGRES and not args.attach:
+            payment_store = stack.enter_context(local_postgres(args.run_dir, say))
+        elif payment_store in (LOCAL_POSTGRES, "shared"):
+            payment_store = None  # attached: the deployment's payment service decides
         run = run_multiprocess(
             count=args.orders,
             seed=args.seed,
@@ -191,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             timeout=args.timeout,
             on_progress=on_progress,
             say=say,
-            payment_store=args.payment_store,
+            payment_store=payment_store,
         )
     console.print(summary(run.audit, run.elapsed, snapshot=run.dashboard))
     return 0 if run.audit.ok else 1

@@ -184,7 +184,7 @@ async def compare(
 
 def read_gaps(metrics: str) -> int:
     line = next(x for x in metrics.splitlines() if x.startswith("choreo_tracker_read_gaps_total"))
-    return int(line.split()[-1])
+    return int(float(line.split()[-1]))  # prometheus_client writes counters as floats
 
 
 async def load(h: Harness, count: int, rate: float, started: list[str]) -> None:
