@@ -30,7 +30,14 @@ from pathlib import Path
 from rich.console import Console
 
 from choreo.client import TrackerClient
-from choreo.local import KafkaBroker, RedisServer, cache_dir, free_port, redact_url
+from choreo.local import (
+    KafkaBroker,
+    PostgresServer,
+    RedisServer,
+    cache_dir,
+    free_port,
+    redact_url,
+)
 from services_demo.embedded import SERVICES, DemoRun, OnProgress
 from services_demo.frontdesk import place_and_audit
 from services_demo.knobs import Knobs
@@ -67,8 +74,6 @@ LOCAL_POSTGRES = "local"
 def local_postgres(run_dir: Path | None, say: Say) -> Iterator[str]:
     """A PostgreSQL server for the payment service, fresh for this run (the demo's
     ledger and the SQL barrier, docs/postgres.md), stopped by its pid at the end."""
-    from choreo.local.postgres_server import PostgresServer
-
     server = PostgresServer(
         (run_dir or cache_dir() / "run" / "demo") / "postgres", die_with_parent=True, persist=False
     )

@@ -28,12 +28,14 @@ from choreo.redact import redact_url
 
 if TYPE_CHECKING:
     from choreo.local.kafka_broker import KafkaBroker
+    from choreo.local.postgres_server import PostgresServer
     from choreo.local.redis_server import RedisServer
 
 __all__ = [
     "KafkaBroker",
     "LocalServerError",
     "LocalServerUnavailable",
+    "PostgresServer",
     "RedisServer",
     "cache_dir",
     "free_port",
@@ -43,7 +45,11 @@ __all__ = [
     "terminate",
 ]
 
-_LAZY = {"KafkaBroker": "choreo.local.kafka_broker", "RedisServer": "choreo.local.redis_server"}
+_LAZY = {
+    "KafkaBroker": "choreo.local.kafka_broker",
+    "PostgresServer": "choreo.local.postgres_server",
+    "RedisServer": "choreo.local.redis_server",
+}
 
 
 def __getattr__(name: str) -> Any:
