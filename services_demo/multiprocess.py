@@ -56,12 +56,14 @@ def infrastructure(
     with contextlib.ExitStack() as stack:
         if kafka is None:
             broker = KafkaBroker(run_dir / "kafka", die_with_parent=True)
-            kafka = broker.start()
+            # Fresh: a run reuses the demo's gids, which a kept log and barrier would
+            # take for duplicates of the last run's (the local servers restart in place).
+            kafka = broker.start(fresh=True)
             stack.callback(broker.stop)
             say(f"kafka {kafka} started in {broker.startup_seconds:.1f}s")
         if redis is None:
             server = RedisServer(run_dir / "redis", die_with_parent=True)
-            redis = server.start()
+            redis = server.start(fresh=True)
             stack.callback(server.stop)
             say(f"redis {redact_url(redis)} started")
         yield f"kafka://{kafka}", redis
@@ -77,7 +79,7 @@ def local_postgres(run_dir: Path | None, say: Say) -> Iterator[str]:
     server = PostgresServer(
         (run_dir or cache_dir() / "run" / "demo") / "postgres", die_with_parent=True, persist=False
     )
-    url = server.start()
+    url = server.start(fresh=True)
     try:
         say(f"postgres {redact_url(url)} started (the payment service's store)")
         yield url

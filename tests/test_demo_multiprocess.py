@@ -3,8 +3,6 @@ test session's real Kafka broker and Redis server."""
 
 from __future__ import annotations
 
-import asyncio
-import uuid
 from pathlib import Path
 
 import pytest
@@ -16,23 +14,12 @@ from services_demo.processes import ChildFailed, spawn_choreo
 
 @pytest.mark.kafka
 @pytest.mark.redis
-@pytest.mark.postgres
 @pytest.mark.slow
 @pytest.mark.timeout(150)
 @pytest.mark.parametrize("engine", ["faust", "memory"])
 def test_every_saga_ends_and_the_books_balance(
-    kafka_bootstrap: str,
-    redis_url: str,
-    tmp_path: Path,
-    engine: str,
-    request: pytest.FixtureRequest,
+    kafka_bootstrap: str, redis_url: str, tmp_path: Path, engine: str
 ) -> None:
-    # With the faust tracker, the payment service keeps its ledger and barrier in a
-    # PostgreSQL database of its own (as scripts/demo-kafka.sh runs it); the audit reads
-    # the ledger back from there.
-    payment_store = None
-    if engine == "faust":
-        payment_store = asyncio.run(fresh_database(request.getfixturevalue("postgres_url")))
     run = run_multiprocess(
         count=12,
         seed=2,
@@ -41,7 +28,6 @@ def test_every_saga_ends_and_the_books_balance(
         run_dir=tmp_path,
         engine=engine,
         timeout=60,
-        payment_store=payment_store,
     )
     assert run.audit.problems == []
     ended = run.audit.by_status()
@@ -53,19 +39,6 @@ def test_every_saga_ends_and_the_books_balance(
     assert sorted(logs) == ["inventory", "orders", "payment", "shipping", "tracker"]
     for name in ("inventory", "orders", "payment", "shipping"):
         assert f"choreo: {name} stopped cleanly" in logs[name], logs[name]
-
-
-async def fresh_database(server_url: str) -> str:
-    """A new database on the session's PostgreSQL server; its URL."""
-    import asyncpg
-
-    name = f"demo_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(server_url)
-    try:
-        await conn.execute(f"CREATE DATABASE {name}")
-    finally:
-        await conn.close()
-    return server_url.rsplit("/", 1)[0] + f"/{name}"
 
 
 def test_a_child_that_exits_early_is_reported_with_its_log(tmp_path: Path) -> None:
