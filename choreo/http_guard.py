@@ -29,8 +29,13 @@ _TOKEN = re.compile(r"[\x21-\x7e]{1,512}")  # visible ASCII: it travels in a hea
 
 
 def new_token() -> str:
-    """A random bearer token (32 URL-safe characters, 192 bits)."""
-    return secrets.token_urlsafe(24)
+    """A random bearer token (32 URL-safe characters, 192 bits), never starting with "-":
+    printed for people to pass as ``--token VALUE``, where argparse would take a leading
+    dash for an option (one token in 64 did, and the command refused it)."""
+    while True:
+        token = secrets.token_urlsafe(24)
+        if not token.startswith("-"):
+            return token
 
 
 def check_token(token: str) -> str:

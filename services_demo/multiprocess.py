@@ -162,7 +162,7 @@ def run_multiprocess(
         deployment = infrastructure(run_dir, kafka, redis, say)
     token = os.environ.get("CHOREO_TRACKER_TOKEN") or None
     if attach is None:
-        token = token or secrets.token_urlsafe(24)
+        token = token or secrets.token_urlsafe(24)  # passed in the environment, never argv
     with deployment as (broker, store), contextlib.ExitStack() as stack:
         api = attach or stack.enter_context(
             fleet(broker, store, knobs, engine, run_dir / "logs", say, token or "", payment_store)

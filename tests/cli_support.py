@@ -31,7 +31,7 @@ def at(served: Served, *argv: str) -> list[str]:
     """``argv`` pointed at ``served``."""
     extra = ["--tracker", served.url]
     if served.token:
-        extra += ["--token", served.token]
+        extra += [f"--token={served.token}"]  # a token may start with "-"
     return [*argv, *extra]
 
 
