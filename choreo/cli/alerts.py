@@ -9,10 +9,9 @@ import os
 import signal
 
 from choreo.alerts import DEFAULT_GROUP, StuckWebhook, shown
+from choreo.cli.loading import open_broker
 from choreo.errors import UsageError
 from choreo.redact import redact_url
-from choreo.transport.kafka_config import security_from_env
-from choreo.urls import open_transport
 
 TOKEN_ENV = "CHOREO_WEBHOOK_TOKEN"
 
@@ -43,10 +42,7 @@ def command(args: argparse.Namespace) -> int:
         raise UsageError("no webhook: pass --webhook URL (or set CHOREO_WEBHOOK_URL)")
     if not args.broker:
         raise UsageError("no broker: pass --broker kafka://HOST:PORT (or set CHOREO_BROKER)")
-    security = security_from_env(os.environ)
-    transport = (
-        open_transport(args.broker, security=security) if security else open_transport(args.broker)
-    )
+    transport = open_broker(args.broker)
     webhook = StuckWebhook(
         args.webhook,
         transport=transport,

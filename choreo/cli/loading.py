@@ -8,6 +8,9 @@ import sys
 from typing import Any, TypeVar
 
 from choreo.errors import UsageError
+from choreo.transport.base import Transport
+from choreo.transport.kafka_config import security_from_env
+from choreo.urls import open_transport
 
 T = TypeVar("T")
 
@@ -41,3 +44,10 @@ def load_object(spec: str, kind: type[T], what: str) -> T:
             hint=f"point at the {what} object itself",
         )
     return obj
+
+
+def open_broker(url: str) -> Transport:
+    """The transport of a command's ``--broker``, with the deployment's Kafka security
+    settings from the environment (``CHOREO_KAFKA_*``, docs/cli.md) when there are any."""
+    security = security_from_env(os.environ)
+    return open_transport(url, security=security) if security else open_transport(url)

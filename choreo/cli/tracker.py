@@ -31,7 +31,7 @@ from choreo.cli.http_options import (
     api_token,
     parse_http,
 )
-from choreo.cli.loading import load_object
+from choreo.cli.loading import load_object, open_broker
 from choreo.errors import UsageError
 from choreo.redact import quiet_protocol_loggers, redact_url
 from choreo.saga.contract import SagaContract
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     from choreo.tracker.routing import Workers
 from choreo.transport.base import Transport
 from choreo.transport.kafka_config import security_from_env
-from choreo.urls import open_transport
 
 DEFAULT_HTTP = "127.0.0.1:8088"
 TOKEN_ENV = "CHOREO_TRACKER_TOKEN"
@@ -297,8 +296,7 @@ async def serve_memory(api: StateApi, broker: str, group: str) -> None:
             "only what is published here",
             file=sys.stderr,
         )
-    security = security_from_env(os.environ)
-    transport = open_transport(broker, security=security) if security else open_transport(broker)
+    transport = open_broker(broker)
     tracker = MemoryTracker(api.contracts, broker=transport, group=group)
     async with (
         transport,
