@@ -201,23 +201,23 @@ def test_the_command_needs_a_webhook_and_a_broker(capsys: pytest.CaptureFixture[
     assert "no broker" in capsys.readouterr().err
 
 
-@pytest.mark.kafka
-async def test_the_command_delivers_with_the_token_and_stops_on_sigterm(
-    hook: Hook, kafka_bootstrap: str
-) -> None:
+async def delivered_by_process(
+    hook: Hook, kafka_bootstrap: str, gid: str, token: str, *argv: str
+) -> tuple[dict[str, str], str]:
+    """Publish a SagaStuck for ``gid``, run ``choreo *argv`` (with ``token`` as the
+    webhook's) until the alert reached the hook, stop it with SIGTERM: the headers the hook
+    got and what the process printed; it must have exited cleanly."""
     import os
     import signal
     import sys
 
     from choreo.transport.kafka import KafkaTransport
 
-    gid = f"c-{uuid.uuid4().hex[:12]}"
     async with KafkaTransport(f"kafka://{kafka_bootstrap}") as transport:
         await transport.send(stuck(gid))
-    env = {**os.environ, "CHOREO_WEBHOOK_TOKEN": "t0ken", "CHOREO_BROKER": ""}
+    env = {**os.environ, "CHOREO_WEBHOOK_TOKEN": token, "CHOREO_BROKER": ""}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "choreo.cli.main", "alerts", "--webhook", hook.url,
-        "--broker", f"kafka://{kafka_bootstrap}", "--group", f"alerts-{gid}",
+        sys.executable, "-m", "choreo.cli.main", *argv,
         env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     try:
@@ -226,9 +226,21 @@ async def test_the_command_delivers_with_the_token_and_stops_on_sigterm(
         proc.send_signal(signal.SIGTERM)
         out, _ = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, out.decode()
-    [(_, headers)] = [(b, h) for b, h in hook.received if b["gid"] == gid]
+    [headers] = [h for b, h in hook.received if b["gid"] == gid]
+    return headers, out.decode()
+
+
+@pytest.mark.kafka
+async def test_the_command_delivers_with_the_token_and_stops_on_sigterm(
+    hook: Hook, kafka_bootstrap: str
+) -> None:
+    gid = f"c-{uuid.uuid4().hex[:12]}"
+    headers, text = await delivered_by_process(
+        hook, kafka_bootstrap, gid, "t0ken",
+        "alerts", "--webhook", hook.url, "--broker", f"kafka://{kafka_bootstrap}",
+        "--group", f"alerts-{gid}",
+    )  # fmt: skip
     assert headers["Authorization"] == "Bearer t0ken"
-    text = out.decode()
     assert "secret-path" not in text  # the webhook's path is never printed
     assert "t0ken" not in text
     assert "delivered" in text
@@ -238,30 +250,13 @@ async def test_the_command_delivers_with_the_token_and_stops_on_sigterm(
 async def test_the_tracker_delivers_alerts_with_stuck_webhook(
     hook: Hook, kafka_bootstrap: str
 ) -> None:
-    import os
-    import signal
-    import sys
-
-    from choreo.transport.kafka import KafkaTransport
-
     gid = f"t-{uuid.uuid4().hex[:12]}"
-    env = {**os.environ, "CHOREO_WEBHOOK_TOKEN": "tr4cker"}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "choreo.cli.main", "tracker", "tests.procs.trip_tracker:contract",
-        "--engine", "memory", "--broker", f"kafka://{kafka_bootstrap}",
-        "--group", f"tracker-{gid}", "--http", "127.0.0.1:0", "--no-auth",
-        "--stuck-webhook", hook.url,
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    headers, text = await delivered_by_process(
+        hook, kafka_bootstrap, gid, "tr4cker",
+        "tracker", "tests.procs.trip_tracker:contract", "--engine", "memory",
+        "--broker", f"kafka://{kafka_bootstrap}", "--group", f"tracker-{gid}",
+        "--http", "127.0.0.1:0", "--no-auth", "--stuck-webhook", hook.url,
     )  # fmt: skip
-    try:
-        async with KafkaTransport(f"kafka://{kafka_bootstrap}") as transport:
-            await transport.send(stuck(gid))
-        await until(lambda: any(body["gid"] == gid for body, _ in hook.received), 90)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        out, _ = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 0, out.decode()
-    [(_, headers)] = [(b, h) for b, h in hook.received if b["gid"] == gid]
     assert headers["Authorization"] == "Bearer tr4cker"
-    assert "SagaStuck alerts to http://127.0.0.1:" in out.decode()
-    assert "secret-path" not in out.decode()
+    assert "SagaStuck alerts to http://127.0.0.1:" in text
+    assert "secret-path" not in text
