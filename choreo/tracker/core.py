@@ -102,19 +102,29 @@ class TrackerCore:
         transition = on_deadline(contract, state, now)
         return transition.state, self.records(transition, cause=None)
 
-    def records(self, transition: Transition, cause: Envelope | None) -> list[OutgoingRecord]:
+    def records(
+        self, transition: Transition, cause: Envelope | None, traceparents: Sequence[str] = ()
+    ) -> list[OutgoingRecord]:
         """The machine's actions as records: caused by ``cause`` (the event a fold
         consumed) or, from a deadline, the tracker's own. They carry the state's saga
-        even when the cause's envelope named none."""
+        even when the cause's envelope named none. ``traceparents``: with tracing on, the
+        ``traceparent`` of each action's record (its publish span's, see
+        ``choreo.tracker.tracing``); else each is a new span id in the cause's trace."""
         state = transition.state
         if cause is not None and cause.saga != state.saga:
             cause = cause.evolve(saga=state.saga)
         out = []
-        for action in transition.actions:
+        for i, action in enumerate(transition.actions):
             event, event_id, step, op = action.event, action.event_id, action.step, action.op
+            traceparent = traceparents[i] if i < len(traceparents) else ""
             if cause is not None:
                 envelope = cause.caused(
-                    event, event_id=event_id, step=step, op=op, source=TRACKER_SOURCE
+                    event,
+                    event_id=event_id,
+                    step=step,
+                    op=op,
+                    source=TRACKER_SOURCE,
+                    traceparent=traceparent,
                 )
             else:
                 envelope = Envelope.own(
@@ -127,6 +137,8 @@ class TrackerCore:
                     op=op,
                     trace=state.traceparent,
                 )
+                if traceparent:
+                    envelope = envelope.evolve(traceparent=traceparent)
             out.append(codec.encode(Message(envelope, event, event.topic)))
         return out
 

@@ -48,6 +48,7 @@ from typing import Any
 
 import faust
 from aiokafka import AIOKafkaProducer
+from opentelemetry.trace import TracerProvider
 
 from choreo import codec
 from choreo.deadletter import DLQ_TOPIC
@@ -119,6 +120,7 @@ class FaustTracker:
         retention: float | None = DEFAULT_RETENTION,
         url: str | None = None,
         standby_replicas: int = 0,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         """``security`` takes the same SASL/TLS options as ``KafkaTransport``; they reach
         both choreo's producer and faust's clients. ``store``: the table's local store,
@@ -126,7 +128,8 @@ class FaustTracker:
         by ``rocksdb``); see ``choreo.tracker.faust_store``. ``retention``: seconds a
         settled saga stays in the table (None: for ever); see ``TrackerPipeline``.
         ``url``: this worker's state API as the other workers of its app id reach it
-        (faust's ``canonical_url``; see ``workers()``)."""
+        (faust's ``canonical_url``; see ``workers()``). ``tracer_provider``: where the
+        decisions' spans go (``choreo.tracker.tracing``; None: the global provider)."""
         self.url = url
         # Other workers keeping a warm copy of each partition's states (faust's standbys),
         # so one taking it over reads only the changelog's newest records.
@@ -166,6 +169,7 @@ class FaustTracker:
             limits=limits,
             retention=retention,
             read=lambda key: self.store.get(key),  # timelines: read from the table's store
+            tracer_provider=tracer_provider,
         )
         self.states = self.pipeline.states
         # Where to read: the folded markers, not faust's offsets (faust_position).

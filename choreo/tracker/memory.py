@@ -18,6 +18,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING
 
 from choreo import codec
 from choreo.deadletter import DLQ_TOPIC
@@ -28,9 +29,13 @@ from choreo.saga.state import SagaState
 from choreo.store.base import Store
 from choreo.tracker.core import TRACKER_SOURCE, TrackerCore
 from choreo.tracker.pipeline import Stopping, TrackerPipeline
+from choreo.tracker.tracing import TrackerTracing
 from choreo.tracker.view import StatesView
 from choreo.transport.base import Consumer, OutgoingRecord, Transport
 from choreo.urls import open_transport
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
 
 log = logging.getLogger("choreo.tracker")
 
@@ -49,7 +54,12 @@ class MemoryTracker:
         partitions: int = 4,
         dlq_topic: str = DLQ_TOPIC,
         limits: codec.Limits | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
+        """``tracer_provider``: where the spans of the tracker's decisions go
+        (``choreo.tracker.tracing``); None: the global provider, looked up when the
+        tracker starts, as a service does."""
+        self.tracer_provider = tracer_provider
         self.core = TrackerCore(contracts)
         self.broker = broker
         self.group = group
@@ -105,6 +115,7 @@ class MemoryTracker:
             else broker
         )
         stopping = self.pipeline.stopping = asyncio.Event()
+        self.pipeline.tracing = TrackerTracing(self.tracer_provider)
         async with contextlib.AsyncExitStack() as stack:
             if owns:
                 await stack.enter_async_context(transport)

@@ -18,6 +18,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from choreo import codec
 from choreo.deadletter import DLQ_TOPIC, DeadLetter, dead_letter_record
@@ -30,8 +31,12 @@ from choreo.saga.transition import Publish
 from choreo.system_events import DeadlineCheck
 from choreo.tracker.core import TRACKER_SOURCE, DeadlineIndex, TrackerCore
 from choreo.tracker.states import Read, SagaTable, Write, saga_writes
+from choreo.tracker.tracing import TrackerTracing
 from choreo.tracker.view import TrackerMetrics
 from choreo.transport.base import OutgoingRecord, Record
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span, TracerProvider
 
 log = logging.getLogger("choreo.tracker")
 
@@ -64,6 +69,7 @@ class _Batch:
     observed: list[tuple[SagaState | None, SagaState, Sequence[Publish]]] = field(
         default_factory=list
     )
+    spans: list[Span] = field(default_factory=list)  # with tracing on: open publish spans
 
 
 class Stopping(Exception):
@@ -78,7 +84,9 @@ class TrackerPipeline:
     broker does not answer. ``load`` reads a saga's state (``ValueError``: unreadable);
     by default it is ``states``, the parsed states. ``save`` makes a new state durable
     once it is in ``states`` (by default there is nothing more to do). ``clock`` is the
-    time the metrics see outputs acknowledged at.
+    time the metrics see outputs acknowledged at. ``tracer_provider``: where the
+    decisions' spans go (``choreo.tracker.tracing``; default: the global provider, looked
+    up now; without an SDK no span is made).
     """
 
     def __init__(
@@ -94,6 +102,7 @@ class TrackerPipeline:
         retention: float | None = None,
         read: Read | None = None,
         max_state_bytes: int = MAX_STATE_BYTES,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         """``retention``: seconds a settled saga (``SagaState.settled_at``) stays; then
         the timer's ``DeadlineCheck`` removes it (None: kept for ever). ``read``: where
@@ -104,6 +113,7 @@ class TrackerPipeline:
         self.states = SagaTable(read)
         self.deadlines = DeadlineIndex(self.wake_at)
         self.metrics = TrackerMetrics()
+        self.tracing = TrackerTracing(tracer_provider)
         self.processed = 0
         self.stopping: asyncio.Event | None = None  # set by the shell while it runs
         self.clock = clock
@@ -141,7 +151,15 @@ class TrackerPipeline:
                 batch.out.append(
                     self._dead_letter(record, "failed", f"{type(exc).__name__}: {exc}")
                 )
-        await self.publish(batch.out)
+        if batch.spans:
+            try:
+                await self.publish(batch.out)
+            except BaseException as exc:
+                self.tracing.sent(batch.spans, f"not sent: {exc!r}")
+                raise
+            self.tracing.sent(batch.spans)
+        else:
+            await self.publish(batch.out)
         sent_at = self.clock()
         changed, removed = list(batch.changed.values()), list(batch.removed.items())
         if self._save is not None and items:  # even unchanged: the shell may note progress
@@ -203,6 +221,7 @@ class TrackerPipeline:
             return
         if self._retained(batch, before, message, record, now):
             return
+        started = self.tracing.now() if self.tracing.enabled else 0
         transition = self.core.transition(before, message, now)
         if transition is None:
             return  # no contract of this tracker knows it
@@ -219,7 +238,12 @@ class TrackerPipeline:
                 return
             batch.packed[gid], batch.lines[gid] = packed, lines
             batch.changed[gid] = (after, record)  # the saga's last version is what is saved
-        batch.out += self.core.records(transition, cause=message.envelope)
+        if self.tracing.enabled:
+            traces, spans = self.tracing.decide(record, message, before, transition, started)
+            batch.spans += spans
+            batch.out += self.core.records(transition, message.envelope, traces)
+        else:
+            batch.out += self.core.records(transition, cause=message.envelope)
         batch.states[gid] = after
         batch.observed.append((before, after, transition.actions))
 
