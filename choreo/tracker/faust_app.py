@@ -57,6 +57,7 @@ from choreo.runtime import tune_gc
 from choreo.saga.contract import SagaContract
 from choreo.saga.packing import unpack_state
 from choreo.saga.state import SagaState
+from choreo.tracker import faust_fetch
 from choreo.tracker.core import TrackerCore
 from choreo.tracker.faust_io import faust_credentials, faust_errors, to_record
 from choreo.tracker.faust_position import ReadPosition
@@ -247,6 +248,7 @@ class FaustTracker:
             # What faust's assignor tells the other workers about this one (workers()).
             canonical_url=self.url,  # None: faust's default (its web host and port)
         )
+        faust_fetch.install(app)  # a record the Kafka client cannot read is dead-lettered
         self._table = app.Table(
             TABLE_NAME,
             default=None,
@@ -306,8 +308,10 @@ class FaustTracker:
             record = to_record(event.message)
             now = record.timestamp_ms / 1000 if record.timestamp_ms > 0 else time.time()
             items.append((record, now))
+        letters, folding = faust_fetch.set_aside(items, self.pipeline.dlq_topic)
         try:
-            await self.pipeline.handle_batch(items)
+            await self.pipeline.publish(letters)  # placeholders of unreadable records
+            await self.pipeline.handle_batch(folding)
         except Stopping as exc:
             raise asyncio.CancelledError(str(exc)) from None
         for record, _now in items:
