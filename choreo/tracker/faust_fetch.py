@@ -240,6 +240,9 @@ async def skip_unreadable(
     except _NotExplained as why:
         log.error("tracker: %s at %d cannot be read (%s)", tp, start, why)
         raise exc from None
+    state = _state(fetcher, tp)
+    if state is None or state.position != start:  # a rebalance or a seek meanwhile
+        return {}
     fetcher.seek_to(tp, after)
     return {tp: records}
 
