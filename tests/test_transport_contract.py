@@ -468,6 +468,10 @@ def test_memory_and_kafka_clients_agree_on_murmur2() -> None:
     for n in range(500):
         key = f"gid-{n}-{'x' * (n % 7)}".encode()
         assert murmur2(key) & 0x7FFFFFFF == aiokafka_murmur2(key) & 0x7FFFFFFF
+    # Every tail length and every byte value (the words are read as unsigned).
+    for n in range(256):
+        key = bytes((n + i * 37) % 256 for i in range(n % 67))
+        assert murmur2(key) == aiokafka_murmur2(key) & 0xFFFFFFFF
 
 
 def test_kafka_url_parsing() -> None:

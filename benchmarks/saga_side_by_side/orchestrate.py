@@ -810,6 +810,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--inflight", type=int, help="closed-loop sagas in flight")
     parser.add_argument("--measure", type=float, help="seconds of the saturation window")
     parser.add_argument("--latency-seconds", type=float, help="seconds of the latency window")
+    parser.add_argument(
+        "--rate-fraction", type=float, help="open-loop rate as a share of saturation (0.5)"
+    )
     parser.add_argument("--linger-ms", type=int, help="linger of raw/FastStream/driver producers")
     parser.add_argument("--profile-step", default="step2", choices=STEPS)
     parser.add_argument("--profiler", default="auto", choices=["auto", "py-spy", "cprofile"])
@@ -855,6 +858,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "inflight": args.inflight,
         "measure": args.measure,
         "latency_seconds": args.latency_seconds,
+        "rate_fraction": args.rate_fraction,
         "linger_ms": args.linger_ms,
     }
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})

@@ -17,7 +17,6 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
-from aiokafka.partitioner import murmur2
 from aiokafka.structs import TopicPartition as KafkaTopicPartition
 
 from choreo.errors import ConfigurationError, TransportError
@@ -33,6 +32,7 @@ from choreo.transport.base import (
 from choreo.transport.kafka_common import PRODUCER_STATE_LOST, TRANSIENT, logger, quietly
 from choreo.transport.kafka_config import parse_kafka_url, security_options
 from choreo.transport.kafka_consumer import KafkaConsumer
+from choreo.transport.partitioner import murmur2
 
 __all__ = ["KafkaConsumer", "KafkaTransport"]
 
@@ -349,18 +349,24 @@ class KafkaTransport(Transport):
         pending: list[tuple[list[int], asyncio.Future[Any], bool]] = []
         try:
             groups = await self._partitioned(producer, records)  # may wait for metadata
-            for indices, topic, partition in groups:
+            for indices, topic, partition, batchable in groups:
                 rest = indices
-                if partition is not None and not _has_unsent_batch(producer, topic, partition):
+                if (
+                    batchable
+                    and partition is not None
+                    and not _has_unsent_batch(producer, topic, partition)
+                ):
                     batched, future, rest = await self._send_batch(
                         producer, records, indices, topic, partition
                     )
                     pending.append((batched, future, True))
                 for index in rest:  # the per-record path
                     record = records[index]
+                    # The partition is given when known: aiokafka would otherwise hash
+                    # the key again, in Python, for every record.
                     future = await producer.send(
                         topic, value=record.value, key=record.key,
-                        headers=list(record.headers) or None,
+                        headers=list(record.headers) or None, partition=partition,
                     )  # fmt: skip
                     pending.append(([index], future, False))
         except TRANSIENT as exc:
@@ -387,24 +393,25 @@ class KafkaTransport(Transport):
 
     async def _partitioned(
         self, producer: AIOKafkaProducer, records: Sequence[OutgoingRecord]
-    ) -> list[tuple[list[int], str, int | None]]:
+    ) -> list[tuple[list[int], str, int | None, bool]]:
         """Records' indices grouped by the partition they go to, in order, as the
         producer's default partitioner places them (murmur2 of the key, the Java client's
-        rule, so every producer puts one gid on one partition). ``None`` instead of the
-        partition sends a group record by record through ``producer.send``, which
-        partitions and size-checks each itself: records without a key, a partition's
-        records when one of them is large, and all records when the user configured a
+        rule, so every producer puts one gid on one partition), and whether the group may
+        go as one ready-built batch. A group that may not goes record by record through
+        ``producer.send``, which size-checks each: a partition's records when one of them
+        is large. ``None`` instead of the partition lets ``producer.send`` partition the
+        record itself: records without a key, and all records when the user configured a
         partitioner of their own."""
         if "partitioner" in self._producer_options:
-            return [([i], r.topic, None) for i, r in enumerate(records)]
+            return [([i], r.topic, None, False) for i, r in enumerate(records)]
         groups: dict[tuple[str, int], list[int]] = {}
         large: set[tuple[str, int]] = set()
-        keyless: list[tuple[list[int], str, int | None]] = []
+        keyless: list[tuple[list[int], str, int | None, bool]] = []
         partitions: dict[str, list[int]] = {}
         for index, record in enumerate(records):
             key, topic = record.key, record.topic
             if key is None:
-                keyless.append(([index], topic, None))
+                keyless.append(([index], topic, None, False))
                 continue
             known = partitions.get(topic)
             if known is None:
@@ -414,7 +421,7 @@ class KafkaTransport(Transport):
             if len(record.value) > _BATCHED_VALUE_MAX:
                 large.add(where)
         return [
-            (indices, topic, None if (topic, partition) in large else partition)
+            (indices, topic, partition, (topic, partition) not in large)
             for (topic, partition), indices in groups.items()
         ] + keyless
 
