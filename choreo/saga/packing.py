@@ -132,3 +132,79 @@ def unpack_entries(raw: bytes) -> list[TimelineEntry]:
         TimelineEntry.model_construct(**dict(zip(_ENTRY_FIELDS, values, strict=False)))
         for values in msgpack.unpackb(raw)
     ]
+
+
+_STEPS, _CLEARED = _INDEX["steps"], _INDEX["cleared_at"]
+_S_STATUS = _STEP_FIELDS.index("status")
+_S_DEADLINE = _STEP_FIELDS.index("deadline_at")
+_S_RETRY = _STEP_FIELDS.index("next_retry_at")
+_SETTLED = frozenset({SagaStatus.COMPLETED.value, SagaStatus.COMPENSATED.value})
+# A step still compensating, as packed: a COMPLETED or COMPENSATED state without these
+# bytes has no step with a retry to wait for (the only deadline such a state can have).
+_COMPENSATING = msgpack.packb(StepStatus.COMPENSATING.value)
+
+
+class Head(NamedTuple):
+    """What a tracker's restart needs of a stored state (its counts and when its deadline
+    index must wake it), read without building the state: ``SagaState.next_deadline`` and
+    ``settled_at`` of the state, computed from the packed fields."""
+
+    saga: str
+    status: SagaStatus
+    version: int
+    next_deadline: float | None
+    settled_at: float | None
+    resolved: bool
+
+    @property
+    def stuck_unresolved(self) -> bool:
+        return self.status == SagaStatus.STUCK and not self.resolved
+
+
+def head(raw: bytes) -> Head:
+    """``Head`` of a packed state. A COMPLETED or COMPENSATED saga (the finished ones a
+    tracker keeps for their retention, most of its store) is read only up to its
+    ``updated_at`` (about 2 us, against 4 us to unpack the fields and 60 us to build the
+    state); any other is unpacked, never built."""
+    if raw[:1] == b"{":
+        s = SagaState.model_validate_json(raw)
+        return Head(s.saga, s.status, s.version, s.next_deadline(), s.settled_at(), s.resolved)
+    if _COMPENSATING not in raw:
+        try:
+            unpacker = msgpack.Unpacker()
+            unpacker.feed(raw)
+            unpacker.read_array_header()
+            if unpacker.unpack() == FORMAT:
+                unpacker.skip()  # gid
+                saga, status = unpacker.unpack(), unpacker.unpack()
+                if status in _SETTLED:
+                    unpacker.skip()  # steps
+                    version = unpacker.unpack()
+                    unpacker.skip()  # started_at
+                    updated = unpacker.unpack()
+                    return Head(saga, SagaStatus(status), version, None, updated, False)
+        except Exception as exc:
+            raise ValueError(f"not a packed saga state: {exc!r}") from exc
+    v = _values(raw)
+    try:
+        status = SagaStatus(v[_STATUS])
+        times = []
+        for step in v[_STEPS].values():
+            if step[_S_STATUS] == StepStatus.COMPENSATING.value:
+                if step[_S_RETRY] is not None:
+                    times.append(step[_S_RETRY])
+            elif (
+                step[_S_STATUS] == StepStatus.PENDING.value
+                and status == SagaStatus.RUNNING
+                and step[_S_DEADLINE] is not None
+            ):
+                times.append(step[_S_DEADLINE])
+        resolved = bool(v[_RESOLVED])
+        settled = None
+        if status.is_terminal and not (
+            status == SagaStatus.STUCK and not resolved and v[_CLEARED] is None
+        ):
+            settled = v[_UPDATED]
+        return Head(v[_SAGA], status, v[_VERSION], min(times, default=None), settled, resolved)
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:
+        raise ValueError(f"not a packed saga state: {exc!r}") from exc

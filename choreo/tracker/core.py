@@ -198,6 +198,13 @@ class DeadlineIndex:
         for state in states:
             self.track(state)
 
+    def load(self, entries: list[_Due]) -> None:
+        """Replace the index with ``entries`` (due, gid, version; one per saga), taken
+        as the heap (a restart's bulk load: one heapify, not a push per saga)."""
+        heapq.heapify(entries)
+        self._heap = entries
+        self._latest = {gid: version for _due, gid, version in entries}
+
     def pop_due(self, now: float) -> list[tuple[str, int]]:
         """(gid, version) of sagas due at ``now``; entries of superseded versions are
         dropped, so only the newest deadline of each saga fires."""

@@ -42,7 +42,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ from choreo.deadletter import DLQ_TOPIC
 from choreo.errors import ConfigurationError, TransportError
 from choreo.runtime import tune_gc
 from choreo.saga.contract import SagaContract
-from choreo.saga.packing import unpack_state
+from choreo.saga.packing import head, unpack_state
 from choreo.saga.state import SagaState
 from choreo.tracker import faust_fetch
 from choreo.tracker.core import TrackerCore
@@ -65,11 +65,10 @@ from choreo.tracker.faust_store import RocksDBSizing, TableStore, remove_stale, 
 from choreo.tracker.faust_workers import FaustWorkers
 from choreo.tracker.offsets import (
     encode_marker,
-    is_marker,
     marker_key,
 )
 from choreo.tracker.pipeline import Stopping, TrackerPipeline
-from choreo.tracker.states import is_timeline_key, state_key
+from choreo.tracker.states import state_key
 from choreo.tracker.view import StatesView
 from choreo.transport.base import Record, TopicPartition
 from choreo.transport.kafka import KafkaTransport
@@ -258,7 +257,9 @@ class FaustTracker:
             help="saga states by gid (packed) and their timelines",
             options=self.rocksdb.options() if self.store_kind == "rocksdb" else None,
         )
-        self._store = TableStore(self._table.data, self.store_kind, self.partitions)
+        self._store = TableStore(self._table.data, self.store_kind, self.partitions,
+                                 lambda: {tp.partition for tp in self.owned()})  # fmt: skip
+        self.states.use_store(self._store)  # the states are read from it, not copied
         topic = app.topic(*self.core.topics(), key_serializer="raw", value_serializer="raw")
 
         async def fold(stream: Any) -> None:
@@ -382,6 +383,7 @@ class FaustTracker:
                     )
 
         await self.pipeline.retry(send, f"the changelog write of {len(writes)} states")
+        self.states.replacing(writes)  # the states these replace leave the counts
         self.store.write(topic, writes, offsets)
 
     async def _watch_stop(self, *_: Any) -> None:
@@ -409,27 +411,35 @@ class FaustTracker:
         )
 
     def rebuild(self) -> None:
-        """Re-read the local table into ``states`` and the deadline index, keeping only
-        gids of partitions this worker owns (the memory store keeps keys it wrote even
-        after their partition moved to another worker; those are dropped locally)."""
+        """Count the local table's sagas of the partitions this worker owns and rebuild the
+        deadline index from them (the memory store keeps keys it wrote even after their
+        partition moved to another worker; those are dropped locally). A restart's cost:
+        every state is read, none is built (``packing.head``: a finished saga is read up
+        to its ``updated_at``), and no timeline record is read (``TableStore.states``)."""
         owned = {tp.partition for tp in self.owned()}
-
-        def stored() -> Iterator[SagaState]:  # one parsed state at a time
-            for key, raw in self.store.items(owned):
-                if is_marker(key) or is_timeline_key(key):
-                    continue
-                try:
-                    state = unpack_state(raw)
-                except ValueError as exc:
-                    log.error("saga state of %r is unreadable, skipped: %s", key, exc)
-                    continue
-                self.states.put(state.gid, raw)
-                yield state
-
+        began = time.process_time()
+        self.store.drop_unowned(owned)
         self.states.clear()  # in place: the state API's view holds this table
-        self.pipeline.deadlines.rebuild(stored())
-        log.info("tracker owns partitions %s: %d sagas, %d with a deadline",
-                 sorted(owned), len(self.states), len(self.pipeline.deadlines))  # fmt: skip
+        retention = self.pipeline.retention
+        entries = []
+        for key, raw in self.store.states(owned):
+            try:
+                found = head(raw)
+            except ValueError as exc:
+                log.error("saga state of %r is unreadable, skipped: %s", key, exc)
+                continue
+            self.states.counted(found)
+            # TrackerPipeline.wake_at, from the head instead of the state.
+            due = found.next_deadline
+            if retention is not None and found.settled_at is not None:
+                expiry = found.settled_at + retention
+                due = expiry if due is None else min(due, expiry)
+            if due is not None:
+                entries.append((due, key.decode(), found.version))
+        self.pipeline.deadlines.load(entries)
+        log.info("tracker owns partitions %s: %d sagas, %d with a deadline (read in %.2f "
+                 "CPU-s)", sorted(owned), len(self.states), len(self.pipeline.deadlines),
+                 time.process_time() - began)  # fmt: skip
 
     async def _measure_backlog(self) -> None:
         """After a rebalance: put each owned partition where its folded marker says

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from faust.types import TP
 
 from choreo.errors import ConfigurationError
 from choreo.tracker.offsets import is_marker, marker_partition
-from choreo.tracker.states import is_timeline_key, timeline_gid
+from choreo.tracker.states import TIMELINE_PREFIX, is_timeline_key, timeline_gid
 from choreo.transport.partitioner import partition_for
 
 log = logging.getLogger("choreo.tracker")
@@ -74,12 +74,16 @@ def key_partition(key: bytes, partitions: int) -> int:
 
 
 class TableStore:
-    """Reads and writes of the table's local store, memory or RocksDB alike."""
+    """Reads and writes of the table's local store, memory or RocksDB alike. ``owned``:
+    the partitions the worker owns now (what ``states`` lists)."""
 
-    def __init__(self, data: Any, kind: str, partitions: int) -> None:
+    def __init__(
+        self, data: Any, kind: str, partitions: int, owned: Callable[[], set[int]] | None = None
+    ) -> None:
         self.data = data  # faust's Store of the table
         self.kind = kind
         self.partitions = partitions
+        self.owned = owned or (lambda: set(range(partitions)))
 
     def get(self, key: bytes) -> bytes | None:
         if self.kind == "memory":
@@ -120,6 +124,38 @@ class TableStore:
         for partition, batch in batches.items():
             batch.put(OFFSET_KEY, str(offsets[partition]).encode())
             self.data._db_for_partition(partition).write(batch)
+
+    def states(self, owned: set[int] | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """(key, packed state) of every saga in the owned partitions (default: ``owned``),
+        in no particular order: no timeline record, folded marker or faust offset. In
+        RocksDB a partition's keys are read in order and the reading stops at the first
+        timeline key (``TIMELINE_PREFIX`` sorts after every gid), so the timeline records,
+        several per saga, are never read."""
+        parts = self.owned() if owned is None else owned
+        if self.kind == "memory":
+            for key, raw in list(self.data.data.items()):
+                if raw is None or key == OFFSET_KEY or is_marker(key) or is_timeline_key(key):
+                    continue
+                if key_partition(key, self.partitions) in parts:
+                    yield key, raw
+            return
+        for partition in sorted(parts):
+            db = self.data._db_for_partition(partition)
+            for key, raw in db.items():
+                if key >= TIMELINE_PREFIX:
+                    break
+                if raw is None or key == OFFSET_KEY or is_marker(key):
+                    continue
+                yield key, raw
+
+    def drop_unowned(self, owned: set[int]) -> None:
+        """A memory store keeps the keys it wrote after their partition moved to another
+        worker: drop them (RocksDB keeps a database per partition: nothing to do)."""
+        if self.kind != "memory":
+            return
+        for key in list(self.data.data):
+            if key != OFFSET_KEY and key_partition(key, self.partitions) not in owned:
+                del self.data.data[key]
 
     def items(self, owned: set[int]) -> Iterator[tuple[bytes, bytes]]:
         """Every key of the owned partitions (states and folded markers); a memory

@@ -7,19 +7,24 @@ the entries that write added), so an event writes only its own lines and no fold
 them. The last ``TIMELINE_LIMIT`` versions' records are kept; older ones are removed
 (tombstones), and all of them go with the saga at its retention.
 
-``SagaTable`` is a worker's in-memory copy of its hot states (bytes, a few hundred per
-saga in flight), with counts by saga and status kept as states change. As a mapping it
-gives whole states, timeline included (read through ``read``: the faust table's store,
-or a dict of its own in the memory tracker).
+``SagaTable`` gives a worker's hot states, with counts by saga and status kept as states
+change: an in-memory copy of them (bytes, a few hundred per saga in flight; the memory
+tracker), or, given a ``HotStore`` (the faust tracker's table store), no copy at all: it
+reads them from the store, so a saga costs the tracker no memory beyond its store's
+(issue 11: with RocksDB the copy was most of the Python memory per saga in flight). As a
+mapping it gives whole states, timeline included (read through ``read``: the faust
+table's store, or a dict of its own in the memory tracker).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Protocol
 
-from choreo.saga.packing import Peek, pack_entries, peek, unpack_entries, unpack_state
+from choreo.saga.packing import Head, Peek, pack_entries, peek, unpack_entries, unpack_state
 from choreo.saga.state import TIMELINE_LIMIT, SagaState, SagaStatus, TimelineEntry
+from choreo.tracker.offsets import is_marker
 
 # 0xFF never occurs in UTF-8, so no gid's key starts with it.
 TIMELINE_PREFIX = b"\xfft"
@@ -28,6 +33,16 @@ _VERSION_BYTES = 4
 Write = tuple[int, bytes, bytes | None]
 """A store record: (partition, key, value); a None value removes the key (a tombstone)."""
 Read = Callable[[bytes], bytes | None]
+
+
+class HotStore(Protocol):
+    """Where a ``SagaTable`` without a copy of its own reads the hot states."""
+
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def states(self) -> Iterable[tuple[bytes, bytes]]:
+        """(key, packed state) of every saga the worker holds (no timeline records)."""
+        ...
 
 
 def state_key(gid: str) -> bytes:
@@ -77,13 +92,24 @@ def saga_writes(
 
 class SagaTable(Mapping[str, SagaState]):
     """gid -> hot state (packed), timelines read through ``read`` (None: this table keeps
-    them itself, from the writes it is given)."""
+    them itself, from the writes it is given).
 
-    def __init__(self, read: Read | None = None) -> None:
-        self._hot: dict[str, bytes] = {}
+    With a ``store`` the hot states are read from it and not copied; the store is written
+    by the shell, which calls ``replacing`` with a batch's records just before they reach
+    the store (the old states leave the counts), then ``put`` counts the new ones."""
+
+    def __init__(self, read: Read | None = None, store: HotStore | None = None) -> None:
+        self._hot: dict[str, bytes] | None = {} if store is None else None
+        self._store = store
+        self._size = 0  # sagas held, with a store
         self._own: dict[bytes, bytes] | None = {} if read is None else None
         self._read: Read = read if read is not None else self._own_read
         self._counts: Counter[tuple[str, str, bool]] = Counter()
+
+    def use_store(self, store: HotStore) -> None:
+        """Read the hot states from ``store`` from now on (the table must be empty)."""
+        self.clear()
+        self._hot, self._store = None, store
 
     def _own_read(self, key: bytes) -> bytes | None:
         assert self._own is not None
@@ -91,18 +117,26 @@ class SagaTable(Mapping[str, SagaState]):
 
     # -- the mapping: whole states -------------------------------------------------------
     def __getitem__(self, gid: str) -> SagaState:
-        state = unpack_state(self._hot[gid])
+        raw = self.raw(gid)
+        if raw is None:
+            raise KeyError(gid)
+        state = unpack_state(raw)
         state.timeline = self.timeline(gid, state.version, state.timeline)
         return state
 
     def __iter__(self) -> Iterator[str]:
-        return iter(list(self._hot))
+        if self._hot is not None:
+            return iter(list(self._hot))
+        assert self._store is not None
+        return (key.decode() for key, _raw in self._store.states())
 
     def __len__(self) -> int:
-        return len(self._hot)
+        return len(self._hot) if self._hot is not None else self._size
 
     def __contains__(self, gid: object) -> bool:
-        return gid in self._hot
+        if self._hot is not None:
+            return gid in self._hot
+        return isinstance(gid, str) and self.raw(gid) is not None
 
     def timeline(
         self, gid: str, version: int, before: Sequence[TimelineEntry] = ()
@@ -119,37 +153,76 @@ class SagaTable(Mapping[str, SagaState]):
     # -- the hot states --------------------------------------------------------------------
     def hot(self, gid: str) -> SagaState | None:
         """The state without its timeline: what a fold needs."""
-        raw = self._hot.get(gid)
+        raw = self.raw(gid)
         return None if raw is None else unpack_state(raw)
 
     def raw(self, gid: str) -> bytes | None:
-        return self._hot.get(gid)
+        if self._hot is not None:
+            return self._hot.get(gid)
+        assert self._store is not None
+        return self._store.get(state_key(gid))
 
     def peeks(self) -> Iterator[tuple[str, Peek]]:
-        for gid, raw in list(self._hot.items()):
-            yield gid, peek(raw)
+        if self._hot is not None:
+            for gid, raw in list(self._hot.items()):
+                yield gid, peek(raw)
+            return
+        assert self._store is not None
+        for key, raw in self._store.states():
+            try:
+                found = peek(raw)
+            except ValueError:
+                continue  # unreadable: a rebuild logged it, and it is not counted
+            yield key.decode(), found
 
     def counts(self) -> Counter[tuple[str, str, bool]]:
         """(saga, status, STUCK and unresolved) -> sagas."""
         return Counter(+self._counts)
 
     def put(self, gid: str, raw: bytes, state: SagaState | None = None) -> None:
-        """``state``: ``raw`` unpacked, when the caller has it (saves reading it)."""
-        self.discard(gid)
-        self._hot[gid] = raw
+        """``state``: ``raw`` unpacked, when the caller has it (saves reading it). With a
+        store, ``raw`` is already in it: only the counts change."""
+        if self._hot is not None:
+            self.discard(gid)
+            self._hot[gid] = raw
+        else:
+            self._size += 1
         if state is None:
             self._count(raw, 1)
         else:
             unresolved = state.status == SagaStatus.STUCK and not state.resolved
             self._counts[(state.saga, state.status.value, unresolved)] += 1
 
+    def counted(self, p: Peek | Head) -> None:
+        """With a store: one more saga held (what a rebuild reads from the store)."""
+        self._size += 1
+        self._counts[(p.saga, p.status.value, p.stuck_unresolved)] += 1
+
     def discard(self, gid: str) -> None:
+        """Forget a saga (with a store: nothing to do, ``replacing`` counted it out)."""
+        if self._hot is None:
+            return
         old = self._hot.pop(gid, None)
         if old is not None:
             self._count(old, -1)
 
+    def replacing(self, writes: Sequence[Write]) -> None:
+        """With a store: ``writes`` (``saga_writes``) are about to reach it; the states
+        they replace or remove leave the counts."""
+        if self._store is None:
+            return
+        keys = {key for _p, key, _v in writes if not is_timeline_key(key) and not is_marker(key)}
+        for key in keys:
+            old = self._store.get(key)
+            if old is not None:
+                self._size -= 1
+                self._count(old, -1)
+
     def clear(self) -> None:
-        self._hot.clear()
+        """Forget every saga (with a store: the counts; the store is the shell's)."""
+        if self._hot is not None:
+            self._hot.clear()
+        self._size = 0
         self._counts.clear()
         if self._own is not None:
             self._own.clear()
