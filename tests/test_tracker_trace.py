@@ -28,6 +28,7 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 
 from choreo import SagaStatus
 from choreo.events import Message
@@ -247,6 +248,44 @@ async def test_the_faust_tracker_traces_with_the_global_provider(
     }  # fmt: skip
     services = [Span.of(s) for s in exporter.get_finished_spans()]
     check_trace(gid, h.history(gid), [*from_tracker, *services])
+
+
+async def test_retries_and_stuck_are_decisions_in_the_trace() -> None:
+    """A compensation that keeps failing: each retry is a ``deadline fired`` span with
+    the re-issued compensation's publish span under it, and the last one, which gives
+    up, has an error status and the ``SagaStuck`` alert's publish span under it."""
+    provider, exporter = _provider()
+    travel = build_travel(f"tt{uuid.uuid4().hex[:8]}", deadline=1.0, compensation_retries=3,
+                          retry_backoff=0.2, retry_backoff_max=0.4)  # fmt: skip
+    for service in travel.services:
+        service.tracer_provider = provider
+    tracker = MemoryTracker([travel.contract], tracer_provider=provider)
+    async with Harness(*travel.services, tracker) as h:
+        gid = await h.publish(
+            TripBooked(trip_id=uuid.uuid4().hex, plan=Plan(lost="car", stuck="hotel"))
+        )
+        state = await h.wait(gid, timeout=60)
+        await h.drain()
+    assert state.status is SagaStatus.STUCK, state.reason
+    finished = [
+        s for s in exporter.get_finished_spans() if Span.of(s).attributes.get("choreo.gid") == gid
+    ]
+    spans = {s.span_id: s for s in map(Span.of, finished)}
+    assert len({s.trace_id for s in spans.values()}) == 1
+    issued = [s for s in spans.values() if s.name.endswith("CancelHotel publish")]
+    assert sorted(s.attributes["choreo.attempt"] for s in issued) == [1, 2, 3]
+    retries = [s for s in issued if s.attributes["choreo.attempt"] > 1]
+    assert {spans[s.parent_id].name for s in retries if s.parent_id} == {"deadline fired"}
+    [alert] = [s for s in spans.values() if s.name == "choreo.SagaStuck publish"]
+    assert alert.attributes["choreo.decision"] == "stuck"
+    assert alert.attributes["choreo.reason"] == state.reason
+    assert alert.parent_id is not None
+    gave_up = spans[alert.parent_id]
+    assert gave_up.name == "deadline fired"
+    assert gave_up.attributes["choreo.status.after"] == "STUCK"
+    [raw] = [s for s in finished if s.context and s.context.span_id == gave_up.span_id]
+    assert raw.status.status_code is StatusCode.ERROR
+    assert raw.status.description == state.reason
 
 
 def _read(path: Path, gid: str) -> str:
