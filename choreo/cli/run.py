@@ -28,6 +28,7 @@ from choreo.cli.http_options import (
 from choreo.cli.loading import load_object
 from choreo.redact import redact_url
 from choreo.runtime import tune_gc
+from choreo.telemetry import exporting
 from choreo.transport.kafka_config import security_from_env
 
 if TYPE_CHECKING:
@@ -76,7 +77,8 @@ def command(args: argparse.Namespace) -> int:
         http = parse_http(args.http)
         token, generated = api_token(args, http[0], TOKEN)
         announce_token(token, generated, TOKEN)
-    asyncio.run(serve(app, args.broker, args.store, http, token))
+    with exporting(app.name):  # OTLP traces when OTEL_* asks (choreo.telemetry)
+        asyncio.run(serve(app, args.broker, args.store, http, token))
     return 0
 
 

@@ -35,6 +35,7 @@ from choreo.cli.loading import load_object, open_broker
 from choreo.errors import UsageError
 from choreo.redact import quiet_protocol_loggers, redact_url
 from choreo.saga.contract import SagaContract
+from choreo.telemetry import exporting
 from choreo.tracker.view import StateView
 
 if TYPE_CHECKING:
@@ -176,6 +177,15 @@ def command(args: argparse.Namespace) -> int:
     token, generated = api_token(args, host, TOKEN)
     api = StateApi(contracts, (host, port), token, groups, generated, args.stuck_webhook)
     engine = args.engine or ("faust" if args.broker.startswith("kafka://") else "memory")
+    with exporting(args.app_id or os.environ.get("CHOREO_TRACKER_ID") or "choreo-tracker"):
+        code = _run_engine(args, api, engine, host, port)
+    print(
+        f"choreo: tracker {'stopped cleanly' if code == 0 else f'exited with {code}'}", flush=True
+    )
+    return code
+
+
+def _run_engine(args: argparse.Namespace, api: StateApi, engine: str, host: str, port: int) -> int:
     if engine == "memory":
         asyncio.run(serve_memory(api, args.broker, args.group))
         code = 0
@@ -188,9 +198,6 @@ def command(args: argparse.Namespace) -> int:
             api, args.broker, args.app_id, args.data_dir, args.store, retention, url=url,
             standby_replicas=args.standby_replicas,
         )  # fmt: skip
-    print(
-        f"choreo: tracker {'stopped cleanly' if code == 0 else f'exited with {code}'}", flush=True
-    )
     return code
 
 
