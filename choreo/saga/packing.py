@@ -13,7 +13,7 @@ still unpacks (with its timeline).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 import msgpack
@@ -162,49 +162,100 @@ class Head(NamedTuple):
 
 
 def head(raw: bytes) -> Head:
-    """``Head`` of a packed state. A COMPLETED or COMPENSATED saga (the finished ones a
-    tracker keeps for their retention, most of its store) is read only up to its
-    ``updated_at`` (about 2 us, against 4 us to unpack the fields and 60 us to build the
-    state); any other is unpacked, never built."""
-    if raw[:1] == b"{":
-        s = SagaState.model_validate_json(raw)
-        return Head(s.saga, s.status, s.version, s.next_deadline(), s.settled_at(), s.resolved)
-    if _COMPENSATING not in raw:
+    """``Head`` of one packed state (see ``head_reader``)."""
+    return head_reader()(raw)
+
+
+_STATUSES = {status.value: status for status in SagaStatus}
+_WANTED = frozenset({_SAGA, _STATUS, _STEPS, _VERSION, _UPDATED, _RESOLVED, _CLEARED})
+_FIELDS = len(_STATE_FIELDS) + 1
+# The order ``head_reader`` reads a whole record of this version in (else field by field).
+_LAYOUT = _STATE_FIELDS == (
+    "gid", "saga", "status", "steps", "version", "started_at", "updated_at", "finished_at",
+    "reason", "payloads", "replies", "compensations", "seen_ids", "resolved", "resolved_by",
+    "resolved_note", "cleared_at", "traceparent",
+)  # fmt: skip
+
+
+def head_reader() -> Callable[[bytes], Head]:
+    """A function giving ``Head`` of packed states, for reading many (a restart reads
+    every state of its store). One msgpack stream unpacks only the fields a head needs
+    and skips the rest (payloads, replies, event ids): 3 us a state here, against 25 us to
+    unpack every field and 60 us to build the state. The steps of a COMPLETED or
+    COMPENSATED saga (the finished ones a tracker keeps for their retention, most of its
+    store) are skipped too unless a step may still be compensating. Not thread-safe."""
+    unpacker = msgpack.Unpacker()
+
+    def read(raw: bytes) -> Head:
+        nonlocal unpacker
+        if raw[:1] == b"{":
+            s = SagaState.model_validate_json(raw)
+            return Head(s.saga, s.status, s.version, s.next_deadline(), s.settled_at(),
+                        s.resolved)  # fmt: skip
+        skip_steps = False
         try:
-            unpacker = msgpack.Unpacker()
+            start = unpacker.tell()
             unpacker.feed(raw)
-            unpacker.read_array_header()
-            if unpacker.unpack() == FORMAT:
-                unpacker.skip()  # gid
-                saga, status = unpacker.unpack(), unpacker.unpack()
-                if status in _SETTLED:
-                    unpacker.skip()  # steps
-                    version = unpacker.unpack()
-                    unpacker.skip()  # started_at
-                    updated = unpacker.unpack()
-                    return Head(saga, SagaStatus(status), version, None, updated, False)
+            count = unpacker.read_array_header()
+            if count < 1 or unpacker.unpack() != FORMAT:
+                raise ValueError("not a packed saga state of format 1")
+            values: list[Any] = [None] * max(count, _FIELDS)
+            if count == _FIELDS and _LAYOUT:  # this version's records: straight through
+                unpack, skip = unpacker.unpack, unpacker.skip
+                skip()  # gid
+                values[_SAGA], values[_STATUS] = unpack(), unpack()
+                skip_steps = values[_STATUS] in _SETTLED and _COMPENSATING not in raw
+                if skip_steps:
+                    skip()
+                else:
+                    values[_STEPS] = unpack()
+                values[_VERSION] = unpack()
+                skip()  # started_at
+                values[_UPDATED] = unpack()
+                for _ in range(6):  # finished_at ... seen_ids
+                    skip()
+                values[_RESOLVED] = unpack()
+                skip()  # resolved_by
+                skip()  # resolved_note
+                values[_CLEARED] = unpack()
+                skip()  # traceparent
+            else:
+                for index in range(1, count):
+                    if index in _WANTED and not (index == _STEPS and skip_steps):
+                        values[index] = unpacker.unpack()
+                        if index == _STATUS:
+                            skip_steps = values[index] in _SETTLED and _COMPENSATING not in raw
+                    else:
+                        unpacker.skip()
+            if unpacker.tell() - start != len(raw):
+                raise ValueError("trailing bytes")
+            status = _STATUSES[values[_STATUS]]
         except Exception as exc:
+            unpacker = msgpack.Unpacker()  # whatever it still buffers is garbage
             raise ValueError(f"not a packed saga state: {exc!r}") from exc
-    v = _values(raw)
-    try:
-        status = SagaStatus(v[_STATUS])
-        times = []
-        for step in v[_STEPS].values():
-            if step[_S_STATUS] == StepStatus.COMPENSATING.value:
-                if step[_S_RETRY] is not None:
-                    times.append(step[_S_RETRY])
-            elif (
-                step[_S_STATUS] == StepStatus.PENDING.value
-                and status == SagaStatus.RUNNING
-                and step[_S_DEADLINE] is not None
-            ):
-                times.append(step[_S_DEADLINE])
-        resolved = bool(v[_RESOLVED])
+        resolved = bool(values[_RESOLVED])
         settled = None
         if status.is_terminal and not (
-            status == SagaStatus.STUCK and not resolved and v[_CLEARED] is None
+            status == SagaStatus.STUCK and not resolved and values[_CLEARED] is None
         ):
-            settled = v[_UPDATED]
-        return Head(v[_SAGA], status, v[_VERSION], min(times, default=None), settled, resolved)
-    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:
-        raise ValueError(f"not a packed saga state: {exc!r}") from exc
+            settled = values[_UPDATED]
+        if skip_steps:
+            return Head(values[_SAGA], status, values[_VERSION], None, settled, resolved)
+        times = []
+        try:
+            for step in values[_STEPS].values():
+                if step[_S_STATUS] == StepStatus.COMPENSATING.value:
+                    if step[_S_RETRY] is not None:
+                        times.append(step[_S_RETRY])
+                elif (
+                    step[_S_STATUS] == StepStatus.PENDING.value
+                    and status == SagaStatus.RUNNING
+                    and step[_S_DEADLINE] is not None
+                ):
+                    times.append(step[_S_DEADLINE])
+        except (AttributeError, TypeError, IndexError) as exc:
+            raise ValueError(f"not a packed saga state: {exc!r}") from exc
+        return Head(values[_SAGA], status, values[_VERSION], min(times, default=None), settled,
+                    resolved)  # fmt: skip
+
+    return read

@@ -42,6 +42,7 @@ import logging
 import os
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,8 +56,8 @@ from choreo.deadletter import DLQ_TOPIC
 from choreo.errors import ConfigurationError, TransportError
 from choreo.runtime import tune_gc
 from choreo.saga.contract import SagaContract
-from choreo.saga.packing import head, unpack_state
-from choreo.saga.state import SagaState
+from choreo.saga.packing import head_reader, unpack_state
+from choreo.saga.state import SagaState, SagaStatus
 from choreo.tracker import faust_fetch
 from choreo.tracker.core import TrackerCore
 from choreo.tracker.faust_io import faust_credentials, faust_errors, to_record
@@ -414,21 +415,23 @@ class FaustTracker:
         """Count the local table's sagas of the partitions this worker owns and rebuild the
         deadline index from them (the memory store keeps keys it wrote even after their
         partition moved to another worker; those are dropped locally). A restart's cost:
-        every state is read, none is built (``packing.head``: a finished saga is read up
-        to its ``updated_at``), and no timeline record is read (``TableStore.states``)."""
+        every state is read, none is built (``packing.head_reader``: only the fields
+        it needs), and no timeline record is read (``TableStore.states``)."""
         owned = {tp.partition for tp in self.owned()}
         began = time.process_time()
         self.store.drop_unowned(owned)
         self.states.clear()  # in place: the state API's view holds this table
         retention = self.pipeline.retention
         entries = []
+        counts: Counter[tuple[str, SagaStatus, bool]] = Counter()
+        head = head_reader()
         for key, raw in self.store.states(owned):
             try:
                 found = head(raw)
             except ValueError as exc:
                 log.error("saga state of %r is unreadable, skipped: %s", key, exc)
                 continue
-            self.states.counted(found)
+            counts[found.saga, found.status, found.stuck_unresolved] += 1
             # TrackerPipeline.wake_at, from the head instead of the state.
             due = found.next_deadline
             if retention is not None and found.settled_at is not None:
@@ -437,6 +440,8 @@ class FaustTracker:
             if due is not None:
                 entries.append((due, key.decode(), found.version))
         self.pipeline.deadlines.load(entries)
+        self.states.counted({(saga, st.value, stuck): n for (saga, st, stuck), n
+                             in counts.items()})  # fmt: skip
         log.info("tracker owns partitions %s: %d sagas, %d with a deadline (read in %.2f "
                  "CPU-s)", sorted(owned), len(self.states), len(self.pipeline.deadlines),
                  time.process_time() - began)  # fmt: skip

@@ -25,7 +25,7 @@ from typing import Any
 from faust.types import TP
 
 from choreo.errors import ConfigurationError
-from choreo.tracker.offsets import is_marker, marker_partition
+from choreo.tracker.offsets import MARKER_PREFIX, is_marker, marker_partition
 from choreo.tracker.states import TIMELINE_PREFIX, is_timeline_key, timeline_gid
 from choreo.transport.partitioner import partition_for
 
@@ -144,7 +144,7 @@ class TableStore:
             for key, raw in db.items():
                 if key >= TIMELINE_PREFIX:
                     break
-                if raw is None or key == OFFSET_KEY or is_marker(key):
+                if raw is None or key == OFFSET_KEY or key.startswith(MARKER_PREFIX):
                     continue
                 yield key, raw
 

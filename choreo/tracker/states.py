@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Protocol
 
-from choreo.saga.packing import Head, Peek, pack_entries, peek, unpack_entries, unpack_state
+from choreo.saga.packing import Peek, pack_entries, peek, unpack_entries, unpack_state
 from choreo.saga.state import TIMELINE_LIMIT, SagaState, SagaStatus, TimelineEntry
 from choreo.tracker.offsets import is_marker
 
@@ -193,10 +193,12 @@ class SagaTable(Mapping[str, SagaState]):
             unresolved = state.status == SagaStatus.STUCK and not state.resolved
             self._counts[(state.saga, state.status.value, unresolved)] += 1
 
-    def counted(self, p: Peek | Head) -> None:
-        """With a store: one more saga held (what a rebuild reads from the store)."""
-        self._size += 1
-        self._counts[(p.saga, p.status.value, p.stuck_unresolved)] += 1
+    def counted(self, counts: Mapping[tuple[str, str, bool], int]) -> None:
+        """With a store: sagas held, by (saga, status, STUCK and unresolved), as a
+        rebuild read them from the store."""
+        for key, count in counts.items():
+            self._size += count
+            self._counts[key] += count
 
     def discard(self, gid: str) -> None:
         """Forget a saga (with a store: nothing to do, ``replacing`` counted it out)."""
