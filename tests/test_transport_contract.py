@@ -590,13 +590,16 @@ async def test_kafka_send_errors_are_wrapped_in_transport_error() -> None:
 
 
 @pytest.mark.kafka
+@pytest.mark.parametrize("padding", [0, 3000], ids=["small", "spanning-batches"])
 async def test_kafka_concurrent_senders_to_one_partition_all_get_through(
-    kafka_bootstrap: str,
+    kafka_bootstrap: str, padding: int
 ) -> None:
     """Many tasks sending to one partition at once (a client starting sagas together),
-    alone and in batches: every record is acknowledged, none times out, and each task's
-    records keep their order. aiokafka's ready-built batch path shrinks its timeout with
-    every waiter, so the transport takes it only when no batch of the partition waits."""
+    alone and in batches: every record is acknowledged, none times out, each task's
+    records keep their order, and each offset reported is the record's. One sender per
+    partition builds what the tasks queue into batches (aiokafka's ready-built batch path
+    times out concurrent waiters); with 3 kB values a task's records span several
+    batches, and the offsets of each part come from its own batch."""
     topic = f"concurrent.{uuid.uuid4().hex[:8]}"
     async with KafkaTransport(f"kafka://{kafka_bootstrap}", partitions=1) as transport:
         await transport.ensure_topics([topic], 1)
@@ -604,7 +607,10 @@ async def test_kafka_concurrent_senders_to_one_partition_all_get_through(
         async def sender(n: int) -> list[Delivered]:
             size = 1 + n % 7
             return await transport.send_many(
-                [OutgoingRecord(topic, b"one-key", b"%d-%d" % (n, i)) for i in range(size)]
+                [
+                    OutgoingRecord(topic, b"one-key", b"%d-%d" % (n, i) + b"." * padding)
+                    for i in range(size)
+                ]
             )
 
         results = await asyncio.wait_for(asyncio.gather(*(sender(n) for n in range(200))), 60)
@@ -625,5 +631,5 @@ async def test_kafka_concurrent_senders_to_one_partition_all_get_through(
             await consumer.stop()
         for delivered, n in zip(results, range(200), strict=True):
             assert [got[d.offset] for d in delivered] == [
-                b"%d-%d" % (n, i) for i in range(len(delivered))
+                b"%d-%d" % (n, i) + b"." * padding for i in range(len(delivered))
             ]

@@ -29,6 +29,7 @@ from choreo.transport.base import (
     TopicPartition,
     Transport,
 )
+from choreo.transport.kafka_batches import Part, PartitionBatches
 from choreo.transport.kafka_common import PRODUCER_STATE_LOST, TRANSIENT, logger, quietly
 from choreo.transport.kafka_config import parse_kafka_url, security_options
 from choreo.transport.kafka_consumer import KafkaConsumer
@@ -41,20 +42,6 @@ _TOPIC_POLL = RetryPolicy(backoff=0.05, backoff_max=0.5, jitter=False)
 # Values above this take the producer's per-record path, which checks a record's size
 # against ``max_request_size`` and fails it alone (a dead letter) instead of its batch.
 _BATCHED_VALUE_MAX = 64 * 1024
-
-
-def _has_unsent_batch(producer: AIOKafkaProducer, topic: str, partition: int) -> bool:
-    """Whether the producer still holds a batch of this partition that it has not sent.
-    A ready-built batch must then wait in aiokafka's ``add_batch``, whose timeout shrinks
-    by the whole time waited on every pass, so that concurrent senders to one partition
-    time out long before the request timeout (seen with 50 concurrent saga starts); the
-    per-record path joins the pending batch or waits for it correctly. Unknown internals
-    (another aiokafka) count as a pending batch: the per-record path is always safe."""
-    accumulator = getattr(producer, "_message_accumulator", None)
-    batches = getattr(accumulator, "_batches", None)
-    if not isinstance(batches, Mapping):
-        return True
-    return bool(batches.get(KafkaTopicPartition(topic, partition)))
 
 
 class KafkaTransport(Transport):
@@ -137,6 +124,7 @@ class KafkaTransport(Transport):
         self._offsets_reader: Any = None  # a group-less consumer, made on first use
         self._known_topics: set[str] = set()
         self._topics_lock = asyncio.Lock()
+        self._batches = PartitionBatches()
 
     # -- client options ---------------------------------------------------------
     def _common_options(self) -> dict[str, Any]:
@@ -196,6 +184,7 @@ class KafkaTransport(Transport):
     async def stop(self) -> None:
         producer, admin, reader = self._producer, self._admin, self._offsets_reader
         self._producer = self._admin = self._offsets_reader = None
+        await self._batches.stop()
         if reader is not None:
             await quietly(reader.stop())
         try:
@@ -346,21 +335,16 @@ class KafkaTransport(Transport):
             return []
         producer = self._require(self._producer, "producer")
         await self._ensure_known([record.topic for record in records])
-        pending: list[tuple[list[int], asyncio.Future[Any], bool]] = []
+        queued: list[tuple[list[int], asyncio.Future[list[Part]]]] = []
+        single: list[tuple[int, asyncio.Future[Any]]] = []
         try:
             groups = await self._partitioned(producer, records)  # may wait for metadata
             for indices, topic, partition, batchable in groups:
-                rest = indices
-                if (
-                    batchable
-                    and partition is not None
-                    and not _has_unsent_batch(producer, topic, partition)
-                ):
-                    batched, future, rest = await self._send_batch(
-                        producer, records, indices, topic, partition
-                    )
-                    pending.append((batched, future, True))
-                for index in rest:  # the per-record path
+                if batchable and partition is not None:
+                    part = [records[index] for index in indices]
+                    queued.append((indices, self._batches.submit(producer, topic, partition, part)))
+                    continue
+                for index in indices:  # the per-record path
                     record = records[index]
                     # The partition is given when known: aiokafka would otherwise hash
                     # the key again, in Python, for every record.
@@ -368,28 +352,56 @@ class KafkaTransport(Transport):
                         topic, value=record.value, key=record.key,
                         headers=list(record.headers) or None, partition=partition,
                     )  # fmt: skip
-                    pending.append(([index], future, False))
+                    single.append((index, future))
+            handed = await asyncio.gather(*(f for _, f in queued), return_exceptions=True)
         except TRANSIENT as exc:
-            await asyncio.gather(*(future for _, future, _ in pending), return_exceptions=True)
-            if isinstance(exc, PRODUCER_STATE_LOST):
-                await self._replace_producer(producer, exc)
+            await self._abandon(producer, queued, single, exc)
             raise TransportError(f"Kafka send failed: {exc}") from exc
-        results = await asyncio.gather(
-            *(future for _, future, _ in pending), return_exceptions=True
-        )
-        delivered: list[Delivered | None] = [None] * len(records)
-        for (indices, _, batch), result in zip(pending, results, strict=True):
+        acks: list[asyncio.Future[Any]] = [future for _, future in single]
+        for parts in handed:
+            if isinstance(parts, BaseException):
+                await self._abandon(producer, queued, single, parts)
+                if isinstance(parts, TRANSIENT):
+                    raise TransportError(f"Kafka send failed: {parts}") from parts
+                raise parts
+            acks.extend(ack for ack, *_ in parts)
+        results = await asyncio.gather(*acks, return_exceptions=True)
+        for result in results:
             if isinstance(result, BaseException):
                 if isinstance(result, PRODUCER_STATE_LOST):
                     await self._replace_producer(producer, result)
                 if isinstance(result, TRANSIENT):
                     raise TransportError(f"Kafka send failed: {result}") from result
                 raise result
-            # A batch's records sit at consecutive offsets from the one acknowledged.
-            for position, index in enumerate(indices):
-                offset = result.offset + position if batch else result.offset
-                delivered[index] = Delivered(result.topic, result.partition, offset)
+        delivered: list[Delivered | None] = [None] * len(records)
+        for (index, _), meta in zip(single, results, strict=False):
+            assert not isinstance(meta, BaseException)
+            delivered[index] = Delivered(meta.topic, meta.partition, meta.offset)
+        for (indices, _), parts in zip(queued, handed, strict=True):
+            assert not isinstance(parts, BaseException)
+            for ack, position, first, count in parts:
+                meta = ack.result()  # a batch's records sit at consecutive offsets
+                for n in range(count):
+                    delivered[indices[first + n]] = Delivered(
+                        meta.topic, meta.partition, meta.offset + position + n
+                    )
         return [d for d in delivered if d is not None]
+
+    async def _abandon(
+        self,
+        producer: Any,
+        queued: Sequence[tuple[list[int], asyncio.Future[list[Part]]]],
+        single: Sequence[tuple[int, asyncio.Future[Any]]],
+        exc: BaseException,
+    ) -> None:
+        """A send failed: let what was already handed over settle (its outcome no longer
+        matters: the caller sends again), drop what was not, and replace a producer that
+        lost its sequence state."""
+        for _, handed in queued:
+            handed.cancel()
+        await asyncio.gather(*(f for _, f in single), return_exceptions=True)
+        if isinstance(exc, PRODUCER_STATE_LOST):
+            await self._replace_producer(producer, exc)
 
     async def _partitioned(
         self, producer: AIOKafkaProducer, records: Sequence[OutgoingRecord]
@@ -424,33 +436,6 @@ class KafkaTransport(Transport):
             (indices, topic, partition, (topic, partition) not in large)
             for (topic, partition), indices in groups.items()
         ] + keyless
-
-    @staticmethod
-    async def _send_batch(
-        producer: AIOKafkaProducer,
-        records: Sequence[OutgoingRecord],
-        indices: list[int],
-        topic: str,
-        partition: int,
-    ) -> tuple[list[int], asyncio.Future[Any], list[int]]:
-        """As many of one partition's records as fit one batch (a batch always takes its
-        first record), handed to the producer ready-built: one future for them all where
-        ``producer.send`` makes a future, a metadata lookup and partition lists per record
-        (most of the transport's CPU per record). Returns the records batched, the
-        batch's future, and the records left for the per-record path."""
-        builder = producer.create_batch()
-        taken = 0
-        for index in indices:
-            record = records[index]
-            if builder.append(timestamp=None, key=record.key, value=record.value,
-                              headers=list(record.headers)) is None:  # fmt: skip
-                break  # full
-            taken += 1
-        # Closed: the batch is whole (the caller awaits its acknowledgement next), so the
-        # producer sends it at once instead of lingering for records that will not come.
-        builder.close()
-        future = await producer.send_batch(builder, topic, partition=partition)
-        return indices[:taken], future, indices[taken:]
 
     # -- consuming --------------------------------------------------------------
     def consumer(
