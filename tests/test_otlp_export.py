@@ -30,6 +30,7 @@ from choreo.errors import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "s3cret-otlp-token"
+CONTRACT = "services_demo.contract:order_saga"
 
 
 @dataclass
@@ -244,11 +245,38 @@ def test_asked_for_without_the_sdk_is_a_clear_error(monkeypatch: pytest.MonkeyPa
     assert "choreo[otel]" in raised.value.hint
 
 
+def test_choreo_tracker_installs_the_exporter_and_stops_cleanly(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    env = _clean_env(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url, CHOREO_TRACKER_TOKEN="t")
+    log = tmp_path / "tracker.log"
+    with log.open("w+") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "choreo.cli.main", "tracker", CONTRACT, "--engine", "memory",
+             "--broker", "memory://", "--http", "127.0.0.1:0"],
+            stdout=out, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+        try:
+            limit = time.monotonic() + 60
+            while "state API on" not in log.read_text():
+                assert process.poll() is None, log.read_text()
+                assert time.monotonic() < limit, log.read_text()
+                time.sleep(0.05)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(30)
+    output = log.read_text()
+    assert process.returncode == 0, output
+    expected = f"exporting traces of choreo-tracker over OTLP http/protobuf to {receiver.url}"
+    assert expected in output
+    assert "tracker stopped cleanly" in output
+
+
 def test_choreo_tracker_reads_the_environment_too(tmp_path: Path) -> None:
     # An exporter it cannot run stops `choreo tracker` at start, before it serves anything.
     env = _clean_env(OTEL_TRACES_EXPORTER="zipkin", CHOREO_TRACKER_TOKEN="t")
     done = subprocess.run(
-        [sys.executable, "-m", "choreo.cli.main", "tracker", "services_demo.contract:order_saga",
+        [sys.executable, "-m", "choreo.cli.main", "tracker", CONTRACT,
          "--engine", "memory", "--broker", "memory://", "--http", "127.0.0.1:0"],
         env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
