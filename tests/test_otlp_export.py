@@ -6,6 +6,7 @@ Without the environment nothing is installed and nothing is sent."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import gzip
 import http.server
 import os
@@ -18,6 +19,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -35,11 +37,27 @@ CONTRACT = "services_demo.contract:order_saga"
 
 @dataclass
 class Received:
-    """What the receiver was sent: each request's headers and its spans, flattened."""
+    """What a receiver was sent: each request's headers and its spans, flattened."""
 
     headers: list[dict[str, str]] = field(default_factory=list)
     spans: list[dict[str, object]] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
+
+    def take(self, request: ExportTraceServiceRequest, headers: dict[str, str], path: str) -> None:
+        self.paths.append(path)
+        self.headers.append({k.lower(): v for k, v in headers.items()})
+        for resource_spans in request.resource_spans:
+            resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    attributes = {a.key: _value(a.value) for a in span.attributes}
+                    self.spans.append({
+                        "name": span.name,
+                        "trace_id": span.trace_id.hex(),
+                        "service": resource.get("service.name"),
+                        "scope": scope_spans.scope.name,
+                        **attributes,
+                    })  # fmt: skip
 
 
 @dataclass
@@ -55,6 +73,7 @@ def _value(any_value: object) -> object:
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
+    """An OTLP/HTTP receiver (protobuf) on 127.0.0.1."""
     received = Received()
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -64,20 +83,7 @@ def receiver() -> Iterator[Receiver]:
                 body = gzip.decompress(body)
             request = ExportTraceServiceRequest()
             request.ParseFromString(body)
-            received.paths.append(self.path)
-            received.headers.append({k.lower(): v for k, v in self.headers.items()})
-            for resource_spans in request.resource_spans:
-                resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
-                for scope_spans in resource_spans.scope_spans:
-                    for span in scope_spans.spans:
-                        attributes = {a.key: _value(a.value) for a in span.attributes}
-                        received.spans.append({
-                            "name": span.name,
-                            "trace_id": span.trace_id.hex(),
-                            "service": resource.get("service.name"),
-                            "scope": scope_spans.scope.name,
-                            **attributes,
-                        })  # fmt: skip
+            received.take(request, dict(self.headers.items()), self.path)
             answer = ExportTraceServiceResponse().SerializeToString()
             self.send_response(200)
             self.send_header("Content-Type", "application/x-protobuf")
@@ -96,6 +102,33 @@ def receiver() -> Iterator[Receiver]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def grpc_receiver() -> Iterator[Receiver]:
+    """An OTLP/gRPC receiver on 127.0.0.1 (grpcio, which the otel extra's gRPC exporter
+    brings; the dev extra installs the otel extra)."""
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.grpc.trace_exporter")
+    import grpc  # type: ignore[import-untyped]
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+    received = Received()
+
+    class Servicer(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(
+            self, request: ExportTraceServiceRequest, context: Any
+        ) -> ExportTraceServiceResponse:
+            received.take(request, dict(context.invocation_metadata()), "Export")
+            return ExportTraceServiceResponse()
+
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Servicer(), server)  # type: ignore[no-untyped-call]
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield Receiver(f"http://127.0.0.1:{port}", received)
+    finally:
+        server.stop(grace=None)
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
@@ -162,6 +195,26 @@ def test_choreo_run_exports_the_spans_of_the_records_it_handled(
         assert span["choreo.step"] == "order"
         assert span["choreo.decision"] == "applied"
     assert len({s["trace_id"] for s in processed}) == len(gids)  # a trace per saga
+
+
+def test_choreo_run_exports_over_otlp_grpc_when_asked(
+    grpc_receiver: Receiver, tmp_path: Path
+) -> None:
+    gids = [f"otlp-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    env = _clean_env(
+        OTEL_EXPORTER_OTLP_ENDPOINT=grpc_receiver.url,  # http://: no TLS
+        OTEL_EXPORTER_OTLP_PROTOCOL="grpc",
+        OTEL_EXPORTER_OTLP_HEADERS=f"authorization=Bearer%20{SECRET}",
+        OTEL_SERVICE_NAME="shop-otlp",
+    )
+    output = _run_service(env, gids, tmp_path / "grpc.log")
+    assert f"exporting traces of shop-otlp over OTLP grpc to {grpc_receiver.url}\n" in output
+    assert SECRET not in output
+    got = grpc_receiver.received
+    assert {h["authorization"] for h in got.headers} == {f"Bearer {SECRET}"}
+    processed = [s for s in got.spans if s["name"] == "otlp.Order process"]
+    assert sorted(str(s["choreo.gid"]) for s in processed) == sorted(gids)
+    assert {s["service"] for s in got.spans} == {"shop-otlp"}  # OTEL_SERVICE_NAME wins
 
 
 def test_without_the_environment_nothing_is_installed_or_sent(
