@@ -6,6 +6,7 @@ Without the environment nothing is installed and nothing is sent."""
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import gzip
 import http.server
@@ -335,3 +336,47 @@ def test_choreo_tracker_reads_the_environment_too(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode != 0
     assert "OTEL_TRACES_EXPORTER names zipkin" in done.stdout + done.stderr
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+async def test_the_faust_tracker_exports_its_spans_when_it_stops(
+    kafka_bootstrap: str, receiver: Receiver, tmp_path: Path
+) -> None:
+    """The faust engine runs in faust's worker, which owns the process's loop and exits
+    through SystemExit: the provider is still shut down after it, and the spans queued
+    (a minute between batches here) reach the receiver."""
+    from choreo import Service
+    from tests import test_faust_tracker as ft
+    from tests.scenarios.trip import Plan, TripBooked
+
+    broker = f"kafka://{kafka_bootstrap}"
+    app_id = f"{ft.APP_PREFIX}otlp-{uuid.uuid4().hex[:8]}"
+    env = {
+        **ft.tracker_env(deadline=120.0),  # no deadline fires while the test runs
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+        "OTEL_BSP_SCHEDULE_DELAY": "60000",
+    }
+    tracker = ft.TrackerProcess(broker, app_id, tmp_path, env)
+    tracker.start()
+    try:
+        await asyncio.to_thread(tracker.wait_ready)
+        starter = Service("otlp-starter", broker=broker, store="memory://")
+        async with starter.running():
+            sent = await starter.publish(TripBooked(trip_id=uuid.uuid4().hex, plan=Plan()),
+                                         saga="trip")  # fmt: skip
+        limit = time.monotonic() + 90
+        while await tracker.saga(sent.gid) is None:
+            assert time.monotonic() < limit, tracker.output()
+            await asyncio.sleep(0.2)
+        assert receiver.received.spans == []  # still queued
+    finally:
+        code = tracker.stop()
+        await ft.drop_topics(kafka_bootstrap)  # the trip topic, for later modules' groups
+    output = tracker.output()
+    assert code == 0, output
+    assert f"exporting traces of {app_id} over OTLP http/protobuf" in output
+    folds = [s for s in receiver.received.spans if s.get("choreo.gid") == sent.gid]
+    assert [s["name"] for s in folds] == [f"{sent.event_type} fold"], receiver.received.spans
+    assert {s["service"] for s in receiver.received.spans} == {app_id}
