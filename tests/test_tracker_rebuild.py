@@ -258,3 +258,35 @@ async def test_a_rebuild_tracks_exactly_the_sagas_due_and_reads_no_timeline(
         assert any(key.startswith(TIMELINE_PREFIX) for key, _value in db.items())
     finally:
         fed.rocks.close()
+
+
+async def test_a_rebalance_keeping_the_same_partitions_and_store_needs_no_rebuild(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fed = Fed(tmp_path / "store", 600.0)
+    try:
+        await sagas(fed)
+        tracker = FaustTracker([fed.core.contracts["trip"]], broker="kafka://127.0.0.1:9",
+                               data_dir=tmp_path / "tracker", retention=600.0)  # fmt: skip
+        owned = [0, 1, 2]
+        store = TableStore(fed.rocks, "rocksdb", PARTITIONS, lambda: set(owned))
+        tracker._store = store
+        tracker.states.use_store(store)
+        monkeypatch.setattr(tracker, "owned", lambda: [TopicPartition("t", p) for p in owned])
+        assert tracker._rebuild_needed()  # never built
+        tracker.rebuild()
+        assert not tracker._rebuild_needed()  # faust's second assignment at start
+        owned.remove(2)
+        assert tracker._rebuild_needed()  # a partition went to another worker
+        owned.append(2)
+        assert not tracker._rebuild_needed()
+        # Recovery applied changelog records another worker wrote: the store moved on.
+        partition = partition_for(b"running", PARTITIONS)
+        applied = store.applied(partition)
+        assert applied is not None
+        store.write(CHANGELOG, [(partition, state_key("other"), None)], {partition: applied + 3})
+        assert tracker._rebuild_needed()
+        tracker.rebuild()
+        assert not tracker._rebuild_needed()
+    finally:
+        fed.rocks.close()

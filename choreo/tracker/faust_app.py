@@ -178,6 +178,10 @@ class FaustTracker:
         self.folded = self.position.folded
         self.partitions = 0
         self._stale = True  # the index and ``states`` must be rebuilt from the table
+        # After a rebuild (RocksDB): the changelog offset each owned partition's store had
+        # applied, moved on by this worker's own writes; a rebalance that leaves the same
+        # partitions at the same offsets needs no rebuild (see ``_rebuild_needed``).
+        self._built: dict[int, int] | None = None
         # After a rebalance: offsets the agent must read up to before deadlines fire, so
         # an answer already in the log is not beaten by a deadline check sent now.
         self._backlog: dict[TopicPartition, int] = {}
@@ -386,6 +390,11 @@ class FaustTracker:
         await self.pipeline.retry(send, f"the changelog write of {len(writes)} states")
         self.states.replacing(writes)  # the states these replace leave the counts
         self.store.write(topic, writes, offsets)
+        if self._built is not None:
+            if set(offsets) <= set(self._built):
+                self._built.update(offsets)
+            else:  # a partition not owned at the last rebuild: rebuild at the next one
+                self._built = None
 
     async def _watch_stop(self, *_: Any) -> None:
         """Tell the pipeline's retries when the worker stops (they give the record up)."""
@@ -395,10 +404,11 @@ class FaustTracker:
 
     # -- deadlines -----------------------------------------------------------------------
     async def _on_assignment(self, *_: Any, **__: Any) -> None:
-        """A rebalance: forget the parsed states (the agent reads the table until the next
-        tick rebuilds them) and rebuild once the table's recovery is over."""
+        """A rebalance: rebuild the counts and the deadline index once the table's
+        recovery is over (the states are read from the store meanwhile). The counts are
+        not zeroed until then: faust's start makes two assignments, and the state API
+        answered zero sagas for a second time at each start (1.7 s at 100k sagas)."""
         self._stale = True
-        self.states.clear()
         self._read.clear()
         self.folded.clear()
 
@@ -440,11 +450,28 @@ class FaustTracker:
             if due is not None:
                 entries.append((due, key.decode(), found.version))
         self.pipeline.deadlines.load(entries)
+        self._built = self._applied(owned)
         self.states.counted({(saga, st.value, stuck): n for (saga, st, stuck), n
                              in counts.items()})  # fmt: skip
         log.info("tracker owns partitions %s: %d sagas, %d with a deadline (read in %.2f "
                  "CPU-s)", sorted(owned), len(self.states), len(self.pipeline.deadlines),
                  time.process_time() - began)  # fmt: skip
+
+    def _applied(self, owned: set[int]) -> dict[int, int] | None:
+        found = {partition: self.store.applied(partition) for partition in owned}
+        if any(offset is None for offset in found.values()):
+            return None
+        return {partition: offset for partition, offset in found.items() if offset is not None}
+
+    def _rebuild_needed(self) -> bool:
+        """After a rebalance: False when this worker owns the same partitions as at its
+        last rebuild and their stores have applied nothing since but its own writes (the
+        counts and the index followed those); faust's start makes two assignments, and
+        at 1M sagas a rebuild takes seconds."""
+        owned = {tp.partition for tp in self.owned()}
+        if self._built is None or set(self._built) != owned:
+            return True
+        return self._applied(owned) != self._built
 
     async def _measure_backlog(self) -> None:
         """After a rebalance: put each owned partition where its folded marker says
@@ -475,7 +502,12 @@ class FaustTracker:
             return
         if self._stale:
             self._stale = False
-            self.rebuild()
+            if self._rebuild_needed():
+                self.rebuild()
+            else:
+                log.info("tracker owns partitions %s as before, their stores unchanged but "
+                         "for its own writes: counts and deadlines kept",
+                         sorted(self._built or ()))  # fmt: skip
             try:
                 await self._measure_backlog()
             except TransportError as exc:

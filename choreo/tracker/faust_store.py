@@ -148,6 +148,14 @@ class TableStore:
                     continue
                 yield key, raw
 
+    def applied(self, partition: int) -> int | None:
+        """The changelog offset the partition's local database has applied, as faust
+        and ``write`` persist it with the records (RocksDB; the memory store: None)."""
+        if self.kind != "rocksdb":
+            return None
+        raw = self.data._db_for_partition(partition).get(OFFSET_KEY)
+        return None if raw is None else int(raw)
+
     def drop_unowned(self, owned: set[int]) -> None:
         """A memory store keeps the keys it wrote after their partition moved to another
         worker: drop them (RocksDB keeps a database per partition: nothing to do)."""
