@@ -196,7 +196,9 @@ def test_shop_places_orders_on_the_running_deployment(compose: dict[str, Any]) -
 def test_dockerfile_installs_the_package_with_the_demo() -> None:
     dockerfile = DOCKERFILE.read_text()
     assert "COPY services_demo ./services_demo" in dockerfile
-    assert '["optional-dependencies"]["tracker"]' in dockerfile  # the tracker needs faust
+    assert '= p["optional-dependencies"]' in dockerfile
+    assert 'x["tracker"]' in dockerfile  # the tracker needs faust
+    assert 'x["otel"]' in dockerfile  # OTEL_* in the monitoring overlay needs the SDK
     assert "USER choreo" in dockerfile  # not root
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "choreo"
 TRACKER_ONLY = {"faust", "mode", "rocksdict"}
 # The faust tracker's modules: imported lazily by choreo/cli/tracker.py's faust engine.
-FAUST_MODULES = {"faust_app.py", "faust_io.py", "faust_store.py"}
+FAUST_MODULES = {"faust_app.py", "faust_fetch.py", "faust_io.py", "faust_store.py"}
 
 
 def test_faust_is_the_tracker_extra() -> None:
