@@ -165,18 +165,6 @@ class TableStore:
             if key != OFFSET_KEY and key_partition(key, self.partitions) not in owned:
                 del self.data.data[key]
 
-    def items(self, owned: set[int]) -> Iterator[tuple[bytes, bytes]]:
-        """Every key of the owned partitions (states and folded markers); a memory
-        store's keys of partitions owned no more are dropped."""
-        for key, raw in list(self.data.items()):
-            if raw is None or key == OFFSET_KEY:
-                continue
-            if key_partition(key, self.partitions) not in owned:
-                if self.kind == "memory":
-                    del self.data[key]
-                continue
-            yield key, raw
-
 
 def stale_partitions(
     paths: Mapping[int, Path], changelog_ends: Mapping[int, int]

@@ -151,15 +151,12 @@ class TrackerPipeline:
                 batch.out.append(
                     self._dead_letter(record, "failed", f"{type(exc).__name__}: {exc}")
                 )
-        if batch.spans:
-            try:
-                await self.publish(batch.out)
-            except BaseException as exc:
-                self.tracing.sent(batch.spans, f"not sent: {exc!r}")
-                raise
-            self.tracing.sent(batch.spans)
-        else:
+        try:
             await self.publish(batch.out)
+        except BaseException as exc:
+            self.tracing.sent(batch.spans, f"not sent: {exc!r}")  # none without tracing
+            raise
+        self.tracing.sent(batch.spans)
         sent_at = self.clock()
         changed, removed = list(batch.changed.values()), list(batch.removed.items())
         if self._save is not None and items:  # even unchanged: the shell may note progress

@@ -33,7 +33,7 @@ from choreo.transport.kafka_batches import Part, PartitionBatches
 from choreo.transport.kafka_common import PRODUCER_STATE_LOST, TRANSIENT, logger, quietly
 from choreo.transport.kafka_config import parse_kafka_url, security_options
 from choreo.transport.kafka_consumer import KafkaConsumer
-from choreo.transport.partitioner import murmur2
+from choreo.transport.partitioner import partition_for
 
 __all__ = ["KafkaConsumer", "KafkaTransport"]
 
@@ -397,9 +397,13 @@ class KafkaTransport(Transport):
         """A send failed: let what was already handed over settle (its outcome no longer
         matters: the caller sends again), drop what was not, and replace a producer that
         lost its sequence state."""
+        settling: list[asyncio.Future[Any]] = [f for _, f in single]
         for _, handed in queued:
-            handed.cancel()
-        await asyncio.gather(*(f for _, f in single), return_exceptions=True)
+            if handed.done() and not handed.cancelled() and handed.exception() is None:
+                settling.extend(ack for ack, *_ in handed.result())
+            else:
+                handed.cancel()  # not handed over yet: the sender drops them
+        await asyncio.gather(*settling, return_exceptions=True)
         if isinstance(exc, PRODUCER_STATE_LOST):
             await self._replace_producer(producer, exc)
 
@@ -428,7 +432,7 @@ class KafkaTransport(Transport):
             known = partitions.get(topic)
             if known is None:
                 known = partitions[topic] = sorted(await producer.partitions_for(topic))
-            where = (topic, known[(murmur2(key) & 0x7FFFFFFF) % len(known)])
+            where = (topic, known[partition_for(key, len(known))])
             groups.setdefault(where, []).append(index)
             if len(record.value) > _BATCHED_VALUE_MAX:
                 large.add(where)
