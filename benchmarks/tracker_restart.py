@@ -27,6 +27,17 @@ The measurement runs in a fresh process: it opens the databases, then times
 ``FaustTracker.rebuild`` (CPU and wall) and reports the RSS it adds, and checks the index
 holds every saga in flight and, with the retention, every finished one.
 ``--against DIR`` runs the rebuild of another checkout's ``choreo`` on the same store.
+
+``--broker`` also times the whole restart of a real ``choreo tracker`` process (RocksDB,
+default 6 h retention) holding the store, on a local Kafka started for it (a fresh one,
+``choreo.local.kafka_broker``), for each checkout in turn: a first start with an empty
+data directory makes the table's partition databases and its changelog topic, and is
+stopped; each partition database is then replaced by a copy of the written one, one
+record is written to each changelog partition and the copy's applied offset set to it
+(so faust's check finds it behind its changelog and recovery reads nothing, as after a
+clean stop); then the tracker is started again and timed from its process start until
+its state API's ``/counts`` gives every saga and until its log says the rebuild is done
+(``tracker owns partitions ...``, with the rebuild's CPU-s).
 """
 
 from __future__ import annotations
@@ -37,6 +48,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -214,7 +226,7 @@ def measure(root: Path, in_flight: int, finished: int, retention: float) -> dict
     from choreo.transport.base import TopicPartition
 
     tracker = FaustTracker([saga], broker="kafka://127.0.0.1:9", retention=retention,
-                           data_dir=root / "unused")  # fmt: skip
+                           data_dir=root / "unused", store="rocksdb")  # fmt: skip
     rocks = Rocks(root)
     for p in range(PARTITIONS):
         rocks._db_for_partition(p)
@@ -242,6 +254,175 @@ def measure(root: Path, in_flight: int, finished: int, retention: float) -> dict
     }  # fmt: skip
 
 
+class Tracker:
+    """A ``choreo tracker`` process (``checkout``'s code) on ``bootstrap``."""
+
+    def __init__(self, bootstrap: str, checkout: Path | None, app_id: str, data: Path,
+                 logs: Path) -> None:  # fmt: skip
+        self.bootstrap, self.checkout, self.app_id, self.data = bootstrap, checkout, app_id, data
+        self.logs = logs
+        self.token = "restart-bench-token"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = logs
+
+    def start(self, name: str) -> None:
+        here = Path(__file__).resolve().parents[1]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "BENCH_FOLD_PREFIX": "fold",
+               "CHOREO_TRACKER_DATA_DIR": str(self.data), "CHOREO_TRACKER_TOKEN": self.token,
+               "CHOREO_TRACKER_LOGLEVEL": "info",
+               "PYTHONPATH": f"{self.checkout}:{here}" if self.checkout else str(here)}  # fmt: skip
+        self.log = self.logs / f"{name}.log"
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "choreo.cli.main", "tracker", "benchmarks.tracker_fold:saga",
+                 "--broker", f"kafka://{self.bootstrap}", "--http", "127.0.0.1:0", "--app-id",
+                 self.app_id, "--store", "rocksdb"],
+                cwd=self.checkout or here, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def url(self) -> str | None:
+        for line in self.text().splitlines():
+            if "state API on http://" in line:
+                return line.rsplit("state API on ", 1)[1].strip()
+        return None
+
+    def counted(self) -> int:
+        import urllib.request
+
+        url = self.url()
+        if url is None:
+            return -1
+        headers = {"Authorization": f"Bearer {self.token}"}
+        request = urllib.request.Request(f"{url}/counts", headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return int(json.loads(response.read())["total"])
+        except OSError:
+            return -1
+
+    def rebuilt(self) -> str | None:
+        for line in self.text().splitlines():
+            if "tracker owns partitions" in line:
+                return line
+        return None
+
+    def cpu(self) -> float:
+        assert self.proc is not None
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        """By pid: SIGTERM, SIGKILL after 30 s."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def seed_changelog(bootstrap: str, topic: str) -> dict[int, int]:
+    """One record in each partition of the table's changelog: its offset, by partition."""
+
+    async def run() -> dict[int, int]:
+        from aiokafka import AIOKafkaProducer
+
+        from choreo.tracker.states import TIMELINE_PREFIX
+
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        await producer.start()
+        try:
+            found = {}
+            for partition in range(PARTITIONS):
+                key = TIMELINE_PREFIX + b"restart-bench" + bytes(4)  # no saga's: a tombstone
+                meta = await producer.send_and_wait(topic, None, key=key, partition=partition)
+                found[partition] = meta.offset
+            return found
+        finally:
+            await producer.stop()
+
+    return asyncio.run(run())
+
+
+def end_to_end(root: Path, systems: dict[str, Path | None], total: int,
+               timeout: float) -> dict[str, Any]:  # fmt: skip
+    from rocksdict import Options, Rdict
+
+    from benchmarks.tracker_fold import SHARED_TOPICS, STAGES, make_topics, topic
+    from choreo.local.kafka_broker import KafkaBroker
+    from choreo.tracker.faust_store import OFFSET_KEY
+
+    work = Path(tempfile.mkdtemp(prefix="choreo-restart-e2e-"))
+    kafka = KafkaBroker(work / "kafka", die_with_parent=True)
+    results: dict[str, Any] = {}
+    try:
+        bootstrap = kafka.start()
+        make_topics(bootstrap, [*SHARED_TOPICS, *(topic(stage, "fold") for stage in STAGES)])
+        for index, (name, checkout) in enumerate(systems.items()):
+            app_id = f"restart-bench-{index}"
+            tracker = Tracker(bootstrap, checkout, app_id, work / f"data-{index}",
+                              work / "logs")  # fmt: skip
+            tracker.logs.mkdir(parents=True, exist_ok=True)
+            tracker.start(f"{index}-first")  # makes the databases and the changelog topic
+            try:
+                began = time.monotonic()
+                while tracker.rebuilt() is None:
+                    if time.monotonic() > began + timeout or tracker.proc.poll() is not None:  # type: ignore[union-attr]
+                        raise SystemExit(f"first start of {name} did not assign: {tracker.log}")
+                    time.sleep(0.2)
+            finally:
+                tracker.stop()
+            dbs = {int(path.name.rsplit("-", 1)[1].removesuffix(".db")): path
+                   for path in (work / f"data-{index}").rglob("sagas-*.db")}  # fmt: skip
+            assert sorted(dbs) == list(range(PARTITIONS)), dbs
+            offsets = seed_changelog(bootstrap, f"{app_id}-sagas-changelog")
+            for partition, path in dbs.items():
+                shutil.rmtree(path)
+                shutil.copytree(root / f"{TOPIC}-{partition}.db", path)
+                db = Rdict(str(path), Options(raw_mode=True))
+                db.put(OFFSET_KEY, str(offsets[partition]).encode())
+                db.close()
+            print(f"{name}: starting choreo tracker over the copied store ...", flush=True)
+            began = time.monotonic()
+            tracker.start(f"{index}-restart")
+            counted_s = rebuilt_s = None
+            line = ""
+            try:
+                while counted_s is None or rebuilt_s is None:
+                    now = time.monotonic()
+                    if now > began + timeout or tracker.proc.poll() is not None:  # type: ignore[union-attr]
+                        raise SystemExit(f"{name} restarted did not serve ({tracker.log})")
+                    if rebuilt_s is None and (found := tracker.rebuilt()) is not None:
+                        rebuilt_s, line = now - began, found
+                    if counted_s is None and tracker.counted() >= total:
+                        counted_s = time.monotonic() - began
+                    time.sleep(0.05)
+                cpu = tracker.cpu()
+                rss = next(int(x.split()[1]) for x in Path(f"/proc/{tracker.proc.pid}/status")  # type: ignore[union-attr]
+                           .read_text().splitlines() if x.startswith("VmRSS:")) / 1024  # fmt: skip
+            finally:
+                tracker.stop()
+            results[name] = {"counts_served_s": counted_s, "rebuilt_s": rebuilt_s,
+                             "process_cpu_s": cpu, "rss_mb": rss,
+                             "rebuild_log": line.strip()[-160:],
+                             "load": os.getloadavg()}  # fmt: skip
+            print(f"{name}: restart: /counts gives all {total} after {counted_s:.1f} s, rebuild "
+                  f"logged after {rebuilt_s:.1f} s; process CPU {cpu:.1f} s, RSS {rss:.0f} MB; "
+                  f"load {os.getloadavg()}", flush=True)  # fmt: skip
+    finally:
+        kafka.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return results
+
+
 def child(args: argparse.Namespace) -> int:
     result = measure(args.store, args.in_flight, args.finished, args.retention)
     print(json.dumps(result), flush=True)
@@ -261,6 +442,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", type=Path, help="build in (or reuse) this directory")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--broker",
+        action="store_true",
+        help="also time a real choreo tracker's restart over the store",
+    )
+    parser.add_argument(
+        "--no-rebuild", action="store_true", help="skip the in-process rebuild measurement"
+    )
+    parser.add_argument("--timeout", type=float, default=600.0)
     args = parser.parse_args(argv)
     if args.child:
         return child(args)
@@ -280,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
             systems = {f"before ({args.against})": args.against.resolve(), **systems}
         here = Path(__file__).resolve().parents[1]
         for name, checkout in systems.items():
+            if args.no_rebuild:
+                break
             env = dict(os.environ)
             env["PYTHONPATH"] = f"{checkout}:{here}" if checkout else str(here)
             out = subprocess.run(
@@ -293,6 +485,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"wall), {r['sagas_counted']} sagas, {r['deadlines']} deadlines, RSS +"
                   f"{r['rss_added_mb']:.0f} MB", flush=True)  # fmt: skip
         print(f"load average {os.getloadavg()}")
+        if args.broker:
+            results["end_to_end"] = end_to_end(root, systems, args.in_flight + args.finished,
+                                               args.timeout)  # fmt: skip
     finally:
         if temporary:
             shutil.rmtree(root, ignore_errors=True)

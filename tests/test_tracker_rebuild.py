@@ -5,15 +5,29 @@ index exactly the wake-ups of the stored sagas (the deadlines of those in flight
 a retention, the expiry of the finished), without building the states or reading the
 timeline records.
 
+With RocksDB, each partition database also keeps indexes of its states
+(``choreo.tracker.faust_index``: the sagas with a deadline, the settled ones by when they
+settled, the counts) in the same WriteBatch as the states: checked here to equal what the
+states give after the tracker's writes, after faust's recovery applying the changelog
+(a partial batch applied twice included), for a database of an earlier version, and after
+a process writing them is SIGKILLed.
+
 The store is a real RocksDB (``rocksdict``) per partition, written as the faust tracker
 writes it (``TableStore.write`` with the pipeline's records); no broker is needed.
 """
 
 from __future__ import annotations
 
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import msgpack
@@ -23,11 +37,12 @@ from choreo import Event, codec
 from choreo.events import Envelope, Message
 from choreo.saga import SagaState, SagaStatus
 from choreo.saga.packing import head, pack_state, unpack_state
+from choreo.tracker import faust_index
 from choreo.tracker.core import TrackerCore
 from choreo.tracker.faust_app import FaustTracker
 from choreo.tracker.faust_store import TableStore
 from choreo.tracker.pipeline import TrackerPipeline
-from choreo.tracker.states import TIMELINE_PREFIX, state_key
+from choreo.tracker.states import state_key
 from choreo.transport.base import OutgoingRecord, Record, TopicPartition
 from choreo.transport.partitioner import partition_for
 from tests.scenarios.trip import (
@@ -84,6 +99,8 @@ class Fed:
         self.stored.states.use_store(self.store)
         self.offsets: Counter[int] = Counter()
         self.sequence = 0
+        # What the changelog got, in order: (partition, offset, key, value).
+        self.changelog: list[tuple[int, int, bytes, bytes | None]] = []
 
     async def send(self, records: Sequence[OutgoingRecord]) -> None:
         pass
@@ -96,10 +113,11 @@ class Fed:
         self, changed: Sequence[tuple[SagaState, Record]], removed: Sequence[tuple[str, Record]]
     ) -> None:
         writes = self.stored.writes(changed, removed)
-        for partition, _key, _value in writes:
+        for partition, key, value in writes:
+            self.changelog.append((partition, self.offsets[partition], key, value))
             self.offsets[partition] += 1
         self.stored.states.replacing(writes)
-        self.store.write(CHANGELOG, writes, {p: self.offsets[p] for p, _k, _v in writes})
+        self.store.write(CHANGELOG, writes, {p: self.offsets[p] - 1 for p, _k, _v in writes})
 
     async def record(self, outgoing: OutgoingRecord, at: float) -> None:
         self.sequence += 1
@@ -206,8 +224,29 @@ def test_head_gives_the_deadline_and_retention_of_every_kind_of_state(tmp_path: 
         fed.rocks.close()
 
 
+def stored_index(db: Any) -> dict[bytes, bytes]:
+    """The index entries and counts a partition database holds."""
+    return {
+        key: value
+        for key, value in db.items(from_key=faust_index.INDEX_PREFIX)
+        if key.startswith(faust_index.INDEX_PREFIX) and key != faust_index.VERSION_KEY
+    }
+
+
+def derived_index(db: Any) -> dict[bytes, bytes]:
+    """What its states say the index entries and counts must be."""
+    states = [(key, raw) for key, raw in db.items()
+              if key < b"\xff" and faust_index.is_state_key(key)]  # fmt: skip
+    return faust_index.entries(states)
+
+
+def assert_indexed(db: Any) -> None:
+    assert faust_index.indexed(db)
+    assert stored_index(db) == derived_index(db)
+
+
 @pytest.mark.parametrize("retention", [None, 600.0])
-async def test_a_rebuild_tracks_exactly_the_sagas_due_and_reads_no_timeline(
+async def test_a_rebuild_tracks_exactly_the_sagas_due_and_reads_no_state(
     tmp_path: Path, retention: float | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fed = Fed(tmp_path / "store", retention)
@@ -215,8 +254,11 @@ async def test_a_rebuild_tracks_exactly_the_sagas_due_and_reads_no_timeline(
     try:
         await sagas(fed)
         await fed.event("elsewhere", TripBooked(trip_id="e"), 100.0)
+        for partition in range(PARTITIONS):
+            assert_indexed(fed.rocks._db_for_partition(partition))
         tracker = FaustTracker([fed.core.contracts["trip"]], broker="kafka://127.0.0.1:9",
-                               data_dir=tmp_path / "tracker", retention=retention)  # fmt: skip
+                               data_dir=tmp_path / "tracker", retention=retention,
+                               store="rocksdb")  # fmt: skip
         # This worker owns two of the three partitions.
         owned = sorted({partition_for(g.encode(), PARTITIONS) for g in ("running", "stuck")})
         if len(owned) == 1:
@@ -228,26 +270,32 @@ async def test_a_rebuild_tracks_exactly_the_sagas_due_and_reads_no_timeline(
         read: list[bytes] = []
         real_get = store.get
         monkeypatch.setattr(store, "get", lambda key: read.append(key) or real_get(key))
+        monkeypatch.setattr(store, "states", lambda *a: pytest.fail("a state was read"))
         tracker.rebuild()
+        monkeypatch.undo()
+        monkeypatch.setattr(tracker, "owned", lambda: [TopicPartition("t", p) for p in owned])
 
         mine = {g for g in fed.memory.states if partition_for(g.encode(), PARTITIONS) in owned}
-        wakes = {}
+        wakes, dormant = {}, set()
         for gid in mine:
             state = fed.memory.states.hot(gid)
             assert state is not None
-            due = fed.memory.wake_at(state)
+            due = tracker._timer_due(state)
             if due is not None:
                 wakes[gid] = (due, state.version)
+            elif state.settled_at() is not None:
+                dormant.add(gid)
         index = tracker.pipeline.deadlines
         assert {gid: (due, version) for due, gid, version in index._heap} == wakes
         assert len(index) == len(wakes)
-        finished = {g for g in mine if fed.memory.states.raw(g) and head(
-            fed.memory.states.raw(g) or b"").settled_at is not None}  # fmt: skip
+        # In flight or compensating: in the index; settled with nothing to wait for: not
+        # (the retention sweep finds them in the store's index of settled sagas).
         assert {"running", "compensating"} & mine <= set(wakes)
-        if retention is None:  # finished sagas have nothing to wait for
-            assert not finished & set(wakes)
-        else:  # their retention's end
-            assert finished <= set(wakes)
+        assert {"completed", "compensated"} & mine <= dormant
+        assert "stuck" not in wakes  # unresolved: stays, with nothing to wait for
+        assert "stuck" not in dormant
+        swept = {gid for p in owned for _key, gid in store.settled_until(p, 1e12, None, 100)}
+        assert swept == dormant
         assert tracker.states.counts() == Counter(
             (p.saga, p.status.value, p.stuck_unresolved)
             for g, p in fed.memory.states.peeks()
@@ -255,12 +303,171 @@ async def test_a_rebuild_tracks_exactly_the_sagas_due_and_reads_no_timeline(
         )
         assert len(tracker.states) == len(mine)
         assert sorted(tracker.states) == sorted(mine)
-        assert read == []  # the rebuild iterates; it looks nothing up
-        # The store holds timeline records (several per saga): never read by the rebuild.
-        db = fed.rocks._db_for_partition(owned[0])
-        assert any(key.startswith(TIMELINE_PREFIX) for key, _value in db.items())
+        assert read == []  # the rebuild reads indexes; it looks no state up
     finally:
         fed.rocks.close()
+
+
+async def test_the_retention_index_gives_the_settled_sagas_in_order_from_a_place(
+    tmp_path: Path,
+) -> None:
+    fed = Fed(tmp_path / "store", 600.0)
+    try:
+        for n in range(30):  # completed at 100 + 10 n + 3
+            gid = f"done-{n}"
+            t = 100.0 + 10 * n
+            await fed.event(gid, TripBooked(trip_id=gid), t)
+            await fed.event(gid, FlightBooked(trip_id=gid), t + 1)
+            await fed.event(gid, HotelBooked(trip_id=gid), t + 2)
+            await fed.event(gid, CarBooked(trip_id=gid), t + 3)
+        store = fed.store
+        for partition in range(PARTITIONS):
+            mine = [n for n in range(30) if partition_for(f"done-{n}".encode(), PARTITIONS)
+                    == partition]  # fmt: skip
+            until = 100.0 + 10 * 20 + 3  # settled at or before: done-0 ... done-20
+            found = store.settled_until(partition, until, None, 1000)
+            assert [gid for _k, gid in found] == [f"done-{n}" for n in mine if n <= 20]
+            first = store.settled_until(partition, until, None, 2)
+            rest = store.settled_until(partition, until, first[-1][0] if first else None, 1000)
+            assert first + rest == found
+        # A removed saga leaves the index with its state.
+        await fed.deadline("done-0", 103.0 + 600.0)
+        assert fed.stored.states.hot("done-0") is None
+        partition = partition_for(b"done-0", PARTITIONS)
+        assert "done-0" not in {g for _k, g in store.settled_until(partition, 1e12, None, 99)}
+        assert_indexed(fed.rocks._db_for_partition(partition))
+    finally:
+        fed.rocks.close()
+
+
+def events(changelog: Sequence[tuple[int, int, bytes, bytes | None]]) -> list[Any]:
+    """Changelog records as faust's recovery hands them to its store."""
+    from faust.types.tuples import Message as FaustMessage
+
+    return [
+        SimpleNamespace(
+            message=FaustMessage(CHANGELOG, partition, offset, 0.0, 0, None, key, value, None)
+        )
+        for partition, offset, key, value in changelog
+    ]
+
+
+async def test_recovery_from_the_changelog_keeps_the_indexes(tmp_path: Path) -> None:
+    """faust's recovery (``apply_changelog_batch``, replaced by ``install_recovery``)
+    applying the whole changelog in batches, with a tail applied twice (what a restart
+    after a crash during a changelog write reads), gives the states, indexes and counts
+    the tracker's own writes gave."""
+    fed = Fed(tmp_path / "store", 600.0)
+    recovered = Rocks(tmp_path / "recovered")
+    try:
+        await sagas(fed)
+        store = TableStore(recovered, "rocksdb", PARTITIONS)
+        store.install_recovery()
+        changelog = events(fed.changelog)
+        rng = random.Random(11)
+        at = 0
+        while at < len(changelog):
+            size = rng.randint(1, 40)
+            store.data.apply_changelog_batch(changelog[at : at + size], None, None)
+            if rng.random() < 0.3:  # a tail read again
+                store.data.apply_changelog_batch(changelog[max(0, at - 5) : at + size], None,
+                                                 None)  # fmt: skip
+            at += size
+        for partition in range(PARTITIONS):
+            original, copy = fed.rocks._db_for_partition(partition), store.data.dbs[partition]
+            assert dict(copy.items()) == dict(original.items())
+            assert_indexed(copy)
+        assert store.counts() == fed.store.counts() == fed.memory.states.counts()
+    finally:
+        fed.rocks.close()
+        recovered.close()
+
+
+async def test_a_database_of_an_earlier_version_is_indexed_once(tmp_path: Path) -> None:
+    from rocksdict import WriteBatch
+
+    fed = Fed(tmp_path / "store", 600.0)
+    old = Rocks(tmp_path / "old")
+    try:
+        await sagas(fed)
+        for partition, offset, key, value in fed.changelog:  # written without indexes
+            batch = WriteBatch(raw_mode=True)
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+            batch.put(faust_index.OFFSET_KEY, str(offset).encode())
+            old._db_for_partition(partition).write(batch)
+        store = TableStore(old, "rocksdb", PARTITIONS)
+        assert not any(faust_index.indexed(db) for db in old.dbs.values())
+        assert store.counts() == fed.memory.states.counts()  # indexed when first read
+        for db in old.dbs.values():
+            assert_indexed(db)
+    finally:
+        fed.rocks.close()
+        old.close()
+
+
+WRITER = """
+import sys
+from pathlib import Path
+from choreo.saga import SagaState, SagaStatus, StepState, StepStatus
+from choreo.saga.packing import pack_state
+from choreo.tracker.faust_store import TableStore
+from choreo.tracker.states import state_key
+from tests.test_tracker_rebuild import Rocks
+
+rocks = Rocks(Path(sys.argv[1]))
+store = TableStore(rocks, "rocksdb", 1)
+offset, n = 0, 0
+while True:  # sagas started, stepping, finishing and removed, until killed
+    writes = []
+    for _ in range(50):
+        n += 1
+        gid = f"g{n % 700}"
+        kind = n % 4
+        if kind == 3:
+            writes.append((0, state_key(gid), None))
+            continue
+        status = (SagaStatus.RUNNING, SagaStatus.COMPLETED, SagaStatus.STUCK)[kind]
+        step = StepState(status=StepStatus.PENDING, deadline_at=float(n))
+        state = SagaState(gid=gid, saga="s", status=status, version=n, started_at=0.0,
+                          updated_at=float(n), steps={"a": step})
+        writes.append((0, state_key(gid), pack_state(state)))
+    offset += len(writes)
+    store.write("changelog", writes, {0: offset})
+    if offset == len(writes):
+        print("writing", flush=True)
+"""
+
+
+def test_indexes_agree_with_the_states_after_a_sigkill(tmp_path: Path) -> None:
+    """A process writing states through ``TableStore.write`` is SIGKILLed at random
+    moments, each time reopening the database another left: the indexes and counts
+    always agree with the states (one WriteBatch holds both)."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    rng = random.Random(5)
+    for _round in range(3):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "db")],
+                                cwd=root, env=env, stdout=subprocess.PIPE)  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline() == b"writing\n"
+            time.sleep(rng.uniform(0.2, 0.8))
+            assert proc.poll() is None  # still writing
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+        rocks = Rocks(tmp_path / "db")
+        try:
+            db = rocks._db_for_partition(0)
+            assert_indexed(db)
+            assert sum(faust_index.read_counts(db).values()) > 0
+        finally:
+            rocks.close()
 
 
 async def test_a_rebalance_keeping_the_same_partitions_and_store_needs_no_rebuild(
@@ -270,7 +477,8 @@ async def test_a_rebalance_keeping_the_same_partitions_and_store_needs_no_rebuil
     try:
         await sagas(fed)
         tracker = FaustTracker([fed.core.contracts["trip"]], broker="kafka://127.0.0.1:9",
-                               data_dir=tmp_path / "tracker", retention=600.0)  # fmt: skip
+                               data_dir=tmp_path / "tracker", retention=600.0,
+                               store="rocksdb")  # fmt: skip
         owned = [0, 1, 2]
         store = TableStore(fed.rocks, "rocksdb", PARTITIONS, lambda: set(owned))
         tracker._store = store

@@ -32,6 +32,13 @@ Deadlines: an in-memory ``DeadlineIndex`` (rebuilt from the table once a rebalan
 its table recovery are over) says which sagas are due; a timer sends a ``DeadlineCheck``
 record per due saga to its start event's topic, and the agent fires the deadline when that
 record comes back. Firing twice is harmless, so the timer needs no durable bookkeeping.
+
+Retention, with RocksDB: a settled saga with no deadline left is not in that index; the
+timer sweeps each owned partition's index of settled sagas (``faust_index``, in the order
+they settled) for those past their retention and sends each a ``DeadlineCheck`` the same
+way, which the agent folds into its removal (tombstones). So a worker's memory and its
+restart grow with the sagas in flight, not with the finished ones it keeps. (With the
+memory store, the index holds each settled saga's end of retention, as before.)
 """
 
 from __future__ import annotations
@@ -59,7 +66,7 @@ from choreo.saga.contract import SagaContract
 from choreo.saga.packing import head_reader, unpack_state
 from choreo.saga.state import SagaState, SagaStatus
 from choreo.tracker import faust_fetch
-from choreo.tracker.core import TrackerCore
+from choreo.tracker.core import DeadlineIndex, TrackerCore
 from choreo.tracker.faust_io import faust_credentials, faust_errors, to_record
 from choreo.tracker.faust_position import ReadPosition
 from choreo.tracker.faust_store import RocksDBSizing, TableStore, remove_stale, store_url
@@ -86,6 +93,13 @@ DEFAULT_APP_ID = "choreo-tracker"
 _TIMESTAMP_SLACK = 0.002
 # The longest deadlines wait, after a rebalance, for the agent to read the backlog.
 _BACKLOG_WAIT = 30.0
+# The retention sweep (RocksDB): how often it looks for expired sagas, at most how many it
+# sends checks for per tick (the next tick goes on when there were more), and how often it
+# reads each partition's index from its start again (a check folded too early, or lost,
+# is then sent again; firing twice is harmless).
+_SWEEP_INTERVAL = 1.0
+_SWEEP_LIMIT = 2000
+_SWEEP_RESTART = 60.0
 
 
 def default_data_dir() -> Path:
@@ -173,6 +187,12 @@ class FaustTracker:
             tracer_provider=tracer_provider,
         )
         self.states = self.pipeline.states
+        if store == "rocksdb":  # settled sagas without a deadline: the retention sweep
+            self.pipeline.deadlines = DeadlineIndex(self._timer_due)
+        # The retention sweep's place in each partition's index of settled sagas.
+        self._swept: dict[int, bytes] = {}
+        self._sweep_at = 0.0
+        self._sweep_restart_at = 0.0
         # Where to read: the folded markers, not faust's offsets (faust_position).
         self.position = ReadPosition(lambda key: self.store.get(key), lambda: self._app.consumer)
         self.folded = self.position.folded
@@ -265,6 +285,7 @@ class FaustTracker:
         self._store = TableStore(self._table.data, self.store_kind, self.partitions,
                                  lambda: {tp.partition for tp in self.owned()})  # fmt: skip
         self.states.use_store(self._store)  # the states are read from it, not copied
+        self._store.install_recovery()  # RocksDB: recovery keeps the indexes too
         topic = app.topic(*self.core.topics(), key_serializer="raw", value_serializer="raw")
 
         async def fold(stream: Any) -> None:
@@ -411,6 +432,7 @@ class FaustTracker:
         self._stale = True
         self._read.clear()
         self.folded.clear()
+        self._swept.clear()
 
     def owned(self) -> list[TopicPartition]:
         """The saga and system topic partitions assigned to this worker."""
@@ -422,16 +444,38 @@ class FaustTracker:
         )
 
     def rebuild(self) -> None:
-        """Count the local table's sagas of the partitions this worker owns and rebuild the
-        deadline index from them (the memory store keeps keys it wrote even after their
-        partition moved to another worker; those are dropped locally). A restart's cost:
-        every state is read, none is built (``packing.head_reader``: only the fields
-        it needs), and no timeline record is read (``TableStore.states``)."""
+        """Rebuild the deadline index (and, with the memory store, the counts) from the
+        local table of the partitions this worker owns. With RocksDB it reads each
+        partition's index of the sagas with a deadline (``faust_index``; a database an
+        earlier version wrote is indexed first, once), never the states: a restart's cost
+        grows with the sagas in flight, not with the settled ones kept for their
+        retention, and the counts are read from the databases when asked."""
         owned = {tp.partition for tp in self.owned()}
         began = time.process_time()
+        retention = self.pipeline.retention
+        entries = []
+        if self.store_kind == "rocksdb":
+            for gid, version, deadline, settled in self.store.due(owned):
+                due = deadline
+                if retention is not None and settled is not None:
+                    due = min(due, settled + retention)
+                entries.append((due, gid, version))
+        else:
+            entries = self._scan(owned, retention)
+        self.pipeline.deadlines.load(entries)
+        self._built = self._applied(owned)
+        self._swept.clear()
+        log.info("tracker owns partitions %s: %d sagas, %d with a deadline (read in %.2f "
+                 "CPU-s)", sorted(owned), len(self.states), len(self.pipeline.deadlines),
+                 time.process_time() - began)  # fmt: skip
+
+    def _scan(self, owned: set[int], retention: float | None) -> list[tuple[float, str, int]]:
+        """The memory store's rebuild: every state's head read (not built), the counts
+        and each saga's wake-up (``TrackerPipeline.wake_at``) taken from it. The memory
+        store keeps keys it wrote even after their partition moved to another worker:
+        those are dropped."""
         self.store.drop_unowned(owned)
         self.states.clear()  # in place: the state API's view holds this table
-        retention = self.pipeline.retention
         entries = []
         counts: Counter[tuple[str, SagaStatus, bool]] = Counter()
         head = head_reader()
@@ -442,20 +486,61 @@ class FaustTracker:
                 log.error("saga state of %r is unreadable, skipped: %s", key, exc)
                 continue
             counts[found.saga, found.status, found.stuck_unresolved] += 1
-            # TrackerPipeline.wake_at, from the head instead of the state.
             due = found.next_deadline
             if retention is not None and found.settled_at is not None:
                 expiry = found.settled_at + retention
                 due = expiry if due is None else min(due, expiry)
             if due is not None:
                 entries.append((due, key.decode(), found.version))
-        self.pipeline.deadlines.load(entries)
-        self._built = self._applied(owned)
         self.states.counted({(saga, st.value, stuck): n for (saga, st, stuck), n
                              in counts.items()})  # fmt: skip
-        log.info("tracker owns partitions %s: %d sagas, %d with a deadline (read in %.2f "
-                 "CPU-s)", sorted(owned), len(self.states), len(self.pipeline.deadlines),
-                 time.process_time() - began)  # fmt: skip
+        return entries
+
+    def _timer_due(self, state: SagaState) -> float | None:
+        """With RocksDB, when the deadline index must wake ``state``: its next deadline,
+        or the end of its retention if that comes first; a settled saga with no deadline
+        is left to the retention sweep (``_sweep``)."""
+        due = state.next_deadline()
+        if due is None:
+            return None
+        settled = state.settled_at()
+        if self.pipeline.retention is None or settled is None:
+            return due
+        return min(due, settled + self.pipeline.retention)
+
+    async def _sweep(self, now: float) -> None:
+        """Send a ``DeadlineCheck`` for each settled saga without a deadline whose
+        retention ended by ``now`` (RocksDB): read from each owned partition's index of
+        settled sagas from where the last sweep stopped; the agent folds each check
+        into the saga's removal. At most ``_SWEEP_LIMIT`` a tick."""
+        retention = self.pipeline.retention
+        if retention is None or self.store_kind != "rocksdb" or now < self._sweep_at:
+            return
+        if now >= self._sweep_restart_at:
+            self._swept.clear()
+            self._sweep_restart_at = now + _SWEEP_RESTART
+        checks, reached = [], {}
+        room = _SWEEP_LIMIT
+        for partition in sorted(tp.partition for tp in self.owned()):
+            found = self.store.settled_until(partition, now - retention,
+                                             self._swept.get(partition), room)  # fmt: skip
+            room -= len(found)
+            if found:
+                reached[partition] = found[-1][0]
+            for _key, gid in found:
+                state = self.states.hot(gid)
+                settled = None if state is None else state.settled_at()
+                if state is not None and settled is not None and settled + retention <= now:
+                    checks.append(self.core.deadline_check(state))
+        if checks:
+            try:
+                await self.transport.send_many(checks)
+            except TransportError as exc:
+                log.warning("cannot send %d retention checks, will retry: %s", len(checks),
+                            exc)  # fmt: skip
+                return
+        self._swept.update(reached)
+        self._sweep_at = now if room <= 0 else now + _SWEEP_INTERVAL
 
     def _applied(self, owned: set[int]) -> dict[int, int] | None:
         found = {partition: self.store.applied(partition) for partition in owned}
@@ -516,7 +601,9 @@ class FaustTracker:
                 return
         if not self.caught_up():
             return
-        await self.pipeline.send_due(time.time() - _TIMESTAMP_SLACK)
+        now = time.time() - _TIMESTAMP_SLACK
+        await self.pipeline.send_due(now)
+        await self._sweep(now)
 
     # -- the state API and shutdown ------------------------------------------------------
     def view(self) -> StatesView:

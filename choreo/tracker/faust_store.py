@@ -11,12 +11,19 @@ ahead anyway (its changelog topic was deleted and made again, or the directory b
 to another tracker) is removed before faust opens it (``stale_partitions``), and the
 partition is rebuilt from the changelog; faust would otherwise stop on it or miss
 records (faust-streaming issue 158).
+
+Each RocksDB partition database also holds indexes of its states (``faust_index``: the
+sagas with a deadline, the settled ones by when they settled, the counts), written in
+the same WriteBatch as the states by the tracker's writes and by faust's recovery, so a
+restart reads those instead of every state.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +32,8 @@ from typing import Any
 from faust.types import TP
 
 from choreo.errors import ConfigurationError
+from choreo.tracker import faust_index
+from choreo.tracker.faust_index import OFFSET_KEY, CountKey
 from choreo.tracker.offsets import MARKER_PREFIX, is_marker, marker_partition
 from choreo.tracker.states import TIMELINE_PREFIX, is_timeline_key, timeline_gid
 from choreo.transport.partitioner import partition_for
@@ -33,8 +42,6 @@ log = logging.getLogger("choreo.tracker")
 
 STORES = ("memory", "rocksdb")
 MIB = 1024**2
-# faust's key of the changelog offset each partition database has applied.
-OFFSET_KEY = b"__faust\0offset__"
 
 
 @dataclass(frozen=True)
@@ -100,7 +107,8 @@ class TableStore:
         offsets: Mapping[int, int],
     ) -> None:
         """Put acknowledged changelog records in the store (None: delete the key) with the
-        offsets they reached."""
+        offsets they reached (RocksDB: with the index entries and counts they change, in
+        one WriteBatch per partition)."""
         if self.kind == "memory":
             for _partition, key, value in writes:
                 if value is None:
@@ -110,20 +118,73 @@ class TableStore:
             for partition, offset in offsets.items():
                 self.data.set_persisted_offset(TP(topic, partition), offset)
             return
-        from rocksdict import WriteBatch
-
-        batches: dict[int, Any] = {}
+        by_partition: dict[int, list[tuple[bytes, bytes | None]]] = {}
         for partition, key, value in writes:
-            batch = batches.get(partition)
-            if batch is None:
-                batch = batches[partition] = WriteBatch(raw_mode=True)
-            if value is None:
-                batch.delete(key)
-            else:
-                batch.put(key, value)
-        for partition, batch in batches.items():
-            batch.put(OFFSET_KEY, str(offsets[partition]).encode())
-            self.data._db_for_partition(partition).write(batch)
+            by_partition.setdefault(partition, []).append((key, value))
+        for partition, items in by_partition.items():
+            db = self.data._db_for_partition(partition)
+            faust_index.write_indexed(db, items, offsets[partition])
+
+    def install_recovery(self) -> None:
+        """Make faust's changelog recovery (and its standbys' reading) write RocksDB as
+        ``write`` does: the records, the index entries and counts they change and the
+        offset reached, in one WriteBatch per partition (faust's own writes the records,
+        then the offset apart)."""
+        if self.kind != "rocksdb":
+            return
+        store = self.data
+
+        def apply_changelog_batch(batch: Iterable[Any], to_key: Any, to_value: Any) -> None:
+            items: dict[int, list[tuple[bytes, bytes | None]]] = {}
+            offsets: dict[int, int] = {}
+            for event in batch:
+                message = event.message
+                partition = message.partition
+                items.setdefault(partition, []).append((message.key, message.value))
+                offsets[partition] = max(message.offset, offsets.get(partition, -1))
+            for partition, found in items.items():
+                db = store._db_for_partition(partition)
+                faust_index.write_indexed(db, found, offsets[partition])
+
+        store.apply_changelog_batch = apply_changelog_batch
+
+    # -- the indexes (RocksDB) -----------------------------------------------------------
+    def _indexed_db(self, partition: int) -> Any:
+        db = self.data._db_for_partition(partition)
+        if not faust_index.indexed(db):  # written by an earlier version (or empty)
+            began = time.process_time()
+            read = faust_index.reindex(db)
+            if read:
+                log.info("tracker: indexed the %d states of partition %d, written by an "
+                         "earlier version (%.2f CPU-s)", read, partition,
+                         time.process_time() - began)  # fmt: skip
+        return db
+
+    @property
+    def counting(self) -> bool:
+        return self.kind == "rocksdb"
+
+    def counts(self, owned: set[int] | None = None) -> Counter[CountKey] | None:
+        """Sagas of the owned partitions by (saga, status, STUCK and unresolved), as
+        their databases count them (the memory store: None, not counted)."""
+        if self.kind != "rocksdb":
+            return None
+        counts: Counter[CountKey] = Counter()
+        for partition in sorted(self.owned() if owned is None else owned):
+            counts.update(faust_index.read_counts(self._indexed_db(partition)))
+        return counts
+
+    def due(self, owned: set[int]) -> Iterator[tuple[str, int, float, float | None]]:
+        """(gid, version, next deadline, settled at) of the owned sagas with a deadline."""
+        for partition in sorted(owned):
+            yield from faust_index.due(self._indexed_db(partition))
+
+    def settled_until(
+        self, partition: int, until: float, after: bytes | None, limit: int
+    ) -> list[tuple[bytes, str]]:
+        """(index key, gid) of the partition's settled sagas without a deadline that
+        settled at or before ``until``, oldest first, after the index key ``after``."""
+        return faust_index.settled_until(self._indexed_db(partition), until, after, limit)
 
     def states(self, owned: set[int] | None = None) -> Iterator[tuple[bytes, bytes]]:
         """(key, packed state) of every saga in the owned partitions (default: ``owned``),

@@ -44,6 +44,16 @@ class HotStore(Protocol):
         """(key, packed state) of every saga the worker holds (no timeline records)."""
         ...
 
+    @property
+    def counting(self) -> bool:
+        """Whether the store counts its sagas (``counts``); else the table does."""
+        ...
+
+    def counts(self) -> Counter[tuple[str, str, bool]] | None:
+        """Sagas held by (saga, status, STUCK and unresolved) as the store keeps them
+        (RocksDB, ``faust_index``); None: the table counts them itself."""
+        ...
+
 
 def state_key(gid: str) -> bytes:
     return gid.encode()
@@ -131,7 +141,13 @@ class SagaTable(Mapping[str, SagaState]):
         return (key.decode() for key, _raw in self._store.states())
 
     def __len__(self) -> int:
-        return len(self._hot) if self._hot is not None else self._size
+        if self._hot is not None:
+            return len(self._hot)
+        stored = self._stored_counts()
+        return self._size if stored is None else sum(stored.values())
+
+    def _stored_counts(self) -> Counter[tuple[str, str, bool]] | None:
+        return None if self._store is None else self._store.counts()
 
     def __contains__(self, gid: object) -> bool:
         if self._hot is not None:
@@ -176,8 +192,10 @@ class SagaTable(Mapping[str, SagaState]):
             yield key.decode(), found
 
     def counts(self) -> Counter[tuple[str, str, bool]]:
-        """(saga, status, STUCK and unresolved) -> sagas."""
-        return Counter(+self._counts)
+        """(saga, status, STUCK and unresolved) -> sagas: the store's counts when it
+        keeps them (read at each call: they follow the partitions the worker owns)."""
+        stored = self._stored_counts()
+        return Counter(+(self._counts if stored is None else stored))
 
     def put(self, gid: str, raw: bytes, state: SagaState | None = None) -> None:
         """``state``: ``raw`` unpacked, when the caller has it (saves reading it). With a
@@ -209,9 +227,10 @@ class SagaTable(Mapping[str, SagaState]):
             self._count(old, -1)
 
     def replacing(self, writes: Sequence[Write]) -> None:
-        """With a store: ``writes`` (``saga_writes``) are about to reach it; the states
-        they replace or remove leave the counts."""
-        if self._store is None:
+        """With a store that does not count (``HotStore.counts``): ``writes``
+        (``saga_writes``) are about to reach it; the states they replace or remove leave
+        the counts."""
+        if self._store is None or self._store.counting:
             return
         keys = {key for _p, key, _v in writes if not is_timeline_key(key) and not is_marker(key)}
         for key in keys:
