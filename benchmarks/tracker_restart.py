@@ -24,9 +24,12 @@ does not depend on the finished sagas (faust reads only changelog records past e
 database's persisted offset).
 
 The measurement runs in a fresh process: it opens the databases, then times
-``FaustTracker.rebuild`` (CPU and wall) and reports the RSS it adds, and checks the index
-holds every saga in flight and, with the retention, every finished one.
+``FaustTracker.rebuild`` (CPU and wall) and reports the RSS it adds, the sagas the tracker
+then counts and its deadline index's entries (since the indexes in the store, the sagas
+with a deadline; before, also every finished one's end of retention).
 ``--against DIR`` runs the rebuild of another checkout's ``choreo`` on the same store.
+``--reindex`` times the one-time indexing of a store an earlier version wrote
+(``faust_index.reindex``: the store's indexes made again from its states).
 
 ``--broker`` also times the whole restart of a real ``choreo tracker`` process (RocksDB,
 default 6 h retention) holding the store, on a local Kafka started for it (a fresh one,
@@ -423,7 +426,29 @@ def end_to_end(root: Path, systems: dict[str, Path | None], total: int,
     return results
 
 
+def measure_reindex(root: Path) -> dict[str, Any]:
+    """The one-time indexing of a store an earlier version wrote (``faust_index.reindex``,
+    at the first read of each partition): the store's indexes are made again from its
+    states (the same entries)."""
+    from choreo.tracker import faust_index
+
+    rocks = Rocks(root)
+    cpu, wall, read = time.process_time(), time.monotonic(), 0
+    try:
+        for p in range(PARTITIONS):
+            db = rocks._db_for_partition(p)
+            db.delete(faust_index.VERSION_KEY)
+            read += faust_index.reindex(db)
+    finally:
+        rocks.close()
+    return {"reindex_cpu_s": time.process_time() - cpu, "reindex_wall_s": time.monotonic() - wall,
+            "states": read}  # fmt: skip
+
+
 def child(args: argparse.Namespace) -> int:
+    if args.reindex:
+        print(json.dumps(measure_reindex(args.store)), flush=True)
+        return 0
     result = measure(args.store, args.in_flight, args.finished, args.retention)
     print(json.dumps(result), flush=True)
     return 0
@@ -451,6 +476,9 @@ def main(argv: list[str] | None = None) -> int:
         "--no-rebuild", action="store_true", help="skip the in-process rebuild measurement"
     )
     parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument(
+        "--reindex", action="store_true", help="also time indexing a store of an earlier version"
+    )
     args = parser.parse_args(argv)
     if args.child:
         return child(args)
@@ -485,6 +513,14 @@ def main(argv: list[str] | None = None) -> int:
                   f"wall), {r['sagas_counted']} sagas, {r['deadlines']} deadlines, RSS +"
                   f"{r['rss_added_mb']:.0f} MB", flush=True)  # fmt: skip
         print(f"load average {os.getloadavg()}")
+        if args.reindex:
+            out = subprocess.run([sys.executable, "-m", "benchmarks.tracker_restart", "--child",
+                                  "--reindex", "--store", str(root)], cwd=here, check=True,
+                                 capture_output=True, text=True)  # fmt: skip
+            r = results["reindex"] = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"indexing a store of an earlier version: {r['states']} states, "
+                  f"{r['reindex_cpu_s']:.1f} CPU-s ({r['reindex_wall_s']:.1f} s wall); load "
+                  f"{os.getloadavg()}", flush=True)  # fmt: skip
         if args.broker:
             results["end_to_end"] = end_to_end(root, systems, args.in_flight + args.finished,
                                                args.timeout)  # fmt: skip
