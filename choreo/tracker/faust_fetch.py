@@ -247,9 +247,23 @@ async def skip_unreadable(
     return {tp: records}
 
 
+# How long a fetch waits at the broker for records (aiokafka's ``fetch_max_wait_ms``;
+# faust sets 1.5 s). aiokafka keeps one fetch in flight per broker and leaves out of it
+# the partitions whose records are not consumed yet, so a partition emptied meanwhile
+# waits for that fetch to come back: with 1.5 s, a wave of deadline checks stalled for
+# up to 1.5 s while a fetch of idle partitions waited (benchmarks/tracker_stalls.py).
+FETCH_MAX_WAIT_MS = 50
+
+
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """faust's aiokafka consumer thread; a fetch that fails on an unreadable record
-    returns its partition's records with a placeholder in its place (see the module)."""
+    returns its partition's records with a placeholder in its place (see the module),
+    and a fetch waits at most ``FETCH_MAX_WAIT_MS`` at the broker."""
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read when it starts its fetcher
+        return consumer
 
     async def _fetch_records(
         self,
