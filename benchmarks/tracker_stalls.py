@@ -9,7 +9,8 @@ One Kafka broker (started here, or ``--kafka``). ``--waiting`` sagas of
 ``benchmarks.tracker_fold`` are prefilled as start events only (first step pending, an hour
 away); ``choreo tracker`` (faust engine, ``--store``) follows that saga and this module's
 ``stall`` saga, and folds them. Once it holds them all, 10 ``stall`` sagas are written and
-left to time out (a warm-up: the tracker's first send to a topic waits for its metadata),
+left to time out (a warm-up, ``--warm-up``: the tracker's first send to a topic waited for
+its metadata),
 then ``--stalling`` ``stall`` sagas at once: each its start event, whose step is
 dispatched with a deadline (``BENCH_STALL_DEADLINE``, 20 s) that passes for all of them
 together; the step never answers (a silent participant), so at its deadline the tracker
@@ -164,6 +165,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--kafka", help="HOST:PORT of a running broker (default: start one)")
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--keep-logs", action="store_true")
+    parser.add_argument("--warm-up", type=int, default=10,
+                        help="stall sagas timed out first, not measured (10; 0: none)")  # fmt: skip
+    parser.add_argument("--root", type=Path, help="the tracker of the checkout in this directory")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     run = f"{os.getpid()}.{int(time.time())}"
@@ -181,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "benchmarks.tracker_stalls:stall", "--broker", f"kafka://{bootstrap}",
             "--http", "127.0.0.1:0", "--app-id", f"stall.{run}", "--store", args.store,
         ]  # fmt: skip
-        proc, log = runner.spawn("tracker", command, fold_prefix, None)
+        proc, log = runner.spawn("tracker", command, fold_prefix, args.root)
         try:
             progress = runner._tracker(log)
             poll = runner.poller("tracker", proc, log, progress)
@@ -195,13 +199,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"sagas (deadline {DEADLINE:.0f} s)", flush=True)  # fmt: skip
             # A warm-up wave first: the tracker's producer then knows the stall topics
             # (its first send to a topic waits for the topic's metadata: seconds here).
-            asyncio.run(write_stalling(bootstrap, "w", 10))
-            warm = time.time()
-            while len(compensations(bootstrap, "w")) < 10:
-                if time.time() > warm + DEADLINE + args.timeout:
-                    raise SystemExit(f"the warm-up sagas were not compensated ({log})")
-                time.sleep(1.0)
-            print(f"  warm-up compensated; writing {args.stalling} stalling sagas", flush=True)
+            if args.warm_up:
+                asyncio.run(write_stalling(bootstrap, "w", args.warm_up))
+                warm = time.time()
+                while len(compensations(bootstrap, "w")) < args.warm_up:
+                    if time.time() > warm + DEADLINE + args.timeout:
+                        raise SystemExit(f"the warm-up sagas were not compensated ({log})")
+                    time.sleep(1.0)
+                print(f"  warm-up compensated; writing {args.stalling} stalling sagas",
+                      flush=True)  # fmt: skip
             asyncio.run(write_stalling(bootstrap, "s", args.stalling))
             wrote = time.time()
             undo: dict[str, float] = {}
