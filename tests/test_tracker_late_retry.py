@@ -3,9 +3,8 @@
 Found while moving retention to the store (issue 11): with a retention, the pipeline's
 ``_retained`` takes every ``DeadlineCheck`` of a settled saga for retention's, so a
 compensation issued after the saga settled (a late success of a COMPENSATED saga's step)
-is never retried: the check at its retry time changes nothing. Marked xfail (strict)
-until ``TrackerPipeline._retained`` lets a check through to the machine when the saga
-still has a deadline and its retention is not over.
+was never retried: the check at its retry time changed nothing. ``_retained`` now lets a
+check through to the machine when the saga has a deadline due.
 """
 
 from __future__ import annotations
@@ -26,11 +25,8 @@ from tests.test_tracker_rebuild import Fed
 
 @pytest.mark.parametrize("retention", [None, 6 * 3600.0])
 async def test_a_late_compensation_of_a_settled_saga_is_retried(
-    tmp_path: Path, retention: float | None, request: pytest.FixtureRequest
+    tmp_path: Path, retention: float | None
 ) -> None:
-    if retention is not None:
-        request.applymarker(pytest.mark.xfail(strict=True, reason="TrackerPipeline._retained "
-                            "swallows the retry's DeadlineCheck of a settled saga"))  # fmt: skip
     fed = Fed(tmp_path, retention)
     try:
         gid = "late"

@@ -264,13 +264,19 @@ class TrackerPipeline:
     ) -> bool:
         """A ``DeadlineCheck`` of a settled saga is retention's: past it, the saga is
         removed (a tombstone in the changelog), before it, nothing happens (the machine
-        would only stamp the state and push its retention out). True when handled."""
+        would only stamp the state and push its retention out). True when handled. A
+        settled saga with a deadline due (the retry of a compensation it still owes: a
+        late success of a compensated saga's step) is the machine's, which retries it
+        (invariant 4); its retention goes on from that change."""
         if self.retention is None or before is None:
             return False
         if not isinstance(message.event, DeadlineCheck):
             return False
         settled = before.settled_at()
         if settled is None:
+            return False
+        due = before.next_deadline()
+        if due is not None and due <= now:
             return False
         if now >= settled + self.retention:
             batch.states.pop(before.gid, None)
