@@ -41,6 +41,7 @@ from choreo.tracker import faust_index
 from choreo.tracker.core import TrackerCore
 from choreo.tracker.faust_app import FaustTracker
 from choreo.tracker.faust_store import TableStore
+from choreo.tracker.faust_sweep import RetentionSweep
 from choreo.tracker.pipeline import TrackerPipeline
 from choreo.tracker.states import state_key
 from choreo.transport.base import OutgoingRecord, Record, TopicPartition
@@ -340,6 +341,46 @@ async def test_the_retention_index_gives_the_settled_sagas_in_order_from_a_place
         fed.rocks.close()
 
 
+async def test_the_retention_sweep_sends_the_checks_that_remove_expired_sagas(
+    tmp_path: Path,
+) -> None:
+    """``RetentionSweep`` over the store: a DeadlineCheck for each settled saga past its
+    retention, at most ``limit`` a call, each once, from where the last call stopped;
+    folded back, they remove those sagas and no other."""
+    fed = Fed(tmp_path / "store", 600.0)
+    try:
+        for n in range(30):  # completed at 100 + 10 n + 3
+            gid = f"done-{n}"
+            t = 100.0 + 10 * n
+            await fed.event(gid, TripBooked(trip_id=gid), t)
+            await fed.event(gid, FlightBooked(trip_id=gid), t + 1)
+            await fed.event(gid, HotelBooked(trip_id=gid), t + 2)
+            await fed.event(gid, CarBooked(trip_id=gid), t + 3)
+        await fed.event("running", TripBooked(trip_id="r"), 100.0)
+        sent: list[OutgoingRecord] = []
+
+        async def send(records: Sequence[OutgoingRecord]) -> None:
+            sent.extend(records)
+
+        sweep = RetentionSweep(fed.store, fed.stored.states, fed.core, send,
+                               lambda: set(range(PARTITIONS)), limit=7)  # fmt: skip
+        now = 100.0 + 10 * 20 + 3 + 600.0  # done-0 ... done-20 are past their retention
+        assert [await sweep(now, 600.0) for _ in range(5)] == [7, 7, 7, 0, 0]
+        gids = [record.key for record in sent]
+        assert sorted(gids) == sorted(f"done-{n}".encode() for n in range(21))
+        for record in sent:
+            await fed.record(record, now)
+        assert sorted(fed.stored.states) == sorted(
+            ["running", *(f"done-{n}" for n in range(21, 30))]
+        )
+        assert fed.stored.states.counts() == fed.memory.states.counts()
+        assert fed.stored.metrics.expired == 21
+        sweep.reset()
+        assert await sweep(now + 10, 600.0) == 1  # done-21 settled 10 s later
+    finally:
+        fed.rocks.close()
+
+
 def events(changelog: Sequence[tuple[int, int, bytes, bytes | None]]) -> list[Any]:
     """Changelog records as faust's recovery hands them to its store."""
     from faust.types.tuples import Message as FaustMessage
@@ -414,6 +455,7 @@ from pathlib import Path
 from choreo.saga import SagaState, SagaStatus, StepState, StepStatus
 from choreo.saga.packing import pack_state
 from choreo.tracker.faust_store import TableStore
+from choreo.tracker.faust_sweep import RetentionSweep
 from choreo.tracker.states import state_key
 from tests.test_tracker_rebuild import Rocks
 

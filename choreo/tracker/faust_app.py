@@ -34,7 +34,7 @@ record per due saga to its start event's topic, and the agent fires the deadline
 record comes back. Firing twice is harmless, so the timer needs no durable bookkeeping.
 
 Retention, with RocksDB: a settled saga with no deadline left is not in that index; the
-timer sweeps each owned partition's index of settled sagas (``faust_index``, in the order
+timer sweeps each owned partition's index of settled sagas (``faust_sweep``, in the order
 they settled) for those past their retention and sends each a ``DeadlineCheck`` the same
 way, which the agent folds into its removal (tombstones). So a worker's memory and its
 restart grow with the sagas in flight, not with the finished ones it keeps. (With the
@@ -70,6 +70,7 @@ from choreo.tracker.core import DeadlineIndex, TrackerCore
 from choreo.tracker.faust_io import faust_credentials, faust_errors, to_record
 from choreo.tracker.faust_position import ReadPosition
 from choreo.tracker.faust_store import RocksDBSizing, TableStore, remove_stale, store_url
+from choreo.tracker.faust_sweep import RetentionSweep
 from choreo.tracker.faust_workers import FaustWorkers
 from choreo.tracker.offsets import (
     encode_marker,
@@ -93,13 +94,6 @@ DEFAULT_APP_ID = "choreo-tracker"
 _TIMESTAMP_SLACK = 0.002
 # The longest deadlines wait, after a rebalance, for the agent to read the backlog.
 _BACKLOG_WAIT = 30.0
-# The retention sweep (RocksDB): how often it looks for expired sagas, at most how many it
-# sends checks for per tick (the next tick goes on when there were more), and how often it
-# reads each partition's index from its start again (a check folded too early, or lost,
-# is then sent again; firing twice is harmless).
-_SWEEP_INTERVAL = 1.0
-_SWEEP_LIMIT = 2000
-_SWEEP_RESTART = 60.0
 
 
 def default_data_dir() -> Path:
@@ -189,10 +183,7 @@ class FaustTracker:
         self.states = self.pipeline.states
         if store == "rocksdb":  # settled sagas without a deadline: the retention sweep
             self.pipeline.deadlines = DeadlineIndex(self._timer_due)
-        # The retention sweep's place in each partition's index of settled sagas.
-        self._swept: dict[int, bytes] = {}
-        self._sweep_at = 0.0
-        self._sweep_restart_at = 0.0
+        self._sweep: RetentionSweep | None = None  # RocksDB's retention (build_app)
         # Where to read: the folded markers, not faust's offsets (faust_position).
         self.position = ReadPosition(lambda key: self.store.get(key), lambda: self._app.consumer)
         self.folded = self.position.folded
@@ -286,6 +277,10 @@ class FaustTracker:
                                  lambda: {tp.partition for tp in self.owned()})  # fmt: skip
         self.states.use_store(self._store)  # the states are read from it, not copied
         self._store.install_recovery()  # RocksDB: recovery keeps the indexes too
+        if self.store_kind == "rocksdb":
+            self._sweep = RetentionSweep(self._store, self.states, self.core,
+                                         self.transport.send_many,
+                                         lambda: {tp.partition for tp in self.owned()})  # fmt: skip
         topic = app.topic(*self.core.topics(), key_serializer="raw", value_serializer="raw")
 
         async def fold(stream: Any) -> None:
@@ -432,7 +427,8 @@ class FaustTracker:
         self._stale = True
         self._read.clear()
         self.folded.clear()
-        self._swept.clear()
+        if self._sweep is not None:
+            self._sweep.reset()
 
     def owned(self) -> list[TopicPartition]:
         """The saga and system topic partitions assigned to this worker."""
@@ -464,7 +460,8 @@ class FaustTracker:
             entries = self._scan(owned, retention)
         self.pipeline.deadlines.load(entries)
         self._built = self._applied(owned)
-        self._swept.clear()
+        if self._sweep is not None:
+            self._sweep.reset()
         log.info("tracker owns partitions %s: %d sagas, %d with a deadline (read in %.2f "
                  "CPU-s)", sorted(owned), len(self.states), len(self.pipeline.deadlines),
                  time.process_time() - began)  # fmt: skip
@@ -499,7 +496,7 @@ class FaustTracker:
     def _timer_due(self, state: SagaState) -> float | None:
         """With RocksDB, when the deadline index must wake ``state``: its next deadline,
         or the end of its retention if that comes first; a settled saga with no deadline
-        is left to the retention sweep (``_sweep``)."""
+        is left to the retention sweep (``faust_sweep``)."""
         due = state.next_deadline()
         if due is None:
             return None
@@ -507,40 +504,6 @@ class FaustTracker:
         if self.pipeline.retention is None or settled is None:
             return due
         return min(due, settled + self.pipeline.retention)
-
-    async def _sweep(self, now: float) -> None:
-        """Send a ``DeadlineCheck`` for each settled saga without a deadline whose
-        retention ended by ``now`` (RocksDB): read from each owned partition's index of
-        settled sagas from where the last sweep stopped; the agent folds each check
-        into the saga's removal. At most ``_SWEEP_LIMIT`` a tick."""
-        retention = self.pipeline.retention
-        if retention is None or self.store_kind != "rocksdb" or now < self._sweep_at:
-            return
-        if now >= self._sweep_restart_at:
-            self._swept.clear()
-            self._sweep_restart_at = now + _SWEEP_RESTART
-        checks, reached = [], {}
-        room = _SWEEP_LIMIT
-        for partition in sorted(tp.partition for tp in self.owned()):
-            found = self.store.settled_until(partition, now - retention,
-                                             self._swept.get(partition), room)  # fmt: skip
-            room -= len(found)
-            if found:
-                reached[partition] = found[-1][0]
-            for _key, gid in found:
-                state = self.states.hot(gid)
-                settled = None if state is None else state.settled_at()
-                if state is not None and settled is not None and settled + retention <= now:
-                    checks.append(self.core.deadline_check(state))
-        if checks:
-            try:
-                await self.transport.send_many(checks)
-            except TransportError as exc:
-                log.warning("cannot send %d retention checks, will retry: %s", len(checks),
-                            exc)  # fmt: skip
-                return
-        self._swept.update(reached)
-        self._sweep_at = now if room <= 0 else now + _SWEEP_INTERVAL
 
     def _applied(self, owned: set[int]) -> dict[int, int] | None:
         found = {partition: self.store.applied(partition) for partition in owned}
@@ -603,7 +566,8 @@ class FaustTracker:
             return
         now = time.time() - _TIMESTAMP_SLACK
         await self.pipeline.send_due(now)
-        await self._sweep(now)
+        if self._sweep is not None and self.pipeline.retention is not None:
+            await self._sweep(now, self.pipeline.retention)
 
     # -- the state API and shutdown ------------------------------------------------------
     def view(self) -> StatesView:
