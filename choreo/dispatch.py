@@ -371,13 +371,17 @@ class Dispatcher:
         self._prepare_null(job)
         outcome: Outcome = "done" if job.ran.status == "done" else "failed"
         job.pending = self._outgoing(job, outcome, job.ran.events)
-        too_big = self._oversized(job.pending)
+        blob = codec.pack_outbox(job.pending)
+        # The stored outbox holds every record's key, value and header values, at least as
+        # many bytes as each has on the wire, all but the envelope's header names: when
+        # that bound fits the limit, no record can be over it, and none is weighed.
+        bound = len(blob) + len(job.pending) * codec.ENVELOPE_HEADER_NAME_CHARS
+        too_big = self._oversized(job.pending) if bound > self.limits.max_record_bytes else ""
         if too_big:
             # Refused before the commit: nothing applied, nothing that could never be
             # published stored in the outbox to block the partition on every replay.
             job.dead = DeadLetter("failed", too_big, self.service, job.route.handler.name, 1)
             return None
-        blob = codec.pack_outbox(job.pending)
         return Commit(job.key, job.ran.status, blob, job.ran.effects, job.null_blob)
 
     def _oversized(self, records: Sequence[OutgoingRecord]) -> str:

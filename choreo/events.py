@@ -85,11 +85,14 @@ def derived_event_id(*parts: str) -> str:
     A UUID (version 8, RFC 9562's custom layout) of the BLAKE2b digest of the parts
     joined by ``/``: one C call per id, where uuid5 cost a SHA-1 plus a UUID object on
     every outgoing event of the hot path."""
-    digest = bytearray(hashlib.blake2b("/".join(parts).encode(), digest_size=16).digest())
-    digest[6] = (digest[6] & 0x0F) | 0x80  # version 8
-    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 9562 variant
-    h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    h = hashlib.blake2b("/".join(parts).encode(), digest_size=16).hexdigest()
+    # Version 8 in the 13th hex digit, RFC 9562's variant (0b10) in the top bits of the
+    # 17th, set on the hex text: the same id as setting them on the bytes, fewer steps.
+    return f"{h[:8]}-{h[8:12]}-8{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
+# The hex digit carrying the variant bits, by the digest's digit there: 10xx.
+_VARIANT = {digit: "89ab"[int(digit, 16) & 0x3] for digit in "0123456789abcdef"}
 
 
 def new_traceparent() -> str:

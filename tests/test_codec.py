@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from choreo import codec
 from choreo.errors import PoisonEvent, SchemaViolation, UndecodableEvent, UnknownEventType
 from choreo.events import Envelope, Event, EventRegistry, Message
-from choreo.transport.base import Record
+from choreo.transport.base import OutgoingRecord, Record
 
 
 class Parcel(Event, topic="parcels"):
@@ -138,3 +138,33 @@ def test_older_versions_are_upcast_and_newer_ones_refused() -> None:
                    (*headers[:2], ("choreo-version", b"3")), 1)  # fmt: skip
     with pytest.raises(SchemaViolation, match="version 3 is newer than this service knows"):
         codec.decode(newer, reg)
+
+
+# -- the stored outbox ----------------------------------------------------------------
+
+
+def test_an_outbox_reads_back_exactly_what_was_packed() -> None:
+    """Envelope records (stored as their header values) and records with other headers
+    (stored with the names) come back byte for byte, in order."""
+    envelope = Envelope(event_type=Parcel.event_type, gid="g-1", source="svc")
+    standard = codec.encode(Message(envelope, Parcel(parcel_id="p", weight=2), Parcel.topic))
+    custom = OutgoingRecord("t", None, b'{"x":"\\u00e9 \\" y"}', (("a", b"1"), ("b", b"")))
+    reordered = OutgoingRecord("t", b"k", b"{}", tuple(reversed(standard.headers)))
+    records = [standard, custom, reordered, standard]
+    blob = codec.pack_outbox(records)
+    back = codec.unpack_outbox(blob)
+    assert back == [standard, OutgoingRecord("t", b"", custom.value, custom.headers),
+                    reordered, standard]  # fmt: skip
+    assert isinstance(orjson.loads(blob)[0], list)  # the envelope's names are not stored
+    assert codec.unpack_outbox(codec.pack_outbox([])) == []
+    assert codec.unpack_outbox(b"") == []
+
+
+def test_an_outbox_stored_before_the_compact_form_still_reads() -> None:
+    """Barrier records written by earlier versions hold every record as a dict."""
+    old = orjson.dumps(
+        [{"t": "parcels", "k": "g-1", "v": '{"a":1}', "h": [["choreo-type", "X"], ["z", ""]]}]
+    )
+    assert codec.unpack_outbox(old) == [
+        OutgoingRecord("parcels", b"g-1", b'{"a":1}', (("choreo-type", b"X"), ("z", b"")))
+    ]
