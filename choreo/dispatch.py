@@ -192,6 +192,8 @@ class Dispatcher:
     ) -> None:
         for record, letter in dead:
             await self.hooks.on_dead_letter(record, letter)
+        if not self.hooks.after_each:
+            return
         for slot in slots:
             for job in slot.jobs:
                 if job.decision is not None:

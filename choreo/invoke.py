@@ -83,7 +83,7 @@ class Invoker:
             if handler.breaker is not None:
                 handler.breaker.before_call()  # CircuitOpen: the batch waits, not the DLQ
             try:
-                if self.hooks:
+                if self.hooks.before_each:
                     await self.hooks.before_handle(message, handler)
                 if handler.wants_context and tx is not None:
                     ctx.sql = tx.db

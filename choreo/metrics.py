@@ -99,13 +99,27 @@ class ServiceMetrics(Middleware):
             registry=r,
         )
 
+        self._attempts: dict[str, Counter] = {}
+        self._handled: dict[tuple[str, Decision], Counter] = {}
+
     # -- middleware ------------------------------------------------------------------------
 
     async def before_handle(self, message: Message, handler: Handler) -> None:
-        self.attempts.labels(self.service, handler.name).inc()
+        # These two run for every record: the labelled children are looked up once each
+        # (prometheus_client's labels() takes a lock and checks the values every call).
+        child = self._attempts.get(handler.name)
+        if child is None:
+            child = self._attempts[handler.name] = self.attempts.labels(self.service, handler.name)
+        child.inc()
 
     async def after_handle(self, message: Message, handler: Handler, decision: Decision) -> None:
-        self.handled.labels(self.service, handler.name, decision.value).inc()
+        key = (handler.name, decision)
+        child = self._handled.get(key)
+        if child is None:
+            child = self._handled[key] = self.handled.labels(
+                self.service, handler.name, decision.value
+            )
+        child.inc()
 
     async def on_dead_letter(self, record: Record, letter: DeadLetter) -> None:
         self.dead_letters.labels(self.service, letter.kind).inc()

@@ -31,6 +31,7 @@ from choreo.dispatch import Dispatcher
 from choreo.errors import TransportError
 from choreo.events import Envelope, Message
 from choreo.handlers import Handler
+from choreo.middleware import Hooks
 from choreo.store.base import Decision, Put, Store
 from choreo.store.memory import MemoryStore
 from choreo.store.redis import RedisStore
@@ -535,6 +536,33 @@ async def test_middleware_hooks_that_raise_do_not_stop_the_worker(
         "Broken.on_dead_letter",
         "Broken.after_commit",
     }
+
+
+async def test_hooks_call_only_the_middleware_that_override_them() -> None:
+    """A hook skips the middleware that keep the base's no-op (a subclass's override
+    counts), and the per-record flags say whether any middleware wants those hooks."""
+
+    class Inherits(Recorder):
+        pass  # Recorder's after_handle, on_dead_letter and after_commit
+
+    class BatchesOnly(Middleware):
+        def __init__(self) -> None:
+            self.batches = 0
+
+        async def after_batch(self, tp: TopicPartition, records: int, seconds: float) -> None:
+            self.batches += 1
+
+    batches_only = BatchesOnly()
+    assert not Hooks([batches_only]).before_each
+    assert not Hooks([batches_only]).after_each
+    hooks = Hooks([batches_only, Inherits()])
+    assert not hooks.before_each
+    assert hooks.after_each
+    assert Hooks([Broken()]).before_each
+    await hooks.after_batch(TopicPartition("t", 0), 3, 0.1)
+    assert batches_only.batches == 1
+    assert not Hooks([])
+    assert hooks
 
 
 async def test_a_blocked_handler_holds_back_only_its_own_partition(env: Env) -> None:
