@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any, cast
+from typing import Any
 
 import orjson
 from pydantic import ValidationError
@@ -53,8 +53,9 @@ ENVELOPE_HEADERS: tuple[str, ...] = (
 
 ENVELOPE_HEADER_NAME_CHARS = sum(map(len, ENVELOPE_HEADERS))
 
-_OPS: frozenset[str] = frozenset({"action", "compensate", ""})
-_OUTCOMES: frozenset[str] = frozenset({"done", "failed", "skipped", ""})
+# The known values, each to itself: one lookup both checks a header and gives it its type.
+_OPS: dict[str, Op] = {"action": "action", "compensate": "compensate", "": ""}
+_OUTCOMES: dict[str, Outcome] = {"done": "done", "failed": "failed", "skipped": "skipped", "": ""}
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,11 +213,12 @@ def decode_envelope(record: Record, limits: Limits = _DEFAULT_LIMITS) -> Envelop
         raise UndecodableEvent(f"the record key and the {H_GID!r} header name different gids")
     if len(gid) > limits.max_gid_chars:
         raise UndecodableEvent(f"the gid is {len(gid)} characters, over {limits.max_gid_chars}")
-    op, outcome = get(H_OP, ""), get(H_OUTCOME, "")
-    if op not in _OPS:
-        raise UndecodableEvent(f"header {H_OP!r} has unknown value {op[:64]!r}")
-    if outcome not in _OUTCOMES:
-        raise UndecodableEvent(f"header {H_OUTCOME!r} has unknown value {outcome[:64]!r}")
+    raw_op, raw_outcome = get(H_OP, ""), get(H_OUTCOME, "")
+    op, outcome = _OPS.get(raw_op), _OUTCOMES.get(raw_outcome)
+    if op is None:
+        raise UndecodableEvent(f"header {H_OP!r} has unknown value {raw_op[:64]!r}")
+    if outcome is None:
+        raise UndecodableEvent(f"header {H_OUTCOME!r} has unknown value {raw_outcome[:64]!r}")
     occurred = _number(get(H_OCCURRED), record.timestamp_ms, H_OCCURRED) / 1000
     version = _number(get(H_VERSION), 1, H_VERSION)
     attempt = _number(get(H_ATTEMPT), 1, H_ATTEMPT)
@@ -226,8 +228,8 @@ def decode_envelope(record: Record, limits: Limits = _DEFAULT_LIMITS) -> Envelop
         get(H_ID) or f"{record.topic}/{record.partition}/{record.offset}",
         get(H_SAGA, ""),
         get(H_STEP, ""),
-        cast(Op, op),
-        cast(Outcome, outcome),
+        op,
+        outcome,
         get(H_CAUSATION, ""),
         occurred,
         version,

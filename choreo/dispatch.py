@@ -49,15 +49,14 @@ from choreo.transport.base import OutgoingRecord, Record, Transport
 
 log = logging.getLogger("choreo.dispatch")
 
-# Decisions after which a job is settled: nothing more is written for it.
-_SETTLED = frozenset(
-    {
-        Decision.APPLIED,
-        Decision.FAILED,
-        Decision.DUPLICATE,
-        Decision.HANGING,
-        Decision.NULL_COMPENSATION,
-    }
+# Decisions after which a job is settled: nothing more is written for it. A tuple, not a
+# set: membership by identity, where a set would call Enum's __hash__ (Python) per record.
+_SETTLED = (
+    Decision.APPLIED,
+    Decision.FAILED,
+    Decision.DUPLICATE,
+    Decision.HANGING,
+    Decision.NULL_COMPENSATION,
 )
 
 
