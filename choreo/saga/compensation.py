@@ -3,10 +3,8 @@ state machine that decides what the tracker publishes."""
 
 from __future__ import annotations
 
-import weakref
-
 from choreo.events import Event, derived_event_id
-from choreo.saga.contract import SagaContract, Step
+from choreo.saga.contract import Step
 from choreo.saga.state import SagaStatus, StepState, StepStatus
 from choreo.saga.transition import Run, compensation_event_id
 from choreo.system_events import (
@@ -48,7 +46,7 @@ def settle(run: Run) -> None:
         cur = s.steps.get(step.name)
         if step.compensation is None or cur is None or cur.status not in UNDONE:
             continue
-        if not any(_blocks(run, later) for later in _descendants(contract, step)):
+        if not any(_blocks(run, later) for later in contract.descendants(step)):
             issue(run, step, cur)
     owed = (StepStatus.PENDING, StepStatus.DONE, StepStatus.COMPENSATING)
     if any(
@@ -66,20 +64,6 @@ def settle(run: Run) -> None:
         # nothing is owed any more, and retention may let it go.
         s.cleared_at = run.now
         run.note("clear: every compensation confirmed after the saga went STUCK")
-
-
-# Each contract's ``descendants`` by step, worked out once: ``settle`` asks for them for
-# every compensable step at every fold (a tenth of a deadline's fold when recomputed).
-_DESCENDANTS: weakref.WeakKeyDictionary[SagaContract, dict[str, tuple[Step, ...]]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _descendants(contract: SagaContract, step: Step) -> tuple[Step, ...]:
-    known = _DESCENDANTS.get(contract)
-    if known is None:
-        known = _DESCENDANTS[contract] = {s.name: contract.descendants(s) for s in contract.steps}
-    return known[step.name]
 
 
 def _blocks(run: Run, step: Step) -> bool:

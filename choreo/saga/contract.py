@@ -48,6 +48,7 @@ class SagaContract:
         self.retry_backoff_max = retry_backoff_max
         self._check_scalars()
         self._by_name = {step.name: step for step in self.steps}
+        self._descendants: dict[str, tuple[Step, ...]] = {}  # by step name, see descendants
         self._check_roles()
         self._index()
         self._check_graph()
@@ -192,7 +193,15 @@ class SagaContract:
         return tuple(s for s in self.steps if s.on.event_type in done)
 
     def descendants(self, step: Step | str) -> tuple[Step, ...]:
-        """Every step that depends on ``step``, directly or transitively."""
+        """Every step that depends on ``step``, directly or transitively. Worked out once
+        per step: the tracker's fold asks for every compensable step at every event."""
+        name = self._step(step).name
+        known = self._descendants.get(name)
+        if known is None:
+            known = self._descendants[name] = self._walk_dependents(name)
+        return known
+
+    def _walk_dependents(self, step: str) -> tuple[Step, ...]:
         found: list[Step] = []
         frontier = list(self.dependents(step))
         while frontier:
