@@ -78,6 +78,10 @@ def new_event_id() -> str:
     return str(uuid.uuid4())
 
 
+# The hex digit carrying the variant bits, by the digest's digit there: 10xx.
+_VARIANT = {digit: "89ab"[int(digit, 16) & 0x3] for digit in "0123456789abcdef"}
+
+
 def derived_event_id(*parts: str) -> str:
     """A deterministic id: re-running the same step yields the same ids, so a repeat is
     recognisable downstream instead of looking like a new fact.
@@ -89,10 +93,6 @@ def derived_event_id(*parts: str) -> str:
     # Version 8 in the 13th hex digit, RFC 9562's variant (0b10) in the top bits of the
     # 17th, set on the hex text: the same id as setting them on the bytes, fewer steps.
     return f"{h[:8]}-{h[8:12]}-8{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
-
-
-# The hex digit carrying the variant bits, by the digest's digit there: 10xx.
-_VARIANT = {digit: "89ab"[int(digit, 16) & 0x3] for digit in "0123456789abcdef"}
 
 
 def new_traceparent() -> str:
