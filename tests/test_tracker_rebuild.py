@@ -309,18 +309,23 @@ async def test_a_rebuild_tracks_exactly_the_sagas_due_and_reads_no_state(
         fed.rocks.close()
 
 
+async def complete_trips(fed: Fed, count: int) -> None:
+    """Trips ``done-0`` ... ``done-<count - 1>``, each completed at 100 + 10 n + 3."""
+    for n in range(count):
+        gid = f"done-{n}"
+        t = 100.0 + 10 * n
+        await fed.event(gid, TripBooked(trip_id=gid), t)
+        await fed.event(gid, FlightBooked(trip_id=gid), t + 1)
+        await fed.event(gid, HotelBooked(trip_id=gid), t + 2)
+        await fed.event(gid, CarBooked(trip_id=gid), t + 3)
+
+
 async def test_the_retention_index_gives_the_settled_sagas_in_order_from_a_place(
     tmp_path: Path,
 ) -> None:
     fed = Fed(tmp_path / "store", 600.0)
     try:
-        for n in range(30):  # completed at 100 + 10 n + 3
-            gid = f"done-{n}"
-            t = 100.0 + 10 * n
-            await fed.event(gid, TripBooked(trip_id=gid), t)
-            await fed.event(gid, FlightBooked(trip_id=gid), t + 1)
-            await fed.event(gid, HotelBooked(trip_id=gid), t + 2)
-            await fed.event(gid, CarBooked(trip_id=gid), t + 3)
+        await complete_trips(fed, 30)
         store = fed.store
         for partition in range(PARTITIONS):
             mine = [n for n in range(30) if partition_for(f"done-{n}".encode(), PARTITIONS)
@@ -349,13 +354,7 @@ async def test_the_retention_sweep_sends_the_checks_that_remove_expired_sagas(
     folded back, they remove those sagas and no other."""
     fed = Fed(tmp_path / "store", 600.0)
     try:
-        for n in range(30):  # completed at 100 + 10 n + 3
-            gid = f"done-{n}"
-            t = 100.0 + 10 * n
-            await fed.event(gid, TripBooked(trip_id=gid), t)
-            await fed.event(gid, FlightBooked(trip_id=gid), t + 1)
-            await fed.event(gid, HotelBooked(trip_id=gid), t + 2)
-            await fed.event(gid, CarBooked(trip_id=gid), t + 3)
+        await complete_trips(fed, 30)
         await fed.event("running", TripBooked(trip_id="r"), 100.0)
         sent: list[OutgoingRecord] = []
 
