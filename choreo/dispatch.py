@@ -109,6 +109,50 @@ def _waves(jobs: Sequence[_Job]) -> Iterator[list[_Job]]:
         yield wave
 
 
+class Outgoing:
+    """A prepared batch's outgoing records (events and dead letters), their record keys,
+    and what remains once they are sent: the acknowledgements, then the middleware hooks
+    and the spans of the batch's jobs."""
+
+    __slots__ = ("_dispatcher", "_jobs", "_slots", "dead", "keys", "records")
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        slots: Sequence[_Slot],
+        jobs: Sequence[_Job],
+        records: list[OutgoingRecord],
+        dead: list[tuple[Record, DeadLetter]],
+    ) -> None:
+        self._dispatcher = dispatcher
+        self._slots = slots
+        self._jobs = jobs
+        self.records = records
+        self.dead = dead
+        # Every record is keyed by its saga's gid: records of two batches with no key in
+        # common keep the per-gid order whichever of them is acknowledged first.
+        self.keys = frozenset(record.key for record in records)
+
+    async def deliver(self) -> None:
+        """Send the records and return once the broker acknowledged every one of them."""
+        dispatcher = self._dispatcher
+        try:
+            await dispatcher.transport.send_many(self.records)
+            if dispatcher.hooks:
+                await dispatcher._after(self._slots, self.dead)
+        except BaseException as exc:
+            self.abandon(exc)
+            raise
+        if dispatcher.tracing.enabled:
+            dispatcher._finish_spans(self._jobs)
+
+    def abandon(self, exc: BaseException) -> None:
+        """The batch will not be delivered (the caller handles it again): end its spans."""
+        if self._dispatcher.tracing.enabled:
+            for job in self._jobs:
+                self._dispatcher.tracing.finish(job.span, {}, f"batch not finished: {exc!r}")
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -143,32 +187,25 @@ class Dispatcher:
     async def handle_batch(self, records: Sequence[Record]) -> None:
         """Handle records of one partition, in order; returns once everything they
         produced (events and dead letters) is acknowledged by the broker."""
+        await (await self.prepare(records)).deliver()
+
+    async def prepare(self, records: Sequence[Record]) -> Outgoing:
+        """Handle records of one partition, in order, up to their outgoing records: every
+        barrier settled and recorded, nothing sent yet. The caller then ``deliver()``s what
+        this returns (it may do so while it prepares the partition's next batch)."""
         slots = [self._plan(record) for record in records]
         jobs = [job for slot in slots for job in slot.jobs]
-        if not self.tracing.enabled:
-            await self._handle_jobs(slots, jobs)
-            return
-        for job in jobs:
-            route = job.route
-            job.span = self.tracing.start_handle(job.message, route.step, route.op,
-                                                 route.handler.name)  # fmt: skip
-        try:
-            await self._handle_jobs(slots, jobs)
-        except BaseException as exc:
+        if self.tracing.enabled:
             for job in jobs:
-                self.tracing.finish(job.span, {}, f"batch not finished: {exc!r}")
+                route = job.route
+                job.span = self.tracing.start_handle(job.message, route.step, route.op,
+                                                     route.handler.name)  # fmt: skip
+        try:
+            for wave in _waves(jobs):
+                await self._settle(wave)
+        except BaseException as exc:
+            Outgoing(self, slots, jobs, [], []).abandon(exc)
             raise
-        for job in jobs:
-            attributes: dict[str, str | int] = {"choreo.outputs": len(job.out)}
-            if job.decision is not None:
-                attributes["choreo.decision"] = job.decision.value
-            if job.dead is not None:
-                attributes["choreo.dead_letter"] = job.dead.kind
-            self.tracing.finish(job.span, attributes, job.dead.reason if job.dead else "")
-
-    async def _handle_jobs(self, slots: Sequence[_Slot], jobs: Sequence[_Job]) -> None:
-        for wave in _waves(jobs):
-            await self._settle(wave)
         out: list[OutgoingRecord] = []
         dead: list[tuple[Record, DeadLetter]] = []
         for slot in slots:
@@ -182,9 +219,16 @@ class Dispatcher:
             log.warning("dead-lettering %s[%d]@%d: %s", record.topic, record.partition,
                         record.offset, letter.reason)  # fmt: skip
         out += [dead_letter_record(record, letter, self.dlq_topic) for record, letter in dead]
-        await self.transport.send_many(out)
-        if self.hooks:
-            await self._after(slots, dead)
+        return Outgoing(self, slots, jobs, out, dead)
+
+    def _finish_spans(self, jobs: Sequence[_Job]) -> None:
+        for job in jobs:
+            attributes: dict[str, str | int] = {"choreo.outputs": len(job.out)}
+            if job.decision is not None:
+                attributes["choreo.decision"] = job.decision.value
+            if job.dead is not None:
+                attributes["choreo.dead_letter"] = job.dead.kind
+            self.tracing.finish(job.span, attributes, job.dead.reason if job.dead else "")
 
     async def _after(
         self, slots: Sequence[_Slot], dead: Sequence[tuple[Record, DeadLetter]]

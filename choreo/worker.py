@@ -16,6 +16,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from choreo.dispatch import Dispatcher
 from choreo.errors import TransportError
@@ -35,6 +36,7 @@ class _Lane:
         self.next_fetch = -1  # the offset the next fetched record should have
         self.task: asyncio.Task[None] | None = None
         self.closing = asyncio.Event()  # revoked or stopping: take no further batch
+        self.fed = asyncio.Event()  # set when records arrive
 
     def feed(self, records: Sequence[Record]) -> None:
         if self.next_fetch != records[0].offset:
@@ -43,10 +45,27 @@ class _Lane:
             self.buffer.clear()
         self.buffer.extend(records)
         self.next_fetch = records[-1].offset + 1
+        self.fed.set()
 
     def take(self, limit: int) -> list[Record]:
         count = min(limit, len(self.buffer))
         return [self.buffer.popleft() for _ in range(count)]
+
+
+@dataclass(slots=True)
+class _Flight:
+    """A prepared batch whose outgoing records are being sent."""
+
+    records: list[Record]
+    keys: frozenset[bytes | None]  # the keys (gids) of its outgoing records
+    sending: asyncio.Task[None]
+    started: float
+
+
+async def _settled(flights: Sequence[_Flight]) -> None:
+    """Let sends already under way finish, whatever their outcome: the records are sent
+    again, and a send left running could otherwise land after the new one."""
+    await asyncio.gather(*(flight.sending for flight in flights), return_exceptions=True)
 
 
 class Worker:
@@ -120,29 +139,108 @@ class Worker:
             lane.task.add_done_callback(self._lane_ended)
 
     async def _drive(self, lane: _Lane) -> None:
+        """Prepare a lane's batches one after another; each batch's outgoing records go
+        to the producer as soon as it is prepared, and its acknowledgements are awaited
+        while the next batch is prepared (Kafka Streams' shape, one batch deep). A batch's
+        offsets become committable only once it and every batch before it are
+        acknowledged, so a crash anywhere is still redelivery plus the barrier."""
         assert self.consumer is not None
-        while lane.buffer and not lane.closing.is_set():
-            if lane.tp not in self.consumer.assignment():
-                lane.buffer.clear()  # taken away by a rebalance; the new owner reads it
+        flights: list[_Flight] = []  # batches being sent, oldest first; at most two
+        try:
+            # Until the buffer is empty and every batch landed: records fed while the last
+            # batch is acknowledged are taken by this task (a new one starts only once it
+            # is done).
+            while (lane.buffer or flights) and not lane.closing.is_set():
+                if lane.tp not in self.consumer.assignment():
+                    lane.buffer.clear()  # taken away by a rebalance; the new owner reads it
+                    return
+                batch = lane.take(self.batch_size)
+                if lane.tp in self._paused and len(lane.buffer) < self.batch_size:
+                    # Fetch the next records while this batch is handled.
+                    self.consumer.resume([lane.tp])
+                    self._paused.discard(lane.tp)
+                started = time.monotonic()
+                try:
+                    if not batch:
+                        if await self._fed_first(lane, flights[0]):
+                            continue  # records came before the acknowledgements: take them
+                        await self._land(lane, flights)
+                        continue
+                    outgoing = await self.dispatcher.prepare(batch)
+                    if flights and not flights[-1].keys.isdisjoint(outgoing.keys):
+                        # A saga of this batch has records in flight: they go first, so
+                        # a failed send can never put a later record of it ahead.
+                        await self._land(lane, flights)
+                    sending = asyncio.create_task(outgoing.deliver())
+                    flights.append(_Flight(batch, outgoing.keys, sending, started))
+                    if len(flights) > 1:
+                        await self._land(lane, flights)
+                except TransportError as exc:
+                    # Handle everything not acknowledged again, a batch at a time and
+                    # waiting for its acknowledgements: the barrier turns what was
+                    # recorded into re-publications of the same records.
+                    redo = [record for flight in flights for record in flight.records]
+                    if batch and (not flights or flights[-1].records is not batch):
+                        redo += batch
+                    log.warning("%s@%d..%d: infrastructure error, retrying: %s", lane.tp,
+                                redo[0].offset, redo[-1].offset, exc)  # fmt: skip
+                    await _settled(flights)
+                    flights.clear()
+                    if not await self._handle(lane, redo):
+                        lane.buffer.clear()  # given up while stopping: redelivered later
+                        return
+                    await self._acknowledged(lane, redo, started)
+        finally:
+            await self._land_last(lane, flights)
+
+    @staticmethod
+    async def _fed_first(lane: _Lane, flight: _Flight) -> bool:
+        """Wait for new records or the batch's acknowledgements, whichever comes first;
+        True when records came (they are prepared while the batch is still sent)."""
+        if flight.sending.done():
+            return False
+        lane.fed.clear()
+        fed = asyncio.ensure_future(lane.fed.wait())
+        try:
+            await asyncio.wait((flight.sending, fed), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            fed.cancel()
+        return not flight.sending.done()
+
+    async def _land(self, lane: _Lane, flights: list[_Flight]) -> None:
+        """Await the oldest batch's acknowledgements and drop it from ``flights``; raises
+        TransportError (leaving it there) when its send failed."""
+        await flights[0].sending
+        flight = flights.pop(0)
+        await self._acknowledged(lane, flight.records, flight.started)
+
+    async def _land_last(self, lane: _Lane, flights: list[_Flight]) -> None:
+        """The lane is ending (drained, revoked, stopping): the batches in flight land in
+        order; from the first that fails on, they stay uncommitted and are redelivered to
+        whoever reads the partition next."""
+        while flights:
+            try:
+                await asyncio.shield(flights[0].sending)
+            except TransportError as exc:
+                log.warning("%s@%d: not acknowledged, left to redelivery: %s", lane.tp,
+                            flights[0].records[0].offset, exc)  # fmt: skip
+                await _settled(flights)
                 return
-            batch = lane.take(self.batch_size)
-            if lane.tp in self._paused and len(lane.buffer) < self.batch_size:
-                # Fetch the next records while this batch is handled.
-                self.consumer.resume([lane.tp])
-                self._paused.discard(lane.tp)
-            started = time.monotonic()
-            if not await self._handle(lane, batch):
-                lane.buffer.clear()  # given up while stopping: redelivered after restart
-                return
-            self._pending[lane.tp] = batch[-1].offset + 1
-            self.processed += len(batch)
-            if self.hooks:
-                await self.hooks.after_batch(lane.tp, len(batch), time.monotonic() - started)
+            flight = flights.pop(0)
+            await self._acknowledged(lane, flight.records, flight.started)
+
+    async def _acknowledged(self, lane: _Lane, batch: Sequence[Record], started: float) -> None:
+        self._pending[lane.tp] = batch[-1].offset + 1
+        self.processed += len(batch)
+        if self.hooks:
+            await self.hooks.after_batch(lane.tp, len(batch), time.monotonic() - started)
 
     async def _handle(self, lane: _Lane, batch: Sequence[Record]) -> bool:
         """Handle a batch, retrying infrastructure trouble (the partition waits: skipping
         would break per-gid order); False when the lane closed while retrying."""
         backoff = Backoff(self.infrastructure_retry, lane.closing)
+        if not await backoff.wait():  # the failure that brought us here counts as one
+            return False
         while True:
             try:
                 await self.dispatcher.handle_batch(batch)

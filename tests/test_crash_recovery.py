@@ -7,7 +7,11 @@ tests/procs/crashy.py), is SIGKILLed there, and restarted without stalling:
 
 - ``before-store-commit``: the handlers ran, nothing is recorded;
 - ``after-store-commit``: effects and outboxes are recorded, nothing is sent;
-- ``after-handle``: outgoing events are acknowledged, the offsets are not committed.
+- ``after-handle``: outgoing events are acknowledged, the offsets are not committed;
+- ``acks-pending``: a batch is recorded and its send never starts, while the partition's
+  next batch is prepared, recorded and sent (the worker awaits a batch's
+  acknowledgements while it prepares the next one); no offset of the partition is
+  committed.
 
 Afterwards every order's effect is applied exactly once, every order's output is
 published, a re-published output keeps its event id, and the offsets are committed.
@@ -65,7 +69,10 @@ def start_service(
         env["CRASHY_PAUSE_FILE"] = str(pause_file)
     command = [sys.executable, "-m", "choreo.cli.main", "run", "tests.procs.crashy:app",
                "--broker", broker]  # fmt: skip
-    if stall == "after-handle":
+    if stall == "acks-pending":  # the process's own stalling transport, 2 records a batch
+        command = [sys.executable, "-m", "tests.procs.crashy"]
+        env.update(CRASHY_BROKER=broker, CRASHY_STORE_URL=redis_url, CRASHY_BATCH="2")
+    elif stall == "after-handle":
         command += ["--store", redis_url]
     else:
         env["CRASHY_STORE_URL"] = redis_url
@@ -131,7 +138,9 @@ async def outputs(transport: Transport, topic: str, group: str) -> dict[str, lis
 @pytest.mark.redis
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("stall", ["before-store-commit", "after-store-commit", "after-handle"])
+@pytest.mark.parametrize(
+    "stall", ["before-store-commit", "after-store-commit", "after-handle", "acks-pending"]
+)
 async def test_sigkill_inside_a_batch(
     stall: str, kafka_bootstrap: str, redis_url: str, tmp_path: Path
 ) -> None:
@@ -161,6 +170,17 @@ async def test_sigkill_inside_a_batch(
             await wait_for(lambda: _exists(pause), 60, f"the {stall} stall")
             stalled = json.loads(pause.read_text())["gids"]
             assert set(stalled) <= set(gids)
+            if stall == "acks-pending":
+                # The stalled batch's partition: its next batch goes out meanwhile.
+                ours = partition_for(stalled[0].encode(), PARTITIONS)
+                mine = [g for g in gids if partition_for(g.encode(), PARTITIONS) == ours]
+                following = [g for g in mine if g not in stalled][: len(stalled)]
+
+                async def next_batch_sent() -> bool:
+                    found = await outputs(transport, out_topic, group)
+                    return all(gid in found for gid in following)
+
+                await wait_for(next_batch_sent, 30, "the next batch's outputs")
             # What the process did up to the stall, seen from outside before the kill.
             left = await store.get_int(stock)
             sent = sum((await transport.end_offsets(out_tps)).values())
@@ -187,6 +207,20 @@ async def test_sigkill_inside_a_batch(
             assert left <= STOCK - len(stalled)
             assert sent == 0
             assert not any(done.values())
+            for gid in stalled:
+                assert [(r.key.op, r.status) for r in await store.records(gid)] == [
+                    ("action", "done")
+                ]
+        elif stall == "acks-pending":
+            # Two batches of one partition recorded: the stalled one never sent, the next
+            # one sent; nothing of the partition committed (its first batch never landed).
+            assert len(stalled) == 2, log
+            stalled_tp = TopicPartition(topic, ours)
+            assert left <= STOCK - 4
+            before = await outputs(transport, out_topic, group)
+            assert not any(gid in before for gid in stalled)
+            assert all(len(before[gid]) == 1 for gid in following)
+            assert done.get(stalled_tp, 0) == 0
             for gid in stalled:
                 assert [(r.key.op, r.status) for r in await store.records(gid)] == [
                     ("action", "done")
@@ -229,6 +263,11 @@ async def test_sigkill_inside_a_batch(
         elif stall == "after-store-commit":
             # Recorded before the kill; the restart sent the stored outbox, once.
             assert all(len(published[gid]) == 1 for gid in stalled)
+        elif stall == "acks-pending":
+            # The stalled batch sent once, from its stored outbox after the restart; the
+            # next batch again after the restart (its offsets were never committed).
+            assert all(len(published[gid]) == 1 for gid in stalled)
+            assert all(len(published[gid]) >= 2 for gid in following)
 
 
 async def _exists(path: Path) -> bool:

@@ -15,6 +15,10 @@ Environment:
   - ``after-store-commit``: the batch's effects and outbox are recorded, nothing is sent.
   The store stalls every ``commit_many`` once the first one stalled, so no batch gets
   further than the stall point.
+  - ``acks-pending``: the first batch with outputs is recorded, its send never starts,
+    and the partition's next batches are prepared and sent meanwhile (``CRASHY_BATCH``
+    records a batch). Run as ``python -m tests.procs.crashy`` with ``CRASHY_BROKER``:
+    the stalling transport is the process's own.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -39,8 +44,10 @@ from choreo.store.base import (
     Store,
 )
 from choreo.store.redis import RedisStore
+from choreo.transport.base import Delivered, OutgoingRecord
+from choreo.transport.kafka import KafkaTransport
 
-STALLS = ("after-handle", "before-store-commit", "after-store-commit")
+STALLS = ("after-handle", "before-store-commit", "after-store-commit", "acks-pending")
 TOPIC = os.environ.get("CRASHY_TOPIC", "test.crashy")
 
 
@@ -116,6 +123,23 @@ class StallingStore(Store):
         return await self.inner.apply(effects)
 
 
+class StallingSends(KafkaTransport):
+    """A Kafka transport whose first send of outputs never starts (while a marker is
+    given): the worker prepares and sends the partition's next batches meanwhile."""
+
+    def __init__(self, url: str, marker: Path | None) -> None:
+        super().__init__(url, partitions=4)
+        self.marker = marker
+
+    async def send_many(self, records: Sequence[OutgoingRecord]) -> list[Delivered]:
+        outputs = [r for r in records if r.topic == CrashyReserved.topic]
+        if outputs and self.marker is not None and not self.marker.exists():
+            gids = [r.key.decode() for r in outputs if r.key is not None]
+            _mark(self.marker, {"gids": gids, "stall": "acks-pending"})
+            await asyncio.sleep(3600)  # the test kills us here
+        return await super().send_many(records)
+
+
 _pause = os.environ.get("CRASHY_PAUSE_FILE")
 _marker = Path(_pause) if _pause else None
 _stall = os.environ.get("CRASHY_STALL", "after-handle")
@@ -136,7 +160,11 @@ async def _lifespan(app: Service) -> AsyncIterator[None]:
 app = Service(
     "crashy",
     group=os.environ.get("CRASHY_GROUP", "crashy"),
+    broker=StallingSends(os.environ.get("CRASHY_BROKER", ""), _marker)
+    if _stall == "acks-pending"
+    else "memory://",
     store=_store if _store is not None else "memory://",
+    batch_size=int(os.environ.get("CRASHY_BATCH", "500")),
     middleware=[StallAfterEffect(_marker if _stall == "after-handle" else None)],
     lifespan=_lifespan,
 )
@@ -146,3 +174,23 @@ app = Service(
 async def reserve(event: CrashyOrder, ctx: Context) -> CrashyReserved:
     ctx.tx.incr(f"stock:{event.sku}", -event.qty, minimum=0)
     return CrashyReserved(order_id=event.order_id, sku=event.sku, qty=event.qty)
+
+
+async def main() -> None:
+    """The ``acks-pending`` run: this process starts and stops its own transport."""
+    stopping = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
+    transport = app.broker
+    assert isinstance(transport, KafkaTransport)
+    await transport.start()
+    try:
+        async with app.running():
+            print("running", flush=True)
+            await app.until_stopped(stopping)
+    finally:
+        await transport.stop()
+    print("stopped cleanly", flush=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
