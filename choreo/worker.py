@@ -36,7 +36,6 @@ class _Lane:
         self.next_fetch = -1  # the offset the next fetched record should have
         self.task: asyncio.Task[None] | None = None
         self.closing = asyncio.Event()  # revoked or stopping: take no further batch
-        self.fed = asyncio.Event()  # set when records arrive
 
     def feed(self, records: Sequence[Record]) -> None:
         if self.next_fetch != records[0].offset:
@@ -45,7 +44,6 @@ class _Lane:
             self.buffer.clear()
         self.buffer.extend(records)
         self.next_fetch = records[-1].offset + 1
-        self.fed.set()
 
     def take(self, limit: int) -> list[Record]:
         count = min(limit, len(self.buffer))
@@ -162,8 +160,10 @@ class Worker:
                 started = time.monotonic()
                 try:
                     if not batch:
-                        if await self._fed_first(lane, flights[0]):
-                            continue  # records came before the acknowledgements: take them
+                        # Nothing buffered: records that arrive meanwhile wait for this
+                        # landing and are then taken together. A batch started for each
+                        # arrival would be small, and a batch has a fixed cost (about
+                        # two records' worth of CPU on Redis): batches grow with the load.
                         await self._land(lane, flights)
                         continue
                     outgoing = await self.dispatcher.prepare(batch)
@@ -192,20 +192,6 @@ class Worker:
                     await self._acknowledged(lane, redo, started)
         finally:
             await self._land_last(lane, flights)
-
-    @staticmethod
-    async def _fed_first(lane: _Lane, flight: _Flight) -> bool:
-        """Wait for new records or the batch's acknowledgements, whichever comes first;
-        True when records came (they are prepared while the batch is still sent)."""
-        if flight.sending.done():
-            return False
-        lane.fed.clear()
-        fed = asyncio.ensure_future(lane.fed.wait())
-        try:
-            await asyncio.wait((flight.sending, fed), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            fed.cancel()
-        return not flight.sending.done()
 
     async def _land(self, lane: _Lane, flights: list[_Flight]) -> None:
         """Await the oldest batch's acknowledgements and drop it from ``flights``; raises
