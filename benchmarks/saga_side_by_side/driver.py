@@ -14,13 +14,18 @@ Phases (events as JSON lines on stdout, the result last):
    (not by completions), ``latency_warmup`` s untimed then ``latency_seconds`` s whose
    sagas' end-to-end latencies (driver send -> driver receives ``done``) are kept; then
    stragglers are awaited up to ``straggler_timeout`` s, and any still missing count as
-   infinitely late in the percentiles.
+   infinitely late in the percentiles. Then where the time went, per hop: every stage's
+   records of the phase are read back, and for each timed saga the CreateTime
+   timestamps its records got (set by each producer as it appends the record, one
+   clock on this machine) give the time from one stage's record to the next one's,
+   i.e. a step's fetch, wait and handling, and from ``done`` to the driver's receipt.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import math
 import os
@@ -100,6 +105,7 @@ class Driver:
         self.send_errors = 0
         self.closed_loop = False
         self.latencies: list[float] = []
+        self.received_ms: dict[bytes, float] = {}  # timed key -> wall clock at receipt
         self.running = True
 
     # -- sending and receiving ------------------------------------------------------
@@ -131,6 +137,7 @@ class Driver:
                     self.completed += 1
                     if entry[1]:
                         self.latencies.append(now - entry[0])
+                        self.received_ms[record.key] = time.time() * 1000
                     refill += self.closed_loop
             for _ in range(refill):
                 await self.send()
@@ -223,6 +230,7 @@ class Driver:
         rate = max(1.0, saturation * c["rate_fraction"])
         warmup, seconds = c["latency_warmup"], c["latency_seconds"]
         self.inflight.clear()  # sagas the drain gave up on are not this phase's
+        marks = await self.stage_ends()
         started = time.monotonic()
         sent = 0
         before: Snapshot | None = None
@@ -243,6 +251,7 @@ class Driver:
         )
         missing = sum(1 for _, t in self.inflight.values() if t)
         return {
+            "hops": await self.hops(marks),
             "latency_rate_target": rate,
             "latency_rate_sent": sent / (ended - started),
             "latency": percentiles(self.latencies, missing),
@@ -250,6 +259,77 @@ class Driver:
             "cpu_latency": cpu_percent(before, after, ended - timed_started),
             "cpu_seconds_latency": cpu_seconds(before, after),
         }
+
+    # -- where the latency went --------------------------------------------------------
+    def _reader(self) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
+            bootstrap_servers=self.config["bootstrap"],
+            group_id=None,
+            enable_auto_commit=False,
+            client_id="bench-driver-hops",
+        )
+
+    async def stage_ends(self) -> dict[TopicPartition, int]:
+        """Every stage topic's end offsets: the open loop's records come after them."""
+        reader = self._reader()
+        await reader.start()
+        try:
+            tps = [TopicPartition(t, p) for t in self.topics.values() for p in range(PARTITIONS)]
+            return dict(await reader.end_offsets(tps))
+        finally:
+            await reader.stop()
+
+    async def hops(self, marks: dict[TopicPartition, int]) -> dict[str, Any]:
+        """Per hop p50/p99 ms over the timed sagas that completed: stage to next stage by
+        the records' CreateTime, and ``done`` to the driver's receipt."""
+        timed = self.received_ms
+        first: dict[str, dict[bytes, int]] = {stage: {} for stage in self.topics}
+        reader = self._reader()
+        await reader.start()
+        try:
+            reader.assign(list(marks))
+            for tp, offset in marks.items():
+                reader.seek(tp, offset)
+            ends = await reader.end_offsets(list(marks))
+            stage_of = {topic: stage for stage, topic in self.topics.items()}
+            deadline = time.monotonic() + 60
+            while not await self._read_to(reader, ends):
+                if time.monotonic() > deadline:
+                    return {"error": "could not read the stages back in 60 s"}
+                batch = await reader.getmany(timeout_ms=200, max_records=5000)
+                for tp, records in batch.items():
+                    seen = first[stage_of[tp.topic]]
+                    for record in records:
+                        if record.key in timed and record.key not in seen:
+                            seen[record.key] = record.timestamp
+        finally:
+            await reader.stop()
+        stages = list(self.topics)
+        spans: dict[str, list[float]] = {}
+        for before, after in itertools.pairwise(stages):
+            spans[f"{before}->{after}"] = [
+                (first[after][k] - first[before][k]) / 1000
+                for k in timed
+                if k in first[after] and k in first[before]
+            ]
+        spans["done->driver"] = [
+            (timed[k] - first["done"][k]) / 1000 for k in timed if k in first["done"]
+        ]
+        return {
+            name: {
+                key: value
+                for key, value in percentiles(values, 0).items()
+                if key in ("count", "p50_ms", "p99_ms")
+            }
+            for name, values in spans.items()
+        }
+
+    @staticmethod
+    async def _read_to(reader: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
+        for tp, end in ends.items():
+            if await reader.position(tp) < end:
+                return False
+        return True
 
 
 async def drive(config: dict[str, Any]) -> dict[str, Any]:

@@ -708,11 +708,23 @@ def medians(results: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "p50_ms": med([r["latency"]["p50_ms"] for r in good]),
             "p99_ms": med([r["latency"]["p99_ms"] for r in good]),
             "latency_rate": med([r["latency_rate_target"] for r in good]),
+            "hops": {
+                hop: {
+                    q: med([r["hops"].get(hop, {}).get(q) for r in good if "hops" in r])
+                    for q in ("p50_ms", "p99_ms")
+                }
+                for hop in HOPS
+            },
             "cpu_saturation": {
                 name: med([r["cpu_saturation"].get(name) for r in good]) for name in CPU_COLUMNS
             },
         }
     return out
+
+
+#: the latency phase's hops, as the driver names them (stage record -> next stage record
+#: by Kafka CreateTime; ``done`` record -> the driver's receipt)
+HOPS = ("start->s1", "s1->s2", "s2->done", "done->driver")
 
 
 def ratios(summary: dict[str, dict[str, Any]]) -> dict[str, float | None]:
@@ -780,6 +792,18 @@ def print_report(results: Sequence[dict[str, Any]], summary: dict[str, Any]) -> 
     print()
     for name, value in summary["ratios"].items():
         print(f"{name}: {_fmt(value, '.3f')}")
+    print(
+        "\nwhere the latency went, per hop (medians of rounds; p50/p99 ms over the timed"
+        "\nsagas, from Kafka CreateTime of each stage's record to the next one's: a"
+        "\nstep's fetch, wait and handling; done->driver: the driver's fetch):"
+    )
+    print("system".ljust(20) + "".join(hop.rjust(16) for hop in HOPS))
+    for key, m in summary["medians"].items():
+        cells = [
+            f"{_fmt(m['hops'][hop]['p50_ms'], '.0f')}/{_fmt(m['hops'][hop]['p99_ms'], '.0f')}"
+            for hop in HOPS
+        ]
+        print(f"{SYSTEMS[key].letter} {key}".ljust(20) + "".join(c.rjust(16) for c in cells))
 
 
 def progress(text: str) -> None:
