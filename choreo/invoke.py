@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from choreo.breaker import CircuitOpen
@@ -19,11 +18,12 @@ from choreo.middleware import Hooks
 from choreo.routes import Route
 from choreo.store.base import Effect, Status, Store, StoreTransaction
 from choreo.system_events import StepFailed, bounded_reason
+from choreo.values import value_type
 
 log = logging.getLogger("choreo.dispatch")
 
 
-@dataclass(frozen=True, slots=True)
+@value_type  # one per handler call: a frozen dataclass's construction costs more
 class Ran:
     """A handler's result, before it is recorded."""
 
@@ -76,25 +76,31 @@ class Invoker:
         handler = route.handler
         policy = handler.retry
         for attempt in range(1, policy.max_attempts + 1):
-            envelope = message.envelope
-            if envelope.attempt != attempt:
-                envelope = envelope.evolve(attempt=attempt)
-            ctx = Context(envelope, route.step, self.store, self.logger, state=self.state)
+            # A handler without a Context parameter cannot publish or add effects: no
+            # Context (and no envelope for it) is built for it, once per record.
+            ctx: Context | None = None
+            if handler.wants_context:
+                envelope = message.envelope
+                if envelope.attempt != attempt:
+                    envelope = envelope.evolve(attempt=attempt)
+                ctx = Context(envelope, route.step, self.store, self.logger, state=self.state)
             if handler.breaker is not None:
                 handler.breaker.before_call()  # CircuitOpen: the batch waits, not the DLQ
             try:
                 if self.hooks.before_each:
                     await self.hooks.before_handle(message, handler)
-                if handler.wants_context and tx is not None:
+                if ctx is None:
+                    result = await handler.func(message.event)
+                elif tx is not None:
                     ctx.sql = tx.db
                     async with tx.attempt():
                         result = await handler.func(message.event, ctx)
-                elif handler.wants_context:
-                    result = await handler.func(message.event, ctx)
                 else:
-                    result = await handler.func(message.event)
+                    result = await handler.func(message.event, ctx)
                 if handler.breaker is not None:
                     handler.breaker.success()
+                if ctx is None:
+                    return Ran("done", as_events(result), [])
                 return Ran("done", as_events(result) + ctx.outbox, ctx.tx.effects)
             except BusinessFailure as exc:
                 if tx is not None and tx.broken:
