@@ -131,7 +131,7 @@ class Outgoing:
         self.dead = dead
         # Every record is keyed by its saga's gid: records of two batches with no key in
         # common keep the per-gid order whichever of them is acknowledged first.
-        self.keys = frozenset(record.key for record in records)
+        self.keys = {record.key for record in records}
 
     async def deliver(self) -> None:
         """Send the records and return once the broker acknowledged every one of them."""

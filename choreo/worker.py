@@ -55,7 +55,7 @@ class _Flight:
     """A prepared batch whose outgoing records are being sent."""
 
     records: list[Record]
-    keys: frozenset[bytes | None]  # the keys (gids) of its outgoing records
+    keys: set[bytes | None]  # the keys (gids) of its outgoing records
     sending: asyncio.Task[None]
     started: float
 
