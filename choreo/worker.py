@@ -3,7 +3,8 @@ offset committed only once its record's effects and outgoing events are acknowle
 
 The poll loop only fetches and commits. Records go to a lane per partition, whose task
 hands them to the dispatcher in batches (Kafka Streams' shape: process what a poll
-returned, flush the producer, then commit). A slow handler holds back its own partition
+returned, flush the producer, then commit), preparing the next batch while the last one's
+acknowledgements are awaited. A slow handler holds back its own partition
 and nothing else; a lane that falls behind has its partition paused until it catches up,
 so memory stays bounded, and resumed while its last batch is handled, so the next
 records are fetched meanwhile.
