@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from choreo.dispatch import Dispatcher
+from choreo.dispatch import Dispatcher, Outgoing
 from choreo.errors import TransportError
 from choreo.middleware import Hooks, Middleware
 from choreo.retry import INFRASTRUCTURE_RETRY, Backoff, RetryPolicy
@@ -159,6 +159,7 @@ class Worker:
                     self.consumer.resume([lane.tp])
                     self._paused.discard(lane.tp)
                 started = time.monotonic()
+                outgoing: Outgoing | None = None
                 try:
                     if not batch:
                         # Nothing buffered: records that arrive meanwhile wait for this
@@ -183,6 +184,8 @@ class Worker:
                     redo = [record for flight in flights for record in flight.records]
                     if batch and (not flights or flights[-1].records is not batch):
                         redo += batch
+                        if outgoing is not None:  # prepared, never sent: end its spans
+                            outgoing.abandon(exc)
                     log.warning("%s@%d..%d: infrastructure error, retrying: %s", lane.tp,
                                 redo[0].offset, redo[-1].offset, exc)  # fmt: skip
                     await _settled(flights)
