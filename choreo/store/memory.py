@@ -20,6 +20,11 @@ from choreo.store.base import (
     plan_effects,
 )
 
+# A barrier record's place: (gid, step, op).
+_Slot = tuple[str, str, BarrierOp]
+# Each op's sibling: the other op of the same step.
+_SIBLING: dict[BarrierOp, BarrierOp] = {"action": "compensate", "compensate": "action"}
+
 
 class MemoryStore(Store):
     def __init__(
@@ -32,7 +37,9 @@ class MemoryStore(Store):
         self.retention_seconds = retention_seconds
         self._clock = clock
         self._data: dict[str, str] = {}
-        self._barrier: dict[BarrierKey, tuple[BarrierRecord, float]] = {}
+        # Keyed by the (gid, step, op) tuple, not the BarrierKey: a tuple hashes in C,
+        # a BarrierKey in its generated Python __hash__, several times per record.
+        self._barrier: dict[_Slot, tuple[BarrierRecord, float]] = {}
 
     async def start(self) -> None:
         return None
@@ -40,29 +47,25 @@ class MemoryStore(Store):
     async def stop(self) -> None:
         return None
 
-    def _record(self, key: BarrierKey) -> BarrierRecord | None:
-        entry = self._barrier.get(key)
+    def _record(self, slot: _Slot) -> BarrierRecord | None:
+        entry = self._barrier.get(slot)
         if entry is None:
             return None
         record, expires = entry
         if expires <= self._clock():
-            del self._barrier[key]
+            del self._barrier[slot]
             return None
         return record
 
     def _write(self, key: BarrierKey, status: Status, outputs: bytes) -> None:
         record = BarrierRecord(key, status, outputs)
-        self._barrier[key] = (record, self._clock() + self.retention_seconds)
-
-    def _sibling(self, key: BarrierKey) -> BarrierRecord | None:
-        other: BarrierOp = "compensate" if key.op == "action" else "action"
-        return self._record(BarrierKey(key.gid, key.step, other))
+        self._barrier[key.gid, key.step, key.op] = (record, self._clock() + self.retention_seconds)
 
     def _check(self, key: BarrierKey) -> BarrierResult:
-        own = self._record(key)
+        own = self._record((key.gid, key.step, key.op))
         if own is not None:
             return BarrierResult(Decision.DUPLICATE, own.outputs)
-        sibling = self._sibling(key)
+        sibling = self._record((key.gid, key.step, _SIBLING[key.op]))
         if key.op == "action" and sibling is not None:
             return BarrierResult(Decision.HANGING)
         if key.op == "compensate" and (sibling is None or sibling.status != "done"):
@@ -85,10 +88,10 @@ class MemoryStore(Store):
 
     def _commit(self, commit: Commit) -> BarrierResult:
         key = commit.key
-        own = self._record(key)
+        own = self._record((key.gid, key.step, key.op))
         if own is not None:
             return BarrierResult(Decision.DUPLICATE, own.outputs)
-        sibling = self._sibling(key)
+        sibling = self._record((key.gid, key.step, _SIBLING[key.op]))
         if key.op == "action":
             if sibling is not None:
                 return BarrierResult(Decision.HANGING)
@@ -116,8 +119,8 @@ class MemoryStore(Store):
         return [self._commit(commit) for commit in commits]
 
     async def records(self, gid: str) -> list[BarrierRecord]:
-        keys = [key for key in list(self._barrier) if key.gid == gid]
-        found = (self._record(key) for key in keys)
+        slots = [slot for slot in list(self._barrier) if slot[0] == gid]
+        found = (self._record(slot) for slot in slots)
         return [record for record in found if record is not None]
 
     async def get(self, key: str) -> str | None:
