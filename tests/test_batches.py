@@ -40,6 +40,7 @@ from choreo.system_events import SYSTEM_TOPIC
 from choreo.transport.base import OutgoingRecord, Record, TopicPartition, Transport
 from choreo.transport.memory import MemoryBroker, MemoryTransport
 from choreo.urls import open_store, open_transport
+from tests.topics import event_ids
 
 # -- the service under test ------------------------------------------------------------
 
@@ -718,32 +719,10 @@ async def test_a_failed_send_while_the_next_batch_is_sent_loses_nothing(env: Env
     assert first == gids[:2]
     assert second == gids[2:4]
     assert await env.store.get_int(counter) == len(gids)  # each effect once
-    found = await read_outputs(env.transport, HopDone.topic)
+    found = await event_ids(env.transport, HopDone.topic)
     assert sorted(found) == sorted(gids)  # nothing lost
     assert all(len(set(ids)) == 1 for ids in found.values())  # re-sent with the same id
     assert all(len(found[gid]) >= 2 for gid in second)  # sent, then again in the redo
-
-
-async def read_outputs(transport: Transport, topic: str) -> dict[str, list[str]]:
-    """Event ids by gid of everything on ``topic``."""
-    tps = await transport.topic_partitions([topic])
-    ends = await transport.end_offsets(tps)
-    found: dict[str, list[str]] = {}
-    consumer = transport.consumer(f"probe-{uuid.uuid4().hex[:8]}", [topic])
-    await consumer.start()
-    try:
-        seen: dict[TopicPartition, int] = {}
-        deadline = time.monotonic() + 30
-        while any(seen.get(tp, 0) < end for tp, end in ends.items()):
-            assert time.monotonic() < deadline, f"could not read {topic} to its end"
-            for tp, got in (await consumer.getmany(timeout=0.5)).items():
-                for record in got:
-                    envelope = codec.decode_envelope(record)
-                    found.setdefault(envelope.gid, []).append(envelope.event_id)
-                    seen[tp] = record.offset + 1
-    finally:
-        await consumer.stop()
-    return found
 
 
 async def test_a_batch_with_a_saga_in_flight_is_sent_after_it(env: Env) -> None:

@@ -41,6 +41,7 @@ from choreo.transport.base import TopicPartition, Transport
 from choreo.transport.kafka import KafkaTransport
 from choreo.transport.partitioner import partition_for
 from tests.procs.crashy import CrashyOrder
+from tests.topics import event_ids
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTITIONS = 4
@@ -108,30 +109,9 @@ async def committed(transport: Transport, group: str) -> dict[TopicPartition, in
         return {}
 
 
-async def outputs(transport: Transport, topic: str, group: str) -> dict[str, list[str]]:
+async def outputs(transport: Transport, topic: str) -> dict[str, list[str]]:
     """Every output on ``topic`` so far: event ids by gid, in the order read."""
-    tps = await transport.topic_partitions([topic])
-    ends = await transport.end_offsets(tps)
-    found: dict[str, list[str]] = defaultdict(list)
-    if not any(ends.values()):
-        return found
-    consumer = transport.consumer(f"{group}-probe-{uuid.uuid4().hex[:6]}", [topic])
-    await consumer.start()
-    try:
-        seen: dict[TopicPartition, int] = {}
-        deadline = time.monotonic() + 30
-        while any(seen.get(tp, 0) < end for tp, end in ends.items()):
-            assert time.monotonic() < deadline, f"could not read {topic} to its end"
-            batch = await consumer.getmany(timeout=0.5)
-            for tp, records in batch.items():
-                for record in records:
-                    assert record.header(codec.H_TYPE) == b"CrashyReserved"
-                    envelope = codec.decode_envelope(record)
-                    found[envelope.gid].append(envelope.event_id)
-                    seen[tp] = record.offset + 1
-    finally:
-        await consumer.stop()
-    return found
+    return await event_ids(transport, topic, event_type="CrashyReserved")
 
 
 @pytest.mark.kafka
@@ -177,7 +157,7 @@ async def test_sigkill_inside_a_batch(
                 following = [g for g in mine if g not in stalled][: len(stalled)]
 
                 async def next_batch_sent() -> bool:
-                    found = await outputs(transport, out_topic, group)
+                    found = await outputs(transport, out_topic)
                     return all(gid in found for gid in following)
 
                 await wait_for(next_batch_sent, 30, "the next batch's outputs")
@@ -217,7 +197,7 @@ async def test_sigkill_inside_a_batch(
             assert len(stalled) == 2, log
             stalled_tp = TopicPartition(topic, ours)
             assert left <= STOCK - 4
-            before = await outputs(transport, out_topic, group)
+            before = await outputs(transport, out_topic)
             assert not any(gid in before for gid in stalled)
             assert all(len(before[gid]) == 1 for gid in following)
             assert done.get(stalled_tp, 0) == 0
@@ -253,7 +233,7 @@ async def test_sigkill_inside_a_batch(
         assert await store.get_int(stock) == STOCK - ORDERS  # each order applied once
         for gid in gids:
             assert [(r.key.op, r.status) for r in await store.records(gid)] == [("action", "done")]
-        published = await outputs(transport, out_topic, group)
+        published = await outputs(transport, out_topic)
         assert set(published) == set(gids)  # no output lost
         # One outcome per order, one event id: re-publications repeat the first id.
         assert all(len(set(ids)) == 1 for ids in published.values()), published

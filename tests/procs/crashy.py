@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -46,6 +45,7 @@ from choreo.store.base import (
 from choreo.store.redis import RedisStore
 from choreo.transport.base import Delivered, OutgoingRecord
 from choreo.transport.kafka import KafkaTransport
+from tests.procs.own_transport import serve
 
 STALLS = ("after-handle", "before-store-commit", "after-store-commit", "acks-pending")
 TOPIC = os.environ.get("CRASHY_TOPIC", "test.crashy")
@@ -182,21 +182,5 @@ async def reserve(event: CrashyOrder, ctx: Context) -> CrashyReserved:
     return CrashyReserved(order_id=event.order_id, sku=event.sku, qty=event.qty)
 
 
-async def main() -> None:
-    """The ``acks-pending`` run: this process starts and stops its own transport."""
-    stopping = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
-    transport = app.broker
-    assert isinstance(transport, KafkaTransport)
-    await transport.start()
-    try:
-        async with app.running():
-            print("running", flush=True)
-            await app.until_stopped(stopping)
-    finally:
-        await transport.stop()
-    print("stopped cleanly", flush=True)
-
-
-if __name__ == "__main__":
-    asyncio.run(main())
+if __name__ == "__main__":  # the ``acks-pending`` run: the stalling transport is its own
+    asyncio.run(serve(app))

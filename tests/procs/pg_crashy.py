@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from choreo import Context, Event, Service
 from choreo.transport.base import Delivered, OutgoingRecord
 from choreo.transport.kafka import KafkaTransport
+from tests.procs.own_transport import serve
 
 TOPIC = os.environ.get("PGC_TOPIC", "test.pgcrashy")
 KILL = os.environ.get("PGC_KILL", "none")
@@ -68,22 +69,5 @@ def build() -> Service:
     return app
 
 
-async def main() -> None:
-    app = build()
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stopping.set)
-    transport = app.broker
-    assert isinstance(transport, KafkaTransport)
-    await transport.start()
-    try:
-        async with app.running():
-            print("running", flush=True)
-            await app.until_stopped(stopping)
-    finally:
-        await transport.stop()
-    print("stopped cleanly", flush=True)
-
-
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(serve(build()))
