@@ -79,6 +79,18 @@ def test_each_poison_kind_is_named() -> None:
         codec.decode(bad_attempt, registry())
 
 
+@pytest.mark.parametrize(
+    ("raw", "number"),
+    [(b"", 1), (b"1", 1), (b"99", 99), (b"100", 100), (b"0", 0), (b"07", 7), (b" 3", 3),
+     (b"+2", 2), (b"1_0", 10)],
+)  # fmt: skip
+def test_version_and_attempt_headers_read_as_int_reads_them(raw: bytes, number: int) -> None:
+    """Small numbers are read from a table, the rest by int(): the same result either way."""
+    for name, field in ((codec.H_VERSION, "schema_version"), (codec.H_ATTEMPT, "attempt")):
+        record = Record("parcels", 0, 1, b"g", b"{}", ((codec.H_TYPE, b"Parcel"), (name, raw)))
+        assert getattr(codec.decode_envelope(record), field) == number
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     value=st.binary(max_size=300)
