@@ -19,6 +19,7 @@ from choreo.errors import TransportError
 from choreo.local._process import free_port
 from choreo.store.base import (
     DEFAULT_RETENTION_SECONDS,
+    SAFE_INTEGER,
     BarrierKey,
     BarrierRecord,
     BarrierResult,
@@ -576,6 +577,31 @@ async def test_commit_many_invalid_effects_write_nothing_and_the_batch_goes_on(
     assert await store.get_int(stock) == 4
     with pytest.raises(ValueError, match="abc"):  # the one-commit form raises instead
         await commit(store, action(ns), [Incr(text, 1)])
+
+
+async def test_redis_refuses_unsafe_numbers_before_the_round_trip_in_their_place(
+    redis_store: RedisStore, ns: str
+) -> None:
+    """A number Redis's Lua cannot hold exactly is refused before the round trip; the
+    other commits still go, and each result stays at its commit's index."""
+    store = redis_store
+    stock = f"{ns}:stock"
+    unsafe = [Incr(stock, SAFE_INTEGER + 1)]
+    first, second = BarrierKey(f"gid-{ns}-1", "reserve", "action"), action(ns)
+
+    results = await store.commit_many(
+        [batch_commit(first, []), batch_commit(second, unsafe), batch_commit(compensate(ns), [])]
+    )
+
+    assert [r.decision for r in results] == [
+        Decision.APPLIED,
+        Decision.INVALID,
+        Decision.NULL_COMPENSATION,
+    ]
+    assert "safe integer range" in results[1].detail
+    refused = await store.commit_many([batch_commit(second, unsafe)] * 2)
+    assert [r.decision for r in refused] == [Decision.INVALID] * 2
+    assert await store.get(stock) is None
 
 
 @pytest.mark.parametrize("raw", ["", "1_0", "\u0663"], ids=["empty", "underscore", "arabic"])

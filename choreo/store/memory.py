@@ -24,6 +24,8 @@ from choreo.store.base import (
 _Slot = tuple[str, str, BarrierOp]
 # Each op's sibling: the other op of the same step.
 _SIBLING: dict[BarrierOp, BarrierOp] = {"action": "compensate", "compensate": "action"}
+# The check's usual answer, shared: results are immutable, and one is built per record.
+_RUN = BarrierResult(Decision.RUN)
 
 
 class MemoryStore(Store):
@@ -70,7 +72,7 @@ class MemoryStore(Store):
             return BarrierResult(Decision.HANGING)
         if key.op == "compensate" and (sibling is None or sibling.status != "done"):
             return BarrierResult(Decision.NULL_COMPENSATION)
-        return BarrierResult(Decision.RUN)
+        return _RUN
 
     async def check_many(self, keys: Sequence[BarrierKey]) -> list[BarrierResult]:
         return [self._check(key) for key in keys]

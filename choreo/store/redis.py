@@ -73,6 +73,19 @@ def _decision(raw: bytes) -> Decision:
     return decision if decision is not None else Decision(raw.decode())
 
 
+# A check's answers without outputs (RUN above all), one shared object each: results are
+# immutable, and building one costs more than looking it up.
+_BARE_RESULTS = {raw: BarrierResult(decision) for raw, decision in _DECISIONS.items()}
+
+
+def _check_result(raw: bytes, outputs: bytes) -> BarrierResult:
+    if not outputs:
+        shared = _BARE_RESULTS.get(raw)
+        if shared is not None:
+            return shared
+    return BarrierResult(_decision(raw), outputs)
+
+
 def _encode_effects(effects: Sequence[Effect]) -> list[list[str | int]]:
     """Effects as the scripts take them: ``[kind, key, a, b, c]`` each."""
     encoded: list[list[str | int]] = []
@@ -226,7 +239,7 @@ class RedisStore(Store):
         checks = [[*self._barrier_keys(key), key.op] for key in keys]
         with _store_errors(self.url):
             reply = _unpack(await script(args=[_pack(checks)]))
-        return [BarrierResult(_decision(reply[2 * i]), reply[2 * i + 1]) for i in range(len(keys))]
+        return [_check_result(reply[2 * i], reply[2 * i + 1]) for i in range(len(keys))]
 
     async def commit_many(self, commits: Sequence[Commit]) -> list[BarrierResult]:
         if not commits:
@@ -235,15 +248,13 @@ class RedisStore(Store):
         # Effects that cannot even be encoded are INVALID without a round trip; the
         # others still go in one call, their order kept.
         invalid: dict[int, str] = {}
-        sent: list[int] = []
         batch: list[list[object]] = []
         for index, commit in enumerate(commits):
-            try:
-                effects = _encode_effects(commit.effects)
+            try:  # no call for a commit without effects, the common case
+                effects = _encode_effects(commit.effects) if commit.effects else []
             except ValueError as exc:
                 invalid[index] = str(exc)
                 continue
-            sent.append(index)
             key = commit.key
             own, sibling = self._barrier_keys(key)
             batch.append(
@@ -260,16 +271,22 @@ class RedisStore(Store):
                     effects,
                 ]
             )
-        results: list[BarrierResult] = [
-            BarrierResult(Decision.INVALID, detail=invalid.get(i, "")) for i in range(len(commits))
-        ]
-        if not sent:
-            return results
+        if not batch:  # every commit refused: no round trip
+            return [BarrierResult(Decision.INVALID, detail=detail) for detail in invalid.values()]
         packed = _pack([self.retention_seconds, batch, self.epoch_key, self.epoch])
         with _store_errors(self.url):
             reply = _unpack(await script(args=[packed]))
-        for n, index in enumerate(sent):
-            results[index] = _commit_result(commits[index], reply[3 * n : 3 * n + 3])
+        # Each commit's result in its place: the script's answers for the sent ones, in
+        # order, the refusals for the rest (one result built per commit).
+        results: list[BarrierResult] = []
+        n = 0
+        for index, commit in enumerate(commits):
+            detail = invalid.get(index)
+            if detail is None:
+                results.append(_commit_result(commit, reply[3 * n : 3 * n + 3]))
+                n += 1
+            else:
+                results.append(BarrierResult(Decision.INVALID, detail=detail))
         return results
 
     async def records(self, gid: str) -> list[BarrierRecord]:
