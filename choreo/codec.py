@@ -85,6 +85,11 @@ def encode_payload(event: Event) -> bytes:
     return event.__pydantic_serializer__.to_json(event)
 
 
+# The schema versions and attempts seen in practice, as their header bytes: a lookup
+# instead of a formatting per header per record.
+_SMALL_DIGITS = {n: b"%d" % n for n in range(1, 100)}
+
+
 def encode_headers(env: Envelope) -> Headers:
     # Written out, not a loop: this runs for every record choreo sends.
     return (
@@ -97,8 +102,8 @@ def encode_headers(env: Envelope) -> Headers:
         (H_OUTCOME, env.outcome.encode()),
         (H_CAUSATION, env.causation_id.encode()),
         (H_OCCURRED, b"%d" % round(env.occurred_at * 1000)),
-        (H_VERSION, b"%d" % env.schema_version),
-        (H_ATTEMPT, b"%d" % env.attempt),
+        (H_VERSION, _SMALL_DIGITS.get(env.schema_version) or b"%d" % env.schema_version),
+        (H_ATTEMPT, _SMALL_DIGITS.get(env.attempt) or b"%d" % env.attempt),
         (H_SOURCE, env.source.encode()),
         (H_TRACEPARENT, env.traceparent.encode()),
     )

@@ -4,7 +4,7 @@ service is built, to the barrier step and op it records under."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from choreo.errors import ConfigurationError
@@ -31,10 +31,15 @@ class Route:
     step: str
     op: HandlerOp
     service: str = ""
+    # The step the barrier records under, worked out once: key() runs for every record.
+    barrier_step: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        step = f"{self.service}/{self.step}" if self.service else self.step
+        object.__setattr__(self, "barrier_step", step)  # frozen: set once, here
 
     def key(self, gid: str) -> BarrierKey:
-        return BarrierKey(gid, f"{self.service}/{self.step}" if self.service else self.step,
-                          self.op)  # fmt: skip
+        return BarrierKey(gid, self.barrier_step, self.op)
 
 
 def resolve(service: str, handler: Handler, contracts: Sequence[SagaContract]) -> Route:
