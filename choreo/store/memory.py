@@ -106,13 +106,14 @@ class MemoryStore(Store):
                 return BarrierResult(Decision.NULL_COMPENSATION, commit.null_outputs)
             if not commit.handler_ran:
                 return BarrierResult(Decision.RUN)
-        try:
-            planned = self._plan(commit.effects)
-        except ValueError as exc:
-            return BarrierResult(Decision.INVALID, detail=str(exc))
-        if isinstance(planned, str):
-            return BarrierResult(Decision.REJECTED, detail=planned)
-        self._store_values(planned)
+        if commit.effects:  # most commits have none: nothing to plan or store
+            try:
+                planned = self._plan(commit.effects)
+            except ValueError as exc:
+                return BarrierResult(Decision.INVALID, detail=str(exc))
+            if isinstance(planned, str):
+                return BarrierResult(Decision.REJECTED, detail=planned)
+            self._store_values(planned)
         self._write(key, "done", commit.outputs)
         return BarrierResult(Decision.APPLIED, commit.outputs)
 
