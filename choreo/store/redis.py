@@ -362,6 +362,8 @@ def _refusal(effects: Sequence[Effect], index: bytes, seen: bytes) -> str:
 
 def _commit_result(commit: Commit, reply: list[bytes]) -> BarrierResult:
     decision = _decision(reply[0])
+    if decision in (Decision.APPLIED, Decision.FAILED):  # the usual answer, looked at first
+        return BarrierResult(decision, commit.outputs)
     if decision is Decision.DUPLICATE:
         return BarrierResult(decision, reply[1])
     if decision is Decision.REJECTED:
@@ -370,6 +372,4 @@ def _commit_result(commit: Commit, reply: list[bytes]) -> BarrierResult:
         return BarrierResult(decision, detail=reply[1].decode(errors="replace"))
     if decision is Decision.NULL_COMPENSATION:
         return BarrierResult(decision, commit.null_outputs)
-    if decision in (Decision.APPLIED, Decision.FAILED):
-        return BarrierResult(decision, commit.outputs)
     return BarrierResult(decision)
