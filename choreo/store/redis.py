@@ -360,9 +360,15 @@ def _refusal(effects: Sequence[Effect], index: bytes, seen: bytes) -> str:
     return guard_failure(effect, int(seen))
 
 
+# A module constant, not ``(Decision.APPLIED, Decision.FAILED)`` in the function: on
+# Python 3.11 an Enum member's lookup goes through EnumType's __getattr__ hook, about 1k
+# instructions each, per record.
+_RECORDED = (Decision.APPLIED, Decision.FAILED)
+
+
 def _commit_result(commit: Commit, reply: list[bytes]) -> BarrierResult:
     decision = _decision(reply[0])
-    if decision in (Decision.APPLIED, Decision.FAILED):  # the usual answer, looked at first
+    if decision in _RECORDED:  # the usual answer, looked at first
         return BarrierResult(decision, commit.outputs)
     if decision is Decision.DUPLICATE:
         return BarrierResult(decision, reply[1])
