@@ -49,15 +49,19 @@ from choreo.transport.base import OutgoingRecord, Record, Transport
 
 log = logging.getLogger("choreo.dispatch")
 
+# The decisions as module constants: on Python 3.11 every ``Decision.X`` goes through
+# EnumType.__getattr__ (about 950 instructions), and the hot path reads several per job.
+_APPLIED = Decision.APPLIED
+_FAILED = Decision.FAILED
+_DUPLICATE = Decision.DUPLICATE
+_HANGING = Decision.HANGING
+_NULL_COMPENSATION = Decision.NULL_COMPENSATION
+_RUN = Decision.RUN
+_INVALID = Decision.INVALID
+
 # Decisions after which a job is settled: nothing more is written for it. A tuple, not a
 # set: membership by identity, where a set would call Enum's __hash__ (Python) per record.
-_SETTLED = (
-    Decision.APPLIED,
-    Decision.FAILED,
-    Decision.DUPLICATE,
-    Decision.HANGING,
-    Decision.NULL_COMPENSATION,
-)
+_SETTLED = (_APPLIED, _FAILED, _DUPLICATE, _HANGING, _NULL_COMPENSATION)
 
 
 # Jobs per SQL transaction on a TransactionalStore, at most (docs/postgres.md).
@@ -300,7 +304,7 @@ class Dispatcher:
             todo: list[_Job] = []
             checks = await session.check_many([job.key for job in wave])
             for job, result in zip(wave, checks, strict=True):
-                if result.decision in (Decision.DUPLICATE, Decision.HANGING):
+                if result.decision in (_DUPLICATE, _HANGING):
                     await self._next(job, result)
                 else:
                     self._prepare_null(job)
@@ -325,7 +329,7 @@ class Dispatcher:
             drop: list[BarrierKey] = []
             for job, claim in zip(chunk, claims, strict=True):
                 job.committed = True  # a claim records a null compensation itself
-                if claim.decision is not Decision.RUN:
+                if claim.decision is not _RUN:
                     await self._next(job, claim)
                     continue
                 commit = await self._run_claimed(tx, job)
@@ -366,22 +370,22 @@ class Dispatcher:
         """The commit a job needs after ``result``, or None once it is settled or dead."""
         decision = result.decision
         route = job.route
-        if decision is Decision.NULL_COMPENSATION and not job.committed:
+        if decision is _NULL_COMPENSATION and not job.committed:
             self._prepare_null(job)
             return Commit(job.key, "done", job.null_blob, (), job.null_blob, handler_ran=False)
         if decision in _SETTLED:
             job.decision = decision
-            if decision is Decision.DUPLICATE:
+            if decision is _DUPLICATE:
                 job.out = codec.unpack_outbox(result.outputs)
-            elif decision is Decision.NULL_COMPENSATION:
+            elif decision is _NULL_COMPENSATION:
                 job.out = job.null
-            elif decision is not Decision.HANGING:
+            elif decision is not _HANGING:
                 job.out = job.pending
             else:
                 log.info("%s: %s arrived after its compensation; not run", job.key,
                          route.handler.name)  # fmt: skip
             return None
-        if decision is Decision.RUN:
+        if decision is _RUN:
             if job.ran is None:
                 ran = await self._invoke(job)
                 if isinstance(ran, DeadLetter):
@@ -390,7 +394,7 @@ class Dispatcher:
                 job.ran = ran
             return self._recorded(job)
         name = route.handler.name
-        if decision is Decision.INVALID:
+        if decision is _INVALID:
             job.dead = DeadLetter("failed", f"the store refused the effects: {result.detail}",
                                   self.service, name, 1)  # fmt: skip
             return None
