@@ -178,9 +178,9 @@ class Worker:
                     if len(flights) > 1:
                         await self._land(lane, flights)
                 except TransportError as exc:
-                    # Handle everything not acknowledged again, a batch at a time and
-                    # waiting for its acknowledgements: the barrier turns what was
-                    # recorded into re-publications of the same records.
+                    # Handle everything not acknowledged again, as one batch whose
+                    # acknowledgements are awaited before going on: the barrier turns
+                    # what was recorded into re-publications of the same records.
                     redo = [record for flight in flights for record in flight.records]
                     if batch and (not flights or flights[-1].records is not batch):
                         redo += batch
