@@ -34,6 +34,13 @@ from choreo.invoke import Invoker, Ran
 from choreo.middleware import Hooks, Middleware
 from choreo.routes import Route, RouteTable
 from choreo.store.base import (
+    APPLIED,
+    DUPLICATE,
+    FAILED,
+    HANGING,
+    INVALID,
+    NULL_COMPENSATION,
+    RUN,
     BarrierKey,
     BarrierResult,
     Commit,
@@ -49,19 +56,9 @@ from choreo.transport.base import OutgoingRecord, Record, Transport
 
 log = logging.getLogger("choreo.dispatch")
 
-# The decisions as module constants: on Python 3.11 every ``Decision.X`` goes through
-# EnumType.__getattr__ (about 950 instructions), and the hot path reads several per job.
-_APPLIED = Decision.APPLIED
-_FAILED = Decision.FAILED
-_DUPLICATE = Decision.DUPLICATE
-_HANGING = Decision.HANGING
-_NULL_COMPENSATION = Decision.NULL_COMPENSATION
-_RUN = Decision.RUN
-_INVALID = Decision.INVALID
-
 # Decisions after which a job is settled: nothing more is written for it. A tuple, not a
 # set: membership by identity, where a set would call Enum's __hash__ (Python) per record.
-_SETTLED = (_APPLIED, _FAILED, _DUPLICATE, _HANGING, _NULL_COMPENSATION)
+_SETTLED = (APPLIED, FAILED, DUPLICATE, HANGING, NULL_COMPENSATION)
 
 
 # Jobs per SQL transaction on a TransactionalStore, at most (docs/postgres.md).
@@ -152,9 +149,7 @@ class Outgoing:
 
     def abandon(self, exc: BaseException) -> None:
         """The batch will not be delivered (the caller handles it again): end its spans."""
-        if self._dispatcher.tracing.enabled:
-            for job in self._jobs:
-                self._dispatcher.tracing.finish(job.span, {}, f"batch not finished: {exc!r}")
+        self._dispatcher._abandon_spans(self._jobs, exc)
 
 
 class Dispatcher:
@@ -208,7 +203,7 @@ class Dispatcher:
             for wave in _waves(jobs):
                 await self._settle(wave)
         except BaseException as exc:
-            Outgoing(self, slots, jobs, [], []).abandon(exc)
+            self._abandon_spans(jobs, exc)
             raise
         out: list[OutgoingRecord] = []
         dead: list[tuple[Record, DeadLetter]] = []
@@ -224,6 +219,11 @@ class Dispatcher:
                         record.offset, letter.reason)  # fmt: skip
         out += [dead_letter_record(record, letter, self.dlq_topic) for record, letter in dead]
         return Outgoing(self, slots, jobs, out, dead)
+
+    def _abandon_spans(self, jobs: Sequence[_Job], exc: BaseException) -> None:
+        if self.tracing.enabled:
+            for job in jobs:
+                self.tracing.finish(job.span, {}, f"batch not finished: {exc!r}")
 
     def _finish_spans(self, jobs: Sequence[_Job]) -> None:
         for job in jobs:
@@ -304,7 +304,7 @@ class Dispatcher:
             todo: list[_Job] = []
             checks = await session.check_many([job.key for job in wave])
             for job, result in zip(wave, checks, strict=True):
-                if result.decision in (_DUPLICATE, _HANGING):
+                if result.decision in (DUPLICATE, HANGING):
                     await self._next(job, result)
                 else:
                     self._prepare_null(job)
@@ -329,7 +329,7 @@ class Dispatcher:
             drop: list[BarrierKey] = []
             for job, claim in zip(chunk, claims, strict=True):
                 job.committed = True  # a claim records a null compensation itself
-                if claim.decision is not _RUN:
+                if claim.decision is not RUN:
                     await self._next(job, claim)
                     continue
                 commit = await self._run_claimed(tx, job)
@@ -370,22 +370,22 @@ class Dispatcher:
         """The commit a job needs after ``result``, or None once it is settled or dead."""
         decision = result.decision
         route = job.route
-        if decision is _NULL_COMPENSATION and not job.committed:
+        if decision is NULL_COMPENSATION and not job.committed:
             self._prepare_null(job)
             return Commit(job.key, "done", job.null_blob, (), job.null_blob, handler_ran=False)
         if decision in _SETTLED:
             job.decision = decision
-            if decision is _DUPLICATE:
+            if decision is DUPLICATE:
                 job.out = codec.unpack_outbox(result.outputs)
-            elif decision is _NULL_COMPENSATION:
+            elif decision is NULL_COMPENSATION:
                 job.out = job.null
-            elif decision is not _HANGING:
+            elif decision is not HANGING:
                 job.out = job.pending
             else:
                 log.info("%s: %s arrived after its compensation; not run", job.key,
                          route.handler.name)  # fmt: skip
             return None
-        if decision is _RUN:
+        if decision is RUN:
             if job.ran is None:
                 ran = await self._invoke(job)
                 if isinstance(ran, DeadLetter):
@@ -394,7 +394,7 @@ class Dispatcher:
                 job.ran = ran
             return self._recorded(job)
         name = route.handler.name
-        if decision is _INVALID:
+        if decision is INVALID:
             job.dead = DeadLetter("failed", f"the store refused the effects: {result.detail}",
                                   self.service, name, 1)  # fmt: skip
             return None

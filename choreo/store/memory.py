@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from choreo.store.base import (
+    APPLIED,
     DEFAULT_RETENTION_SECONDS,
     BarrierKey,
     BarrierOp,
@@ -26,9 +27,6 @@ _Slot = tuple[str, str, BarrierOp]
 _SIBLING: dict[BarrierOp, BarrierOp] = {"action": "compensate", "compensate": "action"}
 # The check's usual answer, shared: results are immutable, and one is built per record.
 _RUN = BarrierResult(Decision.RUN)
-# The commit's usual decision as a module constant: on Python 3.11 ``Decision.APPLIED``
-# goes through EnumType's __getattr__ hook, about 1k instructions, per record.
-_APPLIED = Decision.APPLIED
 
 
 class MemoryStore(Store):
@@ -118,7 +116,7 @@ class MemoryStore(Store):
                 return BarrierResult(Decision.REJECTED, detail=planned)
             self._store_values(planned)
         self._write(key, "done", commit.outputs)
-        return BarrierResult(_APPLIED, commit.outputs)
+        return BarrierResult(APPLIED, commit.outputs)
 
     async def commit_many(self, commits: Sequence[Commit]) -> list[BarrierResult]:
         # No await inside: the batch is one critical section of the event loop.

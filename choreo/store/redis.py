@@ -32,7 +32,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from choreo.errors import ConfigurationError, StoreLost, TransportError
 from choreo.redact import redact_url
 from choreo.store.base import (
+    APPLIED,
     DEFAULT_RETENTION_SECONDS,
+    FAILED,
     SAFE_INTEGER,
     BarrierKey,
     BarrierOp,
@@ -360,10 +362,8 @@ def _refusal(effects: Sequence[Effect], index: bytes, seen: bytes) -> str:
     return guard_failure(effect, int(seen))
 
 
-# A module constant, not ``(Decision.APPLIED, Decision.FAILED)`` in the function: on
-# Python 3.11 an Enum member's lookup goes through EnumType's __getattr__ hook, about 1k
-# instructions each, per record.
-_RECORDED = (Decision.APPLIED, Decision.FAILED)
+# A commit's usual answers (module names, see choreo.store.base), looked at first.
+_RECORDED = (APPLIED, FAILED)
 
 
 def _commit_result(commit: Commit, reply: list[bytes]) -> BarrierResult:
