@@ -8,6 +8,7 @@ fresh gid and fresh data keys, so they share the session's servers without flush
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from choreo.store.base import (
 )
 from choreo.store.memory import MemoryStore
 from choreo.store.postgres import PostgresStore
-from choreo.store.redis import RedisStore
+from choreo.store.redis import LAYOUT_UPGRADE_SECONDS, RedisStore
 
 NULL = b'{"null": true}'
 
@@ -453,29 +454,35 @@ async def redis_store(redis_url: str) -> AsyncIterator[RedisStore]:
 async def test_redis_layout_and_expiry(redis_store: RedisStore, ns: str) -> None:
     gid = f"gid-{ns}"
     await commit(redis_store, action(ns), [Put(f"{ns}:data", "v")])
+    await commit(redis_store, compensate(ns, "pay"), outputs=b"unused")
     client = redis_store.client
-    record_key = f"choreo:barrier:{{{gid}}}:reserve:action"
-    index_key = f"choreo:barrier-index:{{{gid}}}"
+    saga_key = f"choreo:saga:{{{gid}}}"
 
-    assert await client.hgetall(record_key) == {b"status": b"done", b"outputs": b"out"}
-    assert await client.smembers(index_key) == {b"reserve:action"}
-    for key in (record_key, index_key):
-        ttl = await client.ttl(key)
-        assert DEFAULT_RETENTION_SECONDS - 5 < ttl <= DEFAULT_RETENTION_SECONDS
+    # One hash per saga: every record of the saga in it, nothing else written.
+    assert redis_store.saga_key(gid) == saga_key
+    assert await client.hgetall(saga_key) == {
+        b"s:reserve:action": b"done",
+        b"o:reserve:action": b"out",
+        b"s:pay:compensate": b"done",
+        b"o:pay:compensate": NULL,  # a null compensation stores its own outputs
+    }
+    assert await client.keys(f"*{gid}*") == [saga_key.encode()]
+    ttl = await client.ttl(saga_key)
+    assert DEFAULT_RETENTION_SECONDS - 5 < ttl <= DEFAULT_RETENTION_SECONDS
     assert await client.ttl(f"{ns}:data") == -1  # user data is never expired
 
 
 @pytest.mark.redis
-async def test_redis_records_skip_expired_members_of_the_index(
-    redis_store: RedisStore, ns: str
-) -> None:
+async def test_redis_records_read_the_saga_hash_only(redis_store: RedisStore, ns: str) -> None:
     gid = f"gid-{ns}"
-    await commit(redis_store, action(ns, "a"))
     await commit(redis_store, action(ns, "b"))
-    await redis_store.client.delete(f"choreo:barrier:{{{gid}}}:a:action")
+    await commit(redis_store, action(ns, "a:x"), status="failed")  # a step with a colon
+    # A field the store did not write is not taken for a record.
+    await redis_store.client.hset(redis_store.saga_key(gid), "s:stray", "done")
 
     assert await redis_store.records(gid) == [
-        BarrierRecord(BarrierKey(gid, "b", "action"), "done", b"out")
+        BarrierRecord(BarrierKey(gid, "a:x", "action"), "failed", b"out"),
+        BarrierRecord(BarrierKey(gid, "b", "action"), "done", b"out"),
     ]
 
 
@@ -484,10 +491,106 @@ async def test_redis_key_prefix(redis_url: str, ns: str) -> None:
     async with RedisStore(redis_url, key_prefix=f"p-{ns}") as store:
         assert isinstance(store, RedisStore)
         await commit(store, action(ns))
-        assert await store.client.exists(f"p-{ns}:barrier:{{gid-{ns}}}:reserve:action") == 1
+        assert await store.client.exists(f"p-{ns}:saga:{{gid-{ns}}}") == 1
         assert len(await store.records(f"gid-{ns}")) == 1
     async with RedisStore(redis_url) as default:
         assert await default.records(f"gid-{ns}") == []
+
+
+# -- the layout before (a hash per record and an index set per saga) -----------------
+
+
+async def _legacy_record(store: RedisStore, key: BarrierKey, status: str, outputs: bytes) -> None:
+    """A record as choreo before the saga hash wrote it (the old script's commands)."""
+    prefix = store.key_prefix
+    record = f"{prefix}:barrier:{{{key.gid}}}:{key.step}:{key.op}"
+    index = f"{prefix}:barrier-index:{{{key.gid}}}"
+    await store.client.hset(record, mapping={"status": status, "outputs": outputs})
+    await store.client.sadd(index, f"{key.step}:{key.op}")
+    for name in (record, index):
+        await store.client.expire(name, DEFAULT_RETENTION_SECONDS)
+
+
+@pytest.fixture
+async def upgraded_store(redis_url: str, ns: str) -> AsyncIterator[RedisStore]:
+    """A store in use before this layout (its epoch written by the version before), now
+    started by this version for the first time."""
+    prefix = f"up-{ns}"
+    store = RedisStore(redis_url, key_prefix=prefix)
+    await store.start()  # on the empty prefix: makes the client only
+    await store.client.delete(f"{prefix}:layout")  # as the version before left it
+    await store.stop()
+    await store.start()
+    try:
+        yield store
+    finally:
+        await store.stop()
+
+
+@pytest.mark.redis
+async def test_a_new_store_never_reads_the_layout_before(redis_url: str, ns: str) -> None:
+    async with RedisStore(redis_url, key_prefix=f"new-{ns}") as store:
+        assert isinstance(store, RedisStore)
+        assert store.fresh
+        assert store.legacy_until == 0
+        assert await store.client.get(f"new-{ns}:layout") == b"0"
+        await _legacy_record(store, action(ns), "done", b"old")
+        assert await store.check(action(ns)) == BarrierResult(Decision.RUN)
+
+
+@pytest.mark.redis
+async def test_an_upgraded_store_honours_records_of_the_layout_before(
+    upgraded_store: RedisStore, ns: str
+) -> None:
+    store, gid = upgraded_store, f"gid-{ns}"
+    now = time.time()
+    window = DEFAULT_RETENTION_SECONDS + LAYOUT_UPGRADE_SECONDS
+    assert not store.fresh
+    assert now + window - 5 < store.legacy_until <= now + window
+    await _legacy_record(store, action(ns), "done", b"old-out")
+    await _legacy_record(store, compensate(ns, "ship"), "done", NULL)
+    await _legacy_record(store, action(ns, "charge"), "failed", b"old-failed")
+
+    # A redelivered action: a duplicate, its stored outputs re-published, nothing applied.
+    assert await store.check(action(ns)) == BarrierResult(Decision.DUPLICATE, b"old-out")
+    assert await commit(store, action(ns), [Incr(f"{ns}:n", 1)]) == BarrierResult(
+        Decision.DUPLICATE, b"old-out"
+    )
+    assert await store.get(f"{ns}:n") is None
+    # An action after its (null) compensation: hanging.
+    assert await store.check(action(ns, "ship")) == BarrierResult(Decision.HANGING)
+    assert (await commit(store, action(ns, "ship"))).decision is Decision.HANGING
+    # The compensation of a failed action: null; of a done one: run and applied.
+    assert (await store.check(compensate(ns, "charge"))).decision is Decision.NULL_COMPENSATION
+    assert await store.check(compensate(ns)) == BarrierResult(Decision.RUN)
+    assert (await commit(store, compensate(ns), [Incr(f"{ns}:n", 1)])).decision is (
+        Decision.APPLIED
+    )
+    assert await store.get(f"{ns}:n") == "1"
+    # Both layouts' records, one list.
+    assert [(r.key.step, r.key.op, r.status, r.outputs) for r in await store.records(gid)] == [
+        ("charge", "action", "failed", b"old-failed"),
+        ("reserve", "action", "done", b"old-out"),
+        ("reserve", "compensate", "done", b"out"),
+        ("ship", "compensate", "done", NULL),
+    ]
+
+    # Another client of the same store keeps the window the first one set.
+    async with RedisStore(store.url, key_prefix=store.key_prefix) as other:
+        assert isinstance(other, RedisStore)
+        assert other.legacy_until == store.legacy_until
+
+
+@pytest.mark.redis
+async def test_the_layout_before_is_not_read_once_its_records_expired(
+    upgraded_store: RedisStore, ns: str
+) -> None:
+    store = upgraded_store
+    await _legacy_record(store, action(ns), "done", b"old-out")
+    store.legacy_until = time.time() - 1  # the window has passed
+
+    assert await store.check(action(ns)) == BarrierResult(Decision.RUN)
+    assert await store.records(f"gid-{ns}") == []
 
 
 async def test_redis_unreachable_raises_transport_error() -> None:

@@ -1,13 +1,15 @@
 """The Redis store: the barrier's rules in one Lua script per call, so the re-check, the
 guards, the effects and the record change together or not at all.
 
-Layout (``prefix`` defaults to ``choreo``; the gid is a hash tag, so a saga's barrier keys
-share a cluster slot):
+Layout (``prefix`` defaults to ``choreo``; the gid is a hash tag):
 
-- ``{prefix}:barrier:{<gid>}:<step>:<op>``: a hash with ``status`` and ``outputs``,
-  expiring after ``retention_seconds``.
-- ``{prefix}:barrier-index:{<gid>}``: a set of ``<step>:<op>`` members naming the saga's
-  records, so ``records(gid)`` needs no SCAN; its expiry is refreshed on every write.
+- ``{prefix}:saga:{<gid>}``: one hash per saga holding all its barrier records, fields
+  ``s:<step>:<op>`` (the status) and ``o:<step>:<op>`` (the outputs); it expires
+  ``retention_seconds`` after the saga's last record was written. One key per saga
+  keeps the commands per commit to five (HMGET, the effects, HSET, EXPIRE) and
+  ``records(gid)`` to one HGETALL.
+- ``{prefix}:epoch``: the store's epoch (see ``start``); ``{prefix}:layout``: until when
+  records of the layout before may still exist (see ``start``).
 - user data keys are used exactly as the handler names them (no prefix, no expiry).
 
 Counters are computed by Lua, whose numbers are doubles: every value, delta and bound an
@@ -17,6 +19,7 @@ nothing written. A value that is not an integer also raises ``ValueError``, as i
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -37,7 +40,6 @@ from choreo.store.base import (
     FAILED,
     SAFE_INTEGER,
     BarrierKey,
-    BarrierOp,
     BarrierRecord,
     BarrierResult,
     Commit,
@@ -59,9 +61,10 @@ from choreo.store.redis_scripts import (
 
 CONNECT_TIMEOUT_SECONDS = 5.0
 
-
-def _sibling_op(op: BarrierOp) -> BarrierOp:
-    return "compensate" if op == "action" else "action"
+# How long after the first start of this layout's code on a store in use its records of
+# the layout before are still read: the retention of the last of them, written by an old
+# instance still running during a rolling upgrade, plus the upgrade itself (a day).
+LAYOUT_UPGRADE_SECONDS = 24 * 3600
 
 
 # The scripts' decisions, by their reply bytes: a dict lookup per record where
@@ -163,6 +166,10 @@ class RedisStore(Store):
         # commit, so a store that forgot everything is noticed instead of trusted.
         self.epoch = ""
         self.fresh = False  # True when this client found no epoch: a new (or emptied) store
+        # Until when records of the layout before this one may exist (unix seconds; 0 on
+        # a store this layout started): until then a record not found is looked up there.
+        self.legacy_until = 0.0
+        self._saga_prefix = f"{key_prefix}:saga:{{"
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -185,6 +192,13 @@ class RedisStore(Store):
         try:
             self.fresh = bool(await client.set(self.epoch_key, uuid.uuid4().hex, nx=True))
             self.epoch = _text(await client.get(self.epoch_key) or b"")
+            # The first start of this layout on a store decides, once for all its clients:
+            # an empty store has no records of the layout before; a store in use may have
+            # them until the last of them expires.
+            until = 0 if self.fresh else int(time.time()) + self.retention_seconds
+            until += 0 if self.fresh else LAYOUT_UPGRADE_SECONDS
+            await client.set(self.layout_key, str(until), nx=True)
+            self.legacy_until = _seconds(await client.get(self.layout_key))
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             await client.aclose()
             raise TransportError(
@@ -220,17 +234,25 @@ class RedisStore(Store):
     def epoch_key(self) -> str:
         return f"{self.key_prefix}:epoch"
 
-    def barrier_key(self, key: BarrierKey) -> str:
-        return f"{self.key_prefix}:barrier:{{{key.gid}}}:{key.step}:{key.op}"
+    @property
+    def layout_key(self) -> str:
+        return f"{self.key_prefix}:layout"
 
-    def index_key(self, gid: str) -> str:
+    def saga_key(self, gid: str) -> str:
+        """The hash holding every barrier record of saga ``gid``."""
+        return self._saga_prefix + gid + "}"
+
+    def _legacy(self) -> bool:
+        """Whether records of the layout before may still exist."""
+        return self.legacy_until > 0 and time.time() < self.legacy_until
+
+    def _legacy_prefix(self, key: BarrierKey) -> str:
+        """The layout before's record key of ``key`` without the op (the scripts add it
+        for the record and its sibling)."""
+        return f"{self.key_prefix}:barrier:{{{key.gid}}}:{key.step}:"
+
+    def _legacy_index_key(self, gid: str) -> str:
         return f"{self.key_prefix}:barrier-index:{{{gid}}}"
-
-    def _barrier_keys(self, key: BarrierKey) -> tuple[str, str]:
-        """``barrier_key`` of ``key`` and of its sibling (the other op of its step): the
-        two share all but the op, formatted once per record."""
-        base = f"{self.key_prefix}:barrier:{{{key.gid}}}:{key.step}:"
-        return base + key.op, base + _sibling_op(key.op)
 
     # -- barrier ---------------------------------------------------------------------
 
@@ -238,7 +260,11 @@ class RedisStore(Store):
         if not keys:
             return []
         script = self._script(self._check_script)
-        checks = [[*self._barrier_keys(key), key.op] for key in keys]
+        saga, legacy = self._saga_prefix, self._legacy()
+        checks = [
+            [saga + key.gid + "}", key.step, key.op, self._legacy_prefix(key) if legacy else ""]
+            for key in keys
+        ]
         with _store_errors(self.url):
             reply = _unpack(await script(args=[_pack(checks)]))
         return [_check_result(reply[2 * i], reply[2 * i + 1]) for i in range(len(keys))]
@@ -251,6 +277,7 @@ class RedisStore(Store):
         # others still go in one call, their order kept.
         invalid: dict[int, str] = {}
         batch: list[list[object]] = []
+        saga, legacy = self._saga_prefix, self._legacy()
         for index, commit in enumerate(commits):
             try:  # no call for a commit without effects, the common case
                 effects = _encode_effects(commit.effects) if commit.effects else []
@@ -258,14 +285,12 @@ class RedisStore(Store):
                 invalid[index] = str(exc)
                 continue
             key = commit.key
-            own, sibling = self._barrier_keys(key)
             batch.append(
                 [
-                    own,
-                    sibling,
-                    self.index_key(key.gid),
-                    f"{key.step}:{key.op}",
+                    saga + key.gid + "}",
+                    key.step,
                     key.op,
+                    self._legacy_prefix(key) if legacy else "",
                     commit.status,
                     commit.outputs,
                     commit.null_outputs,
@@ -293,25 +318,34 @@ class RedisStore(Store):
 
     async def records(self, gid: str) -> list[BarrierRecord]:
         with _store_errors(self.url):
-            members = await self.client.smembers(self.index_key(gid))
-            keys: list[BarrierKey] = []
-            for member in members:
-                step, _, op = _text(member).rpartition(":")
-                if op in ("action", "compensate"):
-                    keys.append(BarrierKey(gid, step, "action" if op == "action" else "compensate"))
-            keys.sort(key=lambda k: (k.step, k.op))
-            async with self.client.pipeline(transaction=True) as pipe:
-                for barrier in keys:
-                    pipe.hmget(self.barrier_key(barrier), ["status", "outputs"])
-                replies: list[list[bytes | None]] = await pipe.execute()
-        found: list[BarrierRecord] = []
-        for barrier, (status, outputs) in zip(keys, replies, strict=True):
-            if status is None:
-                continue  # expired; the index outlives its records
-            found.append(
-                BarrierRecord(barrier, "failed" if status == b"failed" else "done", outputs or b"")
-            )
-        return found
+            # bytes both (decode_responses is off), whatever redis-py's types allow
+            fields: dict[Any, Any] = await self.client.hgetall(self.saga_key(gid))
+            found: dict[BarrierKey, BarrierRecord] = {}
+            for name, status in fields.items():
+                key = _barrier_key(gid, name[2:]) if name.startswith(b"s:") else None
+                if key is not None:
+                    outputs = fields.get(b"o:" + name[2:], b"")
+                    found[key] = BarrierRecord(key, "failed" if status == b"failed" else "done",
+                                               outputs)  # fmt: skip
+            if self._legacy():
+                for record in await self._legacy_records(gid):
+                    found.setdefault(record.key, record)
+        return sorted(found.values(), key=lambda r: (r.key.step, r.key.op))
+
+    async def _legacy_records(self, gid: str) -> list[BarrierRecord]:
+        """Saga ``gid``'s records in the layout before: a hash per record, named by a
+        set per saga."""
+        members = await self.client.smembers(self._legacy_index_key(gid))
+        keys = [key for member in members if (key := _barrier_key(gid, member))]
+        async with self.client.pipeline(transaction=True) as pipe:
+            for key in keys:
+                pipe.hmget(self._legacy_prefix(key) + key.op, ["status", "outputs"])
+            replies: list[list[bytes | None]] = await pipe.execute()
+        return [
+            BarrierRecord(key, "failed" if status == b"failed" else "done", outputs or b"")
+            for key, (status, outputs) in zip(keys, replies, strict=True)
+            if status is not None  # expired; the index outlives its records
+        ]
 
     # -- data ------------------------------------------------------------------------
 
@@ -328,6 +362,23 @@ class RedisStore(Store):
         if reply[0] == b"rejected":
             return _refusal(effects, reply[2], reply[3])
         return ""
+
+
+def _barrier_key(gid: str, name: bytes | str) -> BarrierKey | None:
+    """``<step>:<op>`` as the key it names, None for anything else."""
+    step, _, op = _text(name).rpartition(":")
+    if op == "action":
+        return BarrierKey(gid, step, "action")
+    if op == "compensate":
+        return BarrierKey(gid, step, "compensate")
+    return None
+
+
+def _seconds(value: bytes | str | None) -> float:
+    try:
+        return float(value or 0)
+    except ValueError:  # not written by choreo: keep reading the layout before (safe)
+        return float("inf")
 
 
 def _text(value: bytes | str) -> str:

@@ -88,16 +88,47 @@ local function write_values(values, order)
 end
 """
 
+# Reading a barrier record and its sibling (the other op of its step). A saga's records
+# are fields of one hash, ``s:<step>:<op>`` (status) and ``o:<step>:<op>`` (outputs): one
+# HMGET reads a record and its sibling, one HSET and one EXPIRE write a record. ``legacy``
+# is the key prefix of the layout before it (a hash per record, ``<legacy><op>`` with
+# ``status`` and ``outputs``), sent only while records written in it may still exist:
+# a record found in neither is new.
+READ_LUA = """
+local function sibling_op(op)
+  if op == 'action' then return 'compensate' end
+  return 'action'
+end
+
+local function read_record(key, step, op, legacy)
+  local own_field = step .. ':' .. op
+  local got = redis.call('HMGET', key, 's:' .. own_field, 'o:' .. own_field,
+    's:' .. step .. ':' .. sibling_op(op))
+  local status, outputs, sibling = got[1], got[2], got[3]
+  if legacy ~= '' then
+    if not status then
+      local old = redis.call('HMGET', legacy .. op, 'status', 'outputs')
+      status, outputs = old[1], old[2]
+    end
+    if not sibling then
+      sibling = redis.call('HGET', legacy .. sibling_op(op), 'status')
+    end
+  end
+  return status, outputs or '', sibling
+end
+"""
+
 # A batch of commits, applied in order, each as if alone (a later commit sees what an
 # earlier one wrote). ARGV[1]: msgpack of {ttl, commits, epoch key, epoch}; nothing is
 # written unless the epoch key still holds the epoch this client found at start. A
-# commit is {own key,
-# sibling key, index key, index member, op, status, outputs, null_outputs, handler_ran
-# (1/0), effects}. Replies msgpack of 3 strings per commit: decision, then for duplicate
-# the stored outputs, for invalid the reason, for rejected the refusing effect's index and
-# the value it saw. Outputs just written are not sent back: the caller has them.
+# commit is {saga key, step, op, legacy prefix or '', status, outputs, null_outputs,
+# handler_ran (1/0), effects}. Replies msgpack of 3 strings per commit: decision, then
+# for duplicate the stored outputs, for invalid the reason, for rejected the refusing
+# effect's index and the value it saw. Outputs just written are not sent back: the
+# caller has them.
 COMMIT_MANY_LUA = (
     EFFECTS_LUA
+    + READ_LUA
     + """
 local batch = cmsgpack.unpack(ARGV[1])
 local ttl, commits, epoch_key, epoch = batch[1], batch[2], batch[3], batch[4]
@@ -108,21 +139,19 @@ if redis.call('GET', epoch_key) ~= epoch then
 end
 
 local function commit_one(c)
-  local own_key, sibling_key, index_key, member = c[1], c[2], c[3], c[4]
-  local op, status, outputs, null_outputs, handler_ran = c[5], c[6], c[7], c[8], c[9]
+  local key, step, op, legacy = c[1], c[2], c[3], c[4]
+  local status, outputs, null_outputs, handler_ran = c[5], c[6], c[7], c[8]
 
   local function write(record_status, record_outputs)
-    redis.call('HSET', own_key, 'status', record_status, 'outputs', record_outputs)
-    redis.call('EXPIRE', own_key, ttl)
-    redis.call('SADD', index_key, member)
-    redis.call('EXPIRE', index_key, ttl)
+    local field = step .. ':' .. op
+    redis.call('HSET', key, 's:' .. field, record_status, 'o:' .. field, record_outputs)
+    redis.call('EXPIRE', key, ttl)
   end
 
-  local own = redis.call('HMGET', own_key, 'status', 'outputs')
-  if own[1] then
-    return 'duplicate', own[2] or '', ''
+  local own, stored, sibling = read_record(key, step, op, legacy)
+  if own then
+    return 'duplicate', stored, ''
   end
-  local sibling = redis.call('HGET', sibling_key, 'status')
   if op == 'action' then
     if sibling then
       return 'hanging', '', ''
@@ -140,7 +169,7 @@ local function commit_one(c)
       return 'run', '', ''
     end
   end
-  local values, order, refusal, err = plan_effects(c[10])
+  local values, order, refusal, err = plan_effects(c[9])
   if err then
     return 'invalid', err, ''
   end
@@ -176,20 +205,24 @@ return {'applied', ''}
 """
 )
 
-# Read-only, a batch. ARGV[1]: msgpack of {own key, sibling key, op} per check.
-# Replies msgpack of 2 strings per check: decision, and for duplicate the stored outputs.
-CHECK_MANY_LUA = """
+# Read-only, a batch. ARGV[1]: msgpack of {saga key, step, op, legacy prefix or ''} per
+# check. Replies msgpack of 2 strings per check: decision, and for duplicate the stored
+# outputs.
+CHECK_MANY_LUA = (
+    READ_LUA
+    + """
 local reply = {}
 for _, check in ipairs(cmsgpack.unpack(ARGV[1])) do
-  local own = redis.call('HMGET', check[1], 'status', 'outputs')
-  local decision, outputs = 'run', ''
-  if own[1] then
-    decision, outputs = 'duplicate', own[2] or ''
+  local op = check[3]
+  local own, outputs, sibling = read_record(check[1], check[2], op, check[4])
+  local decision = 'run'
+  if own then
+    decision = 'duplicate'
   else
-    local sibling = redis.call('HGET', check[2], 'status')
-    if check[3] == 'action' and sibling then
+    outputs = ''
+    if op == 'action' and sibling then
       decision = 'hanging'
-    elseif check[3] == 'compensate' and sibling ~= 'done' then
+    elseif op == 'compensate' and sibling ~= 'done' then
       decision = 'null_compensation'
     end
   end
@@ -198,3 +231,4 @@ for _, check in ipairs(cmsgpack.unpack(ARGV[1])) do
 end
 return cmsgpack.pack(reply)
 """
+)
