@@ -250,14 +250,18 @@ class Dispatcher:
 
     def _plan(self, record: Record) -> _Slot:
         slot = _Slot(record)
-        replay_for = record.header(H_REPLAY_FOR)
-        if replay_for is not None and replay_for != self._service_bytes:
-            return slot  # a dead letter replayed for another service; handled it before
-        try:
-            envelope = codec.decode_envelope(record, self.limits)
-        except PoisonEvent as exc:
-            slot.dead = DeadLetter("poison", exc.reason, self.service)
-            return slot
+        # A record as choreo writes it has the envelope's headers and no other, so no
+        # replay address: only any other record is searched for one.
+        envelope = codec.decode_own_envelope(record, self.limits)
+        if envelope is None:
+            replay_for = record.header(H_REPLAY_FOR)
+            if replay_for is not None and replay_for != self._service_bytes:
+                return slot  # a dead letter replayed for another service; handled it before
+            try:
+                envelope = codec.decode_envelope(record, self.limits)
+            except PoisonEvent as exc:
+                slot.dead = DeadLetter("poison", exc.reason, self.service)
+                return slot
         routes = self.routes.get(envelope.event_type)
         if not routes:
             if envelope.event_type not in self.registry:

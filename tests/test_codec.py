@@ -119,6 +119,59 @@ def test_no_input_escapes_as_anything_but_poison(
     assert isinstance(message.event, Parcel)
 
 
+_GOOD_HEADERS = codec.encode_headers(
+    Envelope(event_type="Parcel", gid="g-1", saga="ship", step="pack", op="action",
+             outcome="done", causation_id="c", attempt=2, source="packer")
+)  # fmt: skip
+
+
+# Header changes (by index in ENVELOPE_HEADERS) and record keys, each aimed at one rule.
+_AIMED: list[tuple[dict[int, bytes], bytes | None]] = [
+    ({}, b"g-1"), ({}, None), ({}, b""), ({}, b"\xff"), ({}, b"g-22"),
+    ({0: b""}, b"g-1"), ({1: b""}, b"g-1"), ({2: b""}, b"g-1"), ({2: b""}, b""),
+    ({2: b"g-22"}, b"g-22"),
+    ({3: b"x" * 61}, b"g-1"), ({3: b"\xc3\xa9" * 31}, b"g-1"), ({3: b"\xff"}, b"g-1"),
+    ({3: b"a\x00b"}, b"g-1"), ({5: b"nope"}, b"g-1"), ({5: b""}, b"g-1"), ({6: b"x"}, b"g-1"),
+    ({8: b""}, b"g-1"), ({8: b"1" * 17}, b"g-1"), ({8: b"12a"}, b"g-1"), ({8: b" 3"}, b"g-1"),
+    ({9: b"100"}, b"g-1"), ({9: b""}, b"g-1"), ({10: b"0"}, b"g-1"), ({10: b"x"}, b"g-1"),
+]  # fmt: skip
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    case=st.sampled_from(_AIMED)
+    | st.tuples(
+        st.dictionaries(
+            st.integers(0, len(codec.ENVELOPE_HEADERS) - 1),
+            st.sampled_from([b"", b"\x00", b"\xff", b"07", b"1_0", b"-5", b"g-1", b"action",
+                             b"compensate", b"failed"]) | st.binary(max_size=6),
+            max_size=3,
+        ),
+        st.sampled_from([b"g-1", b"g-22", b"", None, b"\xff"]),
+    ),
+    limits=st.sampled_from([codec.Limits(), codec.Limits(max_header_bytes=60, max_gid_chars=3)]),
+)  # fmt: skip
+def test_a_record_as_choreo_writes_it_reads_as_any_other_record_does(
+    case: tuple[dict[int, bytes], bytes | None], limits: codec.Limits
+) -> None:
+    """decode_own_envelope (exactly the envelope's headers, in order) answers what the
+    general path answers for the same headers in another order, or leaves it to it."""
+    changes, key = case
+    headers = tuple(
+        (name, changes.get(index, value)) for index, (name, value) in enumerate(_GOOD_HEADERS)
+    )
+    own = codec.decode_own_envelope(Record("parcels", 0, 3, key, b"{}", headers, 5), limits)
+    general = Record("parcels", 0, 3, key, b"{}", tuple(reversed(headers)), 5)
+    try:
+        expected = codec.decode_envelope(general, limits)
+    except PoisonEvent:
+        assert own is None
+        return
+    assert own is None or own == expected
+    if not changes and key == b"g-1":
+        assert own is not None
+
+
 def test_a_key_that_is_not_utf8_is_poison_instead_of_a_replacement_gid() -> None:
     env = Envelope(event_type="Parcel", gid="g")
     good = as_record(Message(env, Parcel(parcel_id="p", weight=1), "parcels"))
