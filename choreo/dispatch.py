@@ -407,10 +407,10 @@ class Dispatcher:
             job.dead = DeadLetter("failed", f"compensation refused: {result.detail}",
                                   self.service, name, 1)  # fmt: skip
             return None
-        job.pending = self._outgoing(
+        job.pending, blob = self._outgoing(
             job, "failed", [StepFailed(step=route.step, reason=bounded_reason(result.detail))]
         )
-        return Commit(job.key, "failed", codec.pack_outbox(job.pending), (), job.null_blob)
+        return Commit(job.key, "failed", blob, (), job.null_blob)
 
     async def _invoke(self, job: _Job, tx: StoreTransaction | None = None) -> Ran | DeadLetter:
         if job.span is None:
@@ -423,8 +423,7 @@ class Dispatcher:
         assert job.ran is not None
         self._prepare_null(job)
         outcome: Outcome = "done" if job.ran.status == "done" else "failed"
-        job.pending = self._outgoing(job, outcome, job.ran.events)
-        blob = codec.pack_outbox(job.pending)
+        job.pending, blob = self._outgoing(job, outcome, job.ran.events)
         # The stored outbox holds every record's key, value and header values, at least as
         # many bytes as each has on the wire, all but the envelope's header names: when
         # that bound fits the limit, no record can be over it, and none is weighed.
@@ -454,18 +453,18 @@ class Dispatcher:
         if job.route.op != "compensate" or job.null_blob:
             return
         reason = "null compensation: the action never ran"
-        job.null = self._outgoing(
+        job.null, job.null_blob = self._outgoing(
             job, "skipped", [CompensationSkipped(step=job.route.step, reason=reason)]
         )
-        job.null_blob = codec.pack_outbox(job.null)
 
     def _outgoing(
         self, job: _Job, outcome: Outcome, events: Sequence[Event]
-    ) -> list[OutgoingRecord]:
+    ) -> tuple[list[OutgoingRecord], bytes]:
+        """The records of ``events`` as this job's outputs, and their stored outbox."""
         incoming: Envelope = job.message.envelope
         route = job.route
-        return [
-            codec.encode(
+        return codec.encode_outbox(
+            [
                 Message(
                     incoming.caused(
                         event,
@@ -483,6 +482,6 @@ class Dispatcher:
                     event,
                     event.topic,
                 )
-            )
-            for index, event in enumerate(events)
-        ]
+                for index, event in enumerate(events)
+            ]
+        )

@@ -225,6 +225,32 @@ def test_an_outbox_reads_back_exactly_what_was_packed() -> None:
     assert codec.unpack_outbox(b"") == []
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    texts=st.lists(st.text(max_size=6), min_size=7, max_size=7),
+    numbers=st.lists(st.integers(-5, 2**40), min_size=2, max_size=2),
+    occurred_at=st.floats(0, 4e9),
+    count=st.integers(0, 3),
+)
+def test_encode_outbox_packs_exactly_what_pack_outbox_would(
+    texts: list[str], numbers: list[int], occurred_at: float, count: int
+) -> None:
+    """The outbox written from the envelopes' text is the one packed from the records."""
+    saga, step, causation, source, trace, gid, event_id = texts
+    envelope = Envelope(event_type=Parcel.event_type, gid=gid, event_id=event_id, saga=saga,
+                        step=step, op="compensate", outcome="skipped", causation_id=causation,
+                        occurred_at=occurred_at, schema_version=numbers[0], traceparent=trace,
+                        attempt=numbers[1], source=source)  # fmt: skip
+    messages = [
+        Message(envelope, Parcel(parcel_id=f"p{n}", weight=n, tags=(saga,)), Parcel.topic)
+        for n in range(count)
+    ]
+    records, blob = codec.encode_outbox(messages)
+    assert records == [codec.encode(message) for message in messages]
+    assert blob == codec.pack_outbox(records)
+    assert codec.unpack_outbox(blob) == records
+
+
 def test_an_outbox_stored_before_the_compact_form_still_reads() -> None:
     """Barrier records written by earlier versions hold every record as a dict."""
     old = orjson.dumps(
