@@ -51,6 +51,7 @@ from choreo.store.base import (
     Store,
     guard_failure,
 )
+from choreo.store.coalesce import Coalesced
 from choreo.store.redis_scripts import (
     APPLY_LUA,
     CHECK_MANY_LUA,
@@ -170,6 +171,11 @@ class RedisStore(Store):
         # a store this layout started): until then a record not found is looked up there.
         self.legacy_until = 0.0
         self._saga_prefix = f"{key_prefix}:saga:{{"
+        # The lanes' checks, and their commits, made in one turn: one script call each.
+        self._checks: Coalesced[list[str], tuple[bytes, bytes]] = Coalesced(self._check_now)
+        self._commits: Coalesced[list[object], tuple[bytes, bytes, bytes]] = Coalesced(
+            self._commit_now
+        )
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -259,20 +265,22 @@ class RedisStore(Store):
     async def check_many(self, keys: Sequence[BarrierKey]) -> list[BarrierResult]:
         if not keys:
             return []
-        script = self._script(self._check_script)
         saga, legacy = self._saga_prefix, self._legacy()
         checks = [
             [saga + key.gid + "}", key.step, key.op, self._legacy_prefix(key) if legacy else ""]
             for key in keys
         ]
+        return [_check_result(*answer) for answer in await self._checks(checks)]
+
+    async def _check_now(self, checks: list[list[str]]) -> list[tuple[bytes, bytes]]:
+        script = self._script(self._check_script)
         with _store_errors(self.url):
             reply = _unpack(await script(args=[_pack(checks)]))
-        return [_check_result(reply[2 * i], reply[2 * i + 1]) for i in range(len(keys))]
+        return [(reply[i], reply[i + 1]) for i in range(0, 2 * len(checks), 2)]
 
     async def commit_many(self, commits: Sequence[Commit]) -> list[BarrierResult]:
         if not commits:
             return []
-        script = self._script(self._commit_script)
         # Effects that cannot even be encoded are INVALID without a round trip; the
         # others still go in one call, their order kept.
         invalid: dict[int, str] = {}
@@ -300,21 +308,24 @@ class RedisStore(Store):
             )
         if not batch:  # every commit refused: no round trip
             return [BarrierResult(Decision.INVALID, detail=detail) for detail in invalid.values()]
-        packed = _pack([self.retention_seconds, batch, self.epoch_key, self.epoch])
-        with _store_errors(self.url):
-            reply = _unpack(await script(args=[packed]))
+        answers = iter(await self._commits(batch))
         # Each commit's result in its place: the script's answers for the sent ones, in
         # order, the refusals for the rest (one result built per commit).
         results: list[BarrierResult] = []
-        n = 0
         for index, commit in enumerate(commits):
             detail = invalid.get(index)
             if detail is None:
-                results.append(_commit_result(commit, reply[3 * n : 3 * n + 3]))
-                n += 1
+                results.append(_commit_result(commit, next(answers)))
             else:
                 results.append(BarrierResult(Decision.INVALID, detail=detail))
         return results
+
+    async def _commit_now(self, batch: list[list[object]]) -> list[tuple[bytes, bytes, bytes]]:
+        script = self._script(self._commit_script)
+        packed = _pack([self.retention_seconds, batch, self.epoch_key, self.epoch])
+        with _store_errors(self.url):
+            reply = _unpack(await script(args=[packed]))
+        return [(reply[i], reply[i + 1], reply[i + 2]) for i in range(0, 3 * len(batch), 3)]
 
     async def records(self, gid: str) -> list[BarrierRecord]:
         with _store_errors(self.url):
@@ -417,7 +428,7 @@ def _refusal(effects: Sequence[Effect], index: bytes, seen: bytes) -> str:
 _RECORDED = (APPLIED, FAILED)
 
 
-def _commit_result(commit: Commit, reply: list[bytes]) -> BarrierResult:
+def _commit_result(commit: Commit, reply: tuple[bytes, bytes, bytes]) -> BarrierResult:
     decision = _decision(reply[0])
     if decision in _RECORDED:  # the usual answer, looked at first
         return BarrierResult(decision, commit.outputs)
