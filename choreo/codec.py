@@ -404,21 +404,18 @@ def pack_outbox(records: Sequence[OutgoingRecord]) -> bytes:
     return orjson.dumps([_packed(r) for r in records])
 
 
-# The small numbers' text, as _SMALL_DIGITS has their bytes.
-_SMALL_TEXT = {n: str(n) for n in range(1, 100)}
-
-
 def encode_outbox(messages: Sequence[Message]) -> tuple[list[OutgoingRecord], bytes]:
     """``encode`` of each message, and ``pack_outbox`` of the records, byte for byte:
     the stored header values are taken from the envelopes, which hold them as text,
-    instead of decoding back what was just encoded (and no header names need checking:
-    these records have the envelope's)."""
+    instead of decoding back what was just encoded (only the three numbers are), and no
+    header names need checking: these records have the envelope's."""
     records = []
     packed = []
     for message in messages:
         record = encode(message)
         records.append(record)
         env = message.envelope
+        headers = record.headers
         values = [
             env.event_type,
             env.event_id,
@@ -428,9 +425,9 @@ def encode_outbox(messages: Sequence[Message]) -> tuple[list[OutgoingRecord], by
             env.op,
             env.outcome,
             env.causation_id,
-            f"{round(env.occurred_at * 1000):d}",
-            _SMALL_TEXT.get(env.schema_version) or f"{env.schema_version:d}",
-            _SMALL_TEXT.get(env.attempt) or f"{env.attempt:d}",
+            headers[8][1].decode(),  # the numbers, as encode_headers wrote them
+            headers[9][1].decode(),
+            headers[10][1].decode(),
             env.source,
             env.traceparent,
         ]
