@@ -72,7 +72,10 @@ class Driver:
         self.config = config
         self.topics = topics(config["prefix"])
         self.choreo = config["format"] == "choreo"
-        self.tag = config["prefix"].rsplit(".", 1)[-1]
+        # The run and the round (``<run id>.r1c``): gids never repeat across runs, so a
+        # run against a Redis that served an earlier one (``--redis``) does not meet that
+        # run's barrier records, which would make its sagas duplicates of the old ones.
+        self.tag = config["prefix"].split(".", 1)[-1]
         self.pids: dict[str, list[int]] = {
             "driver": [os.getpid()],
             **{name: list(group) for name, group in config["pids"].items()},
