@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -189,7 +188,6 @@ def _strict_checks(record: Record, raw: dict[str, str], limits: Limits) -> None:
             )
 
 
-_first, _second = itemgetter(0), itemgetter(1)
 _ENVELOPE_HEADER_COUNT = len(ENVELOPE_HEADERS)
 
 
@@ -383,10 +381,17 @@ def decode(
 def _packed(record: OutgoingRecord) -> list[Any] | dict[str, Any]:
     headers = record.headers
     key = (record.key or b"").decode()
-    if len(headers) == len(ENVELOPE_HEADERS) and tuple(map(_first, headers)) == ENVELOPE_HEADERS:
-        # An envelope's record (every output of a handler): its header names are known,
-        # so only the values are stored, a list instead of name/value pairs.
-        return [record.topic, key, record.value.decode(), [v.decode() for _, v in headers]]
+    if len(headers) == _ENVELOPE_HEADER_COUNT:
+        # Written out, as in decode_own_envelope: cheaper than map and a comprehension.
+        ((n0, v0), (n1, v1), (n2, v2), (n3, v3), (n4, v4), (n5, v5), (n6, v6), (n7, v7),
+         (n8, v8), (n9, v9), (n10, v10), (n11, v11), (n12, v12)) = headers  # fmt: skip
+        if (n0, n1, n2, n3, n4, n5, n6, n7, n8, n9, n10, n11, n12) == ENVELOPE_HEADERS:
+            # An envelope's record (every output of a handler): its header names are
+            # known, so only the values are stored, a list instead of name/value pairs.
+            values = [v0.decode(), v1.decode(), v2.decode(), v3.decode(), v4.decode(),
+                      v5.decode(), v6.decode(), v7.decode(), v8.decode(), v9.decode(),
+                      v10.decode(), v11.decode(), v12.decode()]  # fmt: skip
+            return [record.topic, key, record.value.decode(), values]
     return {
         "t": record.topic,
         "k": key,
