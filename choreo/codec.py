@@ -220,7 +220,9 @@ def decode_own_envelope(record: Record, limits: Limits = _DEFAULT_LIMITS) -> Env
     op, outcome = _OPS.get(raw_op), _OUTCOMES.get(raw_outcome)
     version, attempt = _SMALL_NUMBERS.get(raw_version), _SMALL_NUMBERS.get(raw_attempt)
     if (
-        (len(text) > limit and max(map(len, values)) > limit)
+        # The limit is in bytes: a value is at most four times its characters long, so
+        # only text that long can break it, and then the bytes are weighed.
+        (4 * len(text) > limit and max(len(value) for _, value in headers) > limit)
         or not event_type
         or not event_id
         or not gid
@@ -264,11 +266,11 @@ def decode_envelope(record: Record, limits: Limits = _DEFAULT_LIMITS) -> Envelop
 
 def _decode_envelope(record: Record, limits: Limits) -> Envelope:
     raw = _header_text(record.headers)
-    # Joined, the values are at most their sum long: when that fits the per-header limit
-    # none of them can break it, and the exact look is only taken when it might.
+    # The limit is in bytes, and a value is at most four times its characters long: when
+    # four times the joined text fits it, no value can break it; else the bytes are weighed.
     if len(raw) != len(record.headers) or (
-        len("".join(raw.values())) > limits.max_header_bytes
-        and max(map(len, raw.values())) > limits.max_header_bytes
+        4 * len("".join(raw.values())) > limits.max_header_bytes
+        and max(len(value or b"") for _, value in record.headers) > limits.max_header_bytes
     ):
         _strict_checks(record, raw, limits)
     get = raw.get

@@ -43,6 +43,22 @@ def test_round_trip_keeps_envelope_and_payload() -> None:
     assert dict(out.headers)["traceparent"] == env.traceparent.encode()
 
 
+@pytest.mark.parametrize("own", [True, False], ids=["choreo's headers", "one header more"])
+def test_the_header_size_limit_counts_bytes_not_characters(own: bool) -> None:
+    def record(saga: str) -> Record:
+        env = Envelope(event_type="Parcel", gid="g", saga=saga)
+        got = as_record(Message(env, Parcel(parcel_id="p", weight=1), "parcels"))
+        extra = () if own else (("x-other", b"1"),)  # not choreo's own header set
+        return Record(got.topic, 0, 0, got.key, got.value, (*got.headers, *extra), 1)
+
+    limit = codec.Limits().max_header_bytes
+    # 600 characters of three bytes each: 1,800 bytes, under the limit in characters.
+    with pytest.raises(UndecodableEvent, match=f"1800 bytes, over the {limit} byte limit"):
+        codec.decode_envelope(record("€" * 600))
+    # Exactly at the limit in bytes: read.
+    assert codec.decode_envelope(record("€" * (limit // 3) + "x")).saga.endswith("x")
+
+
 def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
     codec.check_depth(b'{"a": "' + b"[" * 100 + b'"}', limit=2)
     codec.check_depth(b'{"a": "\\"[[[[" }', limit=2)
