@@ -516,15 +516,12 @@ async def upgraded_store(redis_url: str, ns: str) -> AsyncIterator[RedisStore]:
     """A store in use before this layout (its epoch written by the version before), now
     started by this version for the first time."""
     prefix = f"up-{ns}"
-    store = RedisStore(redis_url, key_prefix=prefix)
-    await store.start()  # on the empty prefix: makes the client only
-    await store.client.delete(f"{prefix}:layout")  # as the version before left it
-    await store.stop()
-    await store.start()
-    try:
+    async with RedisStore(redis_url, key_prefix=prefix) as first:  # writes the epoch
+        assert isinstance(first, RedisStore)
+        await first.client.delete(f"{prefix}:layout")  # as the version before left it
+    async with RedisStore(redis_url, key_prefix=prefix) as store:
+        assert isinstance(store, RedisStore)
         yield store
-    finally:
-        await store.stop()
 
 
 @pytest.mark.redis
