@@ -261,10 +261,12 @@ def decode_envelope(record: Record, limits: Limits = _DEFAULT_LIMITS) -> Envelop
     """Read the envelope from headers only; raises UndecodableEvent on bad headers: not
     UTF-8, a repeated envelope header, a header over the size limit, a gid that is
     missing, too long, or differs from the record key, a non-numeric number."""
-    return decode_own_envelope(record, limits) or _decode_envelope(record, limits)
+    return decode_own_envelope(record, limits) or decode_any_envelope(record, limits)
 
 
-def _decode_envelope(record: Record, limits: Limits) -> Envelope:
+def decode_any_envelope(record: Record, limits: Limits = _DEFAULT_LIMITS) -> Envelope:
+    """``decode_envelope``'s general path, for a record ``decode_own_envelope`` left to
+    it: every rule checked on its own, and the one broken named."""
     raw = _header_text(record.headers)
     # The limit is in bytes, and a value is at most four times its characters long: when
     # four times the joined text fits it, no value can break it; else the bytes are weighed.

@@ -257,8 +257,8 @@ class Dispatcher:
             replay_for = record.header(H_REPLAY_FOR)
             if replay_for is not None and replay_for != self._service_bytes:
                 return slot  # a dead letter replayed for another service; handled it before
-            try:
-                envelope = codec.decode_envelope(record, self.limits)
+            try:  # the general path: the common one already said no
+                envelope = codec.decode_any_envelope(record, self.limits)
             except PoisonEvent as exc:
                 slot.dead = DeadLetter("poison", exc.reason, self.service)
                 return slot
