@@ -201,8 +201,8 @@ class RedisStore(Store):
             # The first start of this layout on a store decides, once for all its clients:
             # an empty store has no records of the layout before; a store in use may have
             # them until the last of them expires.
-            until = 0 if self.fresh else int(time.time()) + self.retention_seconds
-            until += 0 if self.fresh else LAYOUT_UPGRADE_SECONDS
+            window = self.retention_seconds + LAYOUT_UPGRADE_SECONDS
+            until = 0 if self.fresh else int(time.time()) + window
             await client.set(self.layout_key, str(until), nx=True)
             self.legacy_until = _seconds(await client.get(self.layout_key))
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
@@ -250,7 +250,7 @@ class RedisStore(Store):
 
     def _legacy(self) -> bool:
         """Whether records of the layout before may still exist."""
-        return self.legacy_until > 0 and time.time() < self.legacy_until
+        return time.time() < self.legacy_until
 
     def _legacy_prefix(self, key: BarrierKey) -> str:
         """The layout before's record key of ``key`` without the op (the scripts add it
@@ -335,9 +335,7 @@ class RedisStore(Store):
             for name, status in fields.items():
                 key = _barrier_key(gid, name[2:]) if name.startswith(b"s:") else None
                 if key is not None:
-                    outputs = fields.get(b"o:" + name[2:], b"")
-                    found[key] = BarrierRecord(key, "failed" if status == b"failed" else "done",
-                                               outputs)  # fmt: skip
+                    found[key] = _record(key, status, fields.get(b"o:" + name[2:]))
             if self._legacy():
                 for record in await self._legacy_records(gid):
                     found.setdefault(record.key, record)
@@ -353,7 +351,7 @@ class RedisStore(Store):
                 pipe.hmget(self._legacy_prefix(key) + key.op, ["status", "outputs"])
             replies: list[list[bytes | None]] = await pipe.execute()
         return [
-            BarrierRecord(key, "failed" if status == b"failed" else "done", outputs or b"")
+            _record(key, status, outputs)
             for key, (status, outputs) in zip(keys, replies, strict=True)
             if status is not None  # expired; the index outlives its records
         ]
@@ -383,6 +381,11 @@ def _barrier_key(gid: str, name: bytes | str) -> BarrierKey | None:
     if op == "compensate":
         return BarrierKey(gid, step, "compensate")
     return None
+
+
+def _record(key: BarrierKey, status: bytes, outputs: bytes | None) -> BarrierRecord:
+    """A stored record as read back, in either layout."""
+    return BarrierRecord(key, "failed" if status == b"failed" else "done", outputs or b"")
 
 
 def _seconds(value: bytes | str | None) -> float:
