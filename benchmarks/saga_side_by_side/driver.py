@@ -230,7 +230,7 @@ class Driver:
 
     async def open_loop(self, saturation: float) -> dict[str, Any]:
         c = self.config
-        rate = max(1.0, saturation * c["rate_fraction"])
+        rate = c.get("latency_rate") or max(1.0, saturation * c["rate_fraction"])
         warmup, seconds = c["latency_warmup"], c["latency_seconds"]
         self.inflight.clear()  # sagas the drain gave up on are not this phase's
         marks = await self.stage_ends()

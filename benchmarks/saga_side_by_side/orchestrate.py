@@ -105,6 +105,7 @@ class Settings:
     warmup: float = 3.0  # s of closed loop before the saturation window
     measure: float = 10.0  # s of the saturation window
     rate_fraction: float = 0.5  # open-loop rate, as a share of the measured saturation
+    latency_rate: float = 0.0  # open-loop rate in sagas/s instead (0: use rate_fraction)
     latency_warmup: float = 1.0
     latency_seconds: float = 6.0
     drain_timeout: float = 30.0
@@ -183,6 +184,7 @@ def backend(args: argparse.Namespace, postgres: bool = False) -> Iterator[Backen
             progress(f"starting Kafka and Redis in {workdir} ...")
             bootstrap = kafka.start()
             redis_url = redis.start()
+            quiet_redis(redis_url)
             postgres_url, postgres_pid = None, None
             if postgres:
                 pg = PostgresServer(workdir / "postgres", die_with_parent=True)
@@ -375,6 +377,33 @@ class Processes:
         return codes
 
 
+def quiet_redis(url: str) -> None:
+    """Durable as users run it (the append-only file, fsync every second), but with no
+    fork inside a measured window: RDB snapshots and automatic AOF rewrites are off. A
+    snapshot of a store grown over several rounds took most of a core for tens of
+    seconds, landing on whichever round was running."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        client.config_set("save", "")
+        client.config_set("auto-aof-rewrite-percentage", 0)
+    finally:
+        client.close()
+
+
+def empty_redis(url: str) -> None:
+    """Every round starts on an empty store, as it starts on fresh topics (only on the
+    run's own server: a server given with ``--redis`` is left as it is)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushall()
+    finally:
+        client.close()
+
+
 def prepare_postgres(url: str) -> None:
     """The barrier's tables (``choreo db init``, idempotent) and the step's own table."""
     subprocess.run(
@@ -465,6 +494,8 @@ def run_round(
     # choreo's system and dead-letter topics are fixed names: fresh ones for each choreo
     # round on our own broker, so a tracker never replays an earlier round's records.
     make_topics(backend.bootstrap, [*names, *shared], delete=shared)
+    if system.format == "choreo" and backend.owned:
+        empty_redis(backend.redis_url)
     if system.postgres:
         assert backend.postgres_url is not None
         prepare_postgres(backend.postgres_url)
@@ -837,6 +868,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--rate-fraction", type=float, help="open-loop rate as a share of saturation (0.5)"
     )
+    parser.add_argument(
+        "--latency-rate",
+        type=float,
+        help="open-loop rate in sagas/s for every system (same-load A/B of latency)",
+    )
     parser.add_argument("--linger-ms", type=int, help="linger of raw/FastStream/driver producers")
     parser.add_argument("--profile-step", default="step2", choices=STEPS)
     parser.add_argument("--profiler", default="auto", choices=["auto", "py-spy", "cprofile"])
@@ -883,6 +919,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "measure": args.measure,
         "latency_seconds": args.latency_seconds,
         "rate_fraction": args.rate_fraction,
+        "latency_rate": args.latency_rate,
         "linger_ms": args.linger_ms,
     }
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
