@@ -50,7 +50,9 @@ def measure(size: int, sleep_s: float, repeats: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     repeats = int(args[0]) if args else 300
-    rows = [measure(size, sleep_s, repeats) for size in (10, 100, 1000) for sleep_s in (0.002, 0.02)]
+    rows = [
+        measure(size, sleep_s, repeats) for size in (10, 100, 1000) for sleep_s in (0.002, 0.02)
+    ]
     print(f"{platform.node()}: {platform.processor() or platform.machine()}, {repeats} repeats")
     print(f"{'work':>6} {'sleep ms':>9} {'tight us':>9} {'after sleep us':>15} {'extra us':>9}")
     for row in rows:
