@@ -115,17 +115,21 @@ class Outgoing:
     and what remains once they are sent: the acknowledgements, then the middleware hooks
     and the spans of the batch's jobs."""
 
-    __slots__ = ("_dispatcher", "_jobs", "_slots", "dead", "keys", "records")
+    __slots__ = ("_hooks", "_jobs", "_slots", "_tracing", "_transport", "dead", "keys", "records")
 
     def __init__(
         self,
-        dispatcher: Dispatcher,
+        transport: Transport,
+        hooks: Hooks,
+        tracing: Tracing,
         slots: Sequence[_Slot],
         jobs: Sequence[_Job],
         records: list[OutgoingRecord],
         dead: list[tuple[Record, DeadLetter]],
     ) -> None:
-        self._dispatcher = dispatcher
+        self._transport = transport
+        self._hooks = hooks
+        self._tracing = tracing
         self._slots = slots
         self._jobs = jobs
         self.records = records
@@ -136,20 +140,47 @@ class Outgoing:
 
     async def deliver(self) -> None:
         """Send the records and return once the broker acknowledged every one of them."""
-        dispatcher = self._dispatcher
         try:
-            await dispatcher.transport.send_many(self.records)
-            if dispatcher.hooks:
-                await dispatcher._after(self._slots, self.dead)
+            await self._transport.send_many(self.records)
+            if self._hooks:
+                await self._after()
         except BaseException as exc:
             self.abandon(exc)
             raise
-        if dispatcher.tracing.enabled:
-            dispatcher._finish_spans(self._jobs)
+        if self._tracing.enabled:
+            self._finish_spans()
 
     def abandon(self, exc: BaseException) -> None:
         """The batch will not be delivered (the caller handles it again): end its spans."""
-        self._dispatcher._abandon_spans(self._jobs, exc)
+        abandon_spans(self._tracing, self._jobs, exc)
+
+    async def _after(self) -> None:
+        """The middleware hooks, once the batch's records are acknowledged."""
+        hooks = self._hooks
+        for record, letter in self.dead:
+            await hooks.on_dead_letter(record, letter)
+        if not hooks.after_each:
+            return
+        for slot in self._slots:
+            for job in slot.jobs:
+                if job.decision is not None:
+                    await hooks.after_handle(job.message, job.route.handler, job.decision)
+
+    def _finish_spans(self) -> None:
+        for job in self._jobs:
+            attributes: dict[str, str | int] = {"choreo.outputs": len(job.out)}
+            if job.decision is not None:
+                attributes["choreo.decision"] = job.decision.value
+            if job.dead is not None:
+                attributes["choreo.dead_letter"] = job.dead.kind
+            self._tracing.finish(job.span, attributes, job.dead.reason if job.dead else "")
+
+
+def abandon_spans(tracing: Tracing, jobs: Sequence[_Job], exc: BaseException) -> None:
+    """End the spans of jobs whose batch will be handled again."""
+    if tracing.enabled:
+        for job in jobs:
+            tracing.finish(job.span, {}, f"batch not finished: {exc!r}")
 
 
 class Dispatcher:
@@ -203,7 +234,7 @@ class Dispatcher:
             for wave in _waves(jobs):
                 await self._settle(wave)
         except BaseException as exc:
-            self._abandon_spans(jobs, exc)
+            abandon_spans(self.tracing, jobs, exc)
             raise
         out: list[OutgoingRecord] = []
         dead: list[tuple[Record, DeadLetter]] = []
@@ -218,33 +249,7 @@ class Dispatcher:
             log.warning("dead-lettering %s[%d]@%d: %s", record.topic, record.partition,
                         record.offset, letter.reason)  # fmt: skip
         out += [dead_letter_record(record, letter, self.dlq_topic) for record, letter in dead]
-        return Outgoing(self, slots, jobs, out, dead)
-
-    def _abandon_spans(self, jobs: Sequence[_Job], exc: BaseException) -> None:
-        if self.tracing.enabled:
-            for job in jobs:
-                self.tracing.finish(job.span, {}, f"batch not finished: {exc!r}")
-
-    def _finish_spans(self, jobs: Sequence[_Job]) -> None:
-        for job in jobs:
-            attributes: dict[str, str | int] = {"choreo.outputs": len(job.out)}
-            if job.decision is not None:
-                attributes["choreo.decision"] = job.decision.value
-            if job.dead is not None:
-                attributes["choreo.dead_letter"] = job.dead.kind
-            self.tracing.finish(job.span, attributes, job.dead.reason if job.dead else "")
-
-    async def _after(
-        self, slots: Sequence[_Slot], dead: Sequence[tuple[Record, DeadLetter]]
-    ) -> None:
-        for record, letter in dead:
-            await self.hooks.on_dead_letter(record, letter)
-        if not self.hooks.after_each:
-            return
-        for slot in slots:
-            for job in slot.jobs:
-                if job.decision is not None:
-                    await self.hooks.after_handle(job.message, job.route.handler, job.decision)
+        return Outgoing(self.transport, self.hooks, self.tracing, slots, jobs, out, dead)
 
     # -- planning ------------------------------------------------------------------------
 
