@@ -27,6 +27,7 @@ def test_smallest_mode_runs_raw_and_choreo(
             "--kafka", kafka_broker.address(),
             "--redis", redis_url,
             "--kafka-pid", str(kafka_broker.running_pid()),
+            "--latency-rate", "40",
             "--output", str(output),
         ]
     )  # fmt: skip
@@ -38,6 +39,7 @@ def test_smallest_mode_runs_raw_and_choreo(
         assert result["sagas_per_second"] > 0
         # every saga of the latency window completed, and every publish was acknowledged
         assert result["latency"]["count"] > 0
+        assert result["latency_rate_target"] == 40  # pinned, not half of saturation
         assert result["latency"]["missing"] == 0
         assert result["send_errors"] == 0
         assert result["cpu_saturation"]["kafka"] is not None
