@@ -13,7 +13,12 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 
 import pytest
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaTimeoutError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaTimeoutError,
+    OutOfOrderSequenceNumber,
+)
 from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 from aiokafka.structs import TopicPartition as KafkaTopicPartition
 
@@ -437,6 +442,75 @@ async def test_kafka_on_revoke_runs_before_partitions_move_and_can_commit(
                 await b.stop()
         finally:
             await a.stop()
+
+
+@pytest.mark.kafka
+async def test_kafka_a_send_on_a_replaced_producer_fails_instead_of_hanging(
+    kafka_bootstrap: str,
+) -> None:
+    """A send that took the producer before it was replaced (it lost its sequence state
+    after a broker restart) and hands its records over afterwards fails with a retriable
+    error (the stopped producer refuses them); sent again, they go through the new one."""
+    topic = uid("replaced")
+    records = [OutgoingRecord(topic, key, b"x") for key in keys_covering(PARTITIONS)]
+    async with KafkaTransport(f"kafka://{kafka_bootstrap}", partitions=PARTITIONS) as transport:
+        await transport.send_many(records)  # the topic exists; metadata is known
+        old = transport._producer
+        held, release = asyncio.Event(), asyncio.Event()
+        ensure = transport._ensure_known
+
+        async def slow_ensure(topics: Sequence[str]) -> None:
+            held.set()
+            await release.wait()
+            await ensure(topics)
+
+        transport._ensure_known = slow_ensure  # type: ignore[method-assign]
+        pending = asyncio.create_task(transport.send_many(records))
+        await held.wait()  # it holds the old producer now
+        transport._ensure_known = ensure  # type: ignore[method-assign]
+        await transport._replace_producer(old, OutOfOrderSequenceNumber())
+        assert transport._producer is not old
+        release.set()
+        with pytest.raises(TransportError) as caught:
+            async with asyncio.timeout(20):
+                await pending
+        assert caught.value.retriable
+        delivered = await transport.send_many(records)
+        assert [d.topic for d in delivered] == [topic] * len(records)
+
+
+@pytest.mark.kafka
+async def test_kafka_a_send_waiting_on_a_replaced_producer_fails_instead_of_hanging(
+    kafka_bootstrap: str,
+) -> None:
+    """aiokafka can strand a batch while a producer stops (appended after the stop's flush
+    took stock, then its sender task is cancelled without failing it): its future never
+    resolves. A fault run found a partition waiting on one for good after a broker
+    restart. A send waiting on a producer that is replaced must fail, retriable, so the
+    worker sends its records again through the new producer. The stranded batch is
+    played by a future that never resolves, handed out by the old producer."""
+    topic = uid("stranded")
+    records = [OutgoingRecord(topic, key, b"x") for key in keys_covering(PARTITIONS)]
+    async with KafkaTransport(f"kafka://{kafka_bootstrap}", partitions=PARTITIONS) as transport:
+        await transport.send_many(records)
+        old = transport._producer
+        never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def stranded(builder: object, topic: str, *, partition: int) -> object:
+            return never
+
+        old.send_batch = stranded
+        pending = asyncio.create_task(transport.send_many(records))
+        await asyncio.sleep(0.5)
+        assert not pending.done()  # handed over, waiting for acknowledgements
+        await transport._replace_producer(old, OutOfOrderSequenceNumber())
+        with pytest.raises(TransportError) as caught:
+            async with asyncio.timeout(20):
+                await pending
+        assert caught.value.retriable
+        delivered = await transport.send_many(records)
+        assert [d.topic for d in delivered] == [topic] * len(records)
+        never.cancel()
 
 
 async def test_kafka_unreachable_broker_is_a_retriable_transport_error() -> None:

@@ -120,6 +120,9 @@ class KafkaTransport(Transport):
         self._consumer_options = dict(consumer_options or {})
         self._producer: Any = None
         self._producer_lock = asyncio.Lock()
+        # Per producer, done once it is replaced or stopped: a send still waiting on it
+        # then fails instead of waiting for good (see _while_current).
+        self._retired: dict[Any, asyncio.Future[None]] = {}
         self._admin: Any = None
         self._offsets_reader: Any = None  # a group-less consumer, made on first use
         self._known_topics: set[str] = set()
@@ -180,6 +183,7 @@ class KafkaTransport(Transport):
             await quietly(admin.close())
             raise
         self._producer, self._admin = producer, admin
+        self._retired[producer] = asyncio.get_running_loop().create_future()
 
     async def stop(self) -> None:
         producer, admin, reader = self._producer, self._admin, self._offsets_reader
@@ -189,7 +193,10 @@ class KafkaTransport(Transport):
             await quietly(reader.stop())
         try:
             if producer is not None:
-                await producer.stop()
+                try:
+                    await producer.stop()
+                finally:
+                    self._retire(producer)
         finally:
             if admin is not None:
                 await admin.close()
@@ -324,8 +331,34 @@ class KafkaTransport(Transport):
                 await quietly(producer.stop())
                 raise TransportError(f"cannot restart the Kafka producer: {start_error}") from exc
             self._producer = producer
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(broken.stop(), 10)
+            self._retired[producer] = asyncio.get_running_loop().create_future()
+        try:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(broken.stop(), 10)
+        finally:
+            self._retire(broken)
+
+    def _retire(self, producer: Any) -> None:
+        retired = self._retired.pop(producer, None)
+        if retired is not None and not retired.done():
+            retired.set_result(None)
+
+    async def _while_current(self, waiting: asyncio.Future[Any], producer: Any) -> Any:
+        """``waiting``'s result, unless ``producer`` is retired first: then it is dropped
+        and the send fails (retriable), so the caller sends the records again through the
+        new producer. aiokafka can strand a batch for good while a producer stops: a
+        batch waiting for its partition's slot is appended after the stop's flush took
+        stock, and the sender task is then cancelled without failing it (a fault run
+        found a partition waiting on such a batch for good)."""
+        retired = self._retired.get(producer)
+        if retired is None:  # retired before this send waited: take what is done by now
+            await asyncio.sleep(0)  # (a gather of finished futures ends on the next turn)
+        elif not waiting.done():
+            await asyncio.wait([waiting, retired], return_when=asyncio.FIRST_COMPLETED)
+        if waiting.done():
+            return waiting.result()
+        waiting.cancel()
+        raise TransportError("Kafka send failed: the producer was replaced; sending again")
 
     async def send_many(self, records: Sequence[OutgoingRecord]) -> list[Delivered]:
         """Enqueue every record, then await every acknowledgement. Records of one key keep
@@ -353,7 +386,9 @@ class KafkaTransport(Transport):
                         headers=list(record.headers) or None, partition=partition,
                     )  # fmt: skip
                     single.append((index, future))
-            handed = await asyncio.gather(*(f for _, f in queued), return_exceptions=True)
+            handed = await self._while_current(
+                asyncio.gather(*(f for _, f in queued), return_exceptions=True), producer
+            )
         except TRANSIENT as exc:
             await self._abandon(producer, queued, single, exc)
             raise TransportError(f"Kafka send failed: {exc}") from exc
@@ -365,7 +400,7 @@ class KafkaTransport(Transport):
                     raise TransportError(f"Kafka send failed: {parts}") from parts
                 raise parts
             acks.extend(ack for ack, *_ in parts)
-        results = await asyncio.gather(*acks, return_exceptions=True)
+        results = await self._while_current(asyncio.gather(*acks, return_exceptions=True), producer)
         for result in results:
             if isinstance(result, BaseException):
                 if isinstance(result, PRODUCER_STATE_LOST):
@@ -403,7 +438,8 @@ class KafkaTransport(Transport):
                 settling.extend(ack for ack, *_ in handed.result())
             else:
                 handed.cancel()  # not handed over yet: the sender drops them
-        await asyncio.gather(*settling, return_exceptions=True)
+        with contextlib.suppress(TransportError):  # replaced meanwhile: nothing to settle
+            await self._while_current(asyncio.gather(*settling, return_exceptions=True), producer)
         if isinstance(exc, PRODUCER_STATE_LOST):
             await self._replace_producer(producer, exc)
 
