@@ -68,6 +68,19 @@ expired on the client left a gap in the producer's sequence) and the worker retr
 batch forever. `choreo/transport/kafka.py` now replaces its producer (a new producer id)
 on that error, as Kafka's Java client does, and the broker scenarios pass.
 
+**Found and fixed (session 9): a partition waiting for good on the replaced producer.**
+In one full run `broker down 45 s` hung until its 480 s timeout: right after the broker
+came back, the payment service replaced its producer, logged the retry of
+`demo.orders[0]@87` and then did nothing more for six minutes; its other partitions went
+on. The rerun passed, so it is a race: aiokafka can strand a batch while a producer
+stops (a batch waiting for its partition's slot is appended after the stop's flush took
+stock, and the sender task is then cancelled without failing it), and the lane's other
+batch in flight waited on that batch's acknowledgement forever. A send now waits on a
+producer only while it is current: once it is replaced or stopped, the wait fails
+(retriable) and the worker sends the records again through the new producer, which the
+barrier makes harmless. A test on the real broker plays the stranded batch with a future
+that never resolves (it hangs without the fix); the broker scenarios were rerun after it.
+
 **Checker fixed: which DeadlineCheck makes a success late.** A `broker restarts` run
 (00:18 UTC, the row so named) failed `terminal` and `late` for one `late` saga that the
 tracker completed: the checker took the first DeadlineCheck in the saga's log as the
