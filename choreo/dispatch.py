@@ -152,7 +152,7 @@ class Outgoing:
 
     def abandon(self, exc: BaseException) -> None:
         """The batch will not be delivered (the caller handles it again): end its spans."""
-        abandon_spans(self._tracing, self._jobs, exc)
+        _abandon_spans(self._tracing, self._jobs, exc)
 
     async def _after(self) -> None:
         """The middleware hooks, once the batch's records are acknowledged."""
@@ -176,7 +176,7 @@ class Outgoing:
             self._tracing.finish(job.span, attributes, job.dead.reason if job.dead else "")
 
 
-def abandon_spans(tracing: Tracing, jobs: Sequence[_Job], exc: BaseException) -> None:
+def _abandon_spans(tracing: Tracing, jobs: Sequence[_Job], exc: BaseException) -> None:
     """End the spans of jobs whose batch will be handled again."""
     if tracing.enabled:
         for job in jobs:
@@ -234,7 +234,7 @@ class Dispatcher:
             for wave in _waves(jobs):
                 await self._settle(wave)
         except BaseException as exc:
-            abandon_spans(self.tracing, jobs, exc)
+            _abandon_spans(self.tracing, jobs, exc)
             raise
         out: list[OutgoingRecord] = []
         dead: list[tuple[Record, DeadLetter]] = []

@@ -384,12 +384,9 @@ def quiet_redis(url: str) -> None:
     seconds, landing on whichever round was running."""
     import redis
 
-    client = redis.Redis.from_url(url)
-    try:
+    with redis.Redis.from_url(url) as client:
         client.config_set("save", "")
         client.config_set("auto-aof-rewrite-percentage", 0)
-    finally:
-        client.close()
 
 
 def empty_redis(url: str) -> None:
@@ -397,11 +394,8 @@ def empty_redis(url: str) -> None:
     run's own server: a server given with ``--redis`` is left as it is)."""
     import redis
 
-    client = redis.Redis.from_url(url)
-    try:
+    with redis.Redis.from_url(url) as client:
         client.flushall()
-    finally:
-        client.close()
 
 
 def prepare_postgres(url: str) -> None:
